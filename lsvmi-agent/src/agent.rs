@@ -1,0 +1,136 @@
+//! Wiring: sources → sampler → batcher → queue → sender, and an orderly stop.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, watch},
+};
+use tracing::{info, warn};
+
+use crate::{
+    bpf,
+    config::Config,
+    encode::{remote_write::Encoder, text::TextWriter},
+    model::Registry,
+    sampler::Sampler,
+    send::{
+        batcher::{Batcher, Output},
+        http::{self, HttpSender},
+        queue::SendQueue,
+    },
+    sources::{Source, proc_stat::ProcStatSource, sched::SchedSource, self_metrics::SelfMetrics},
+    stats::{DropReason, Stats},
+};
+
+/// Cycles' worth of sample vectors the sampler may get ahead of the batcher.
+const SAMPLER_CHANNEL_CAPACITY: usize = 64;
+
+/// Run until SIGINT/SIGTERM or `config.duration`, then flush and return.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    // rustls needs one process-wide crypto provider; ring keeps the build free of cmake.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let registry = Registry::new(config.host_labels.clone()).shared();
+    let mut sources: Vec<Box<dyn Source>> = vec![Box::new(ProcStatSource::new(&config.procfs_root, user_hz()))];
+    // Held until the end: dropping it detaches the programs.
+    let _bpf = if config.bpf { start_bpf(&mut sources) } else { None };
+    if !config.bpf {
+        info!("eBPF off (--no-bpf or `bpf: false`): procfs sources only");
+    }
+    let names: Vec<&'static str> = sources.iter().map(|s| s.name()).chain(["lsvmi"]).collect();
+    let stats = Arc::new(Stats::new(names.iter().copied()));
+    let self_every = (Duration::from_secs(1).as_millis() / config.interval.as_millis().max(1)).max(1) as u32;
+    sources.push(Box::new(SelfMetrics::new(stats.clone(), self_every)));
+
+    let (tx, rx) = mpsc::channel(SAMPLER_CHANNEL_CAPACITY);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (abort_tx, abort_rx) = watch::channel(false);
+
+    let (output, sender) = if config.dry_run {
+        (Output::Text(TextWriter::new()), None)
+    } else {
+        let queue = Arc::new(SendQueue::new(config.max_queued_bytes, stats.clone()));
+        let client = HttpSender::new(config.endpoint.clone(), config.http_timeout)?;
+        let sender = tokio::spawn(http::run(client, queue.clone(), stats.clone(), abort_rx));
+        (Output::Remote { encoder: Encoder::new(), queue }, Some(sender))
+    };
+    let batcher = Batcher {
+        registry: registry.clone(),
+        stats: stats.clone(),
+        output,
+        interval: config.batch_interval,
+        max_samples: config.max_batch_samples,
+    };
+    let batcher = tokio::spawn(batcher.run(rx));
+    let sampler = tokio::spawn(Sampler::new(sources, registry, stats.clone()).run(config.interval, tx, stop_rx));
+
+    info!(
+        sources = ?names,
+        endpoint = %if config.dry_run { "stdout (--dry-run)".to_string() } else { config.endpoint.to_string() },
+        interval_ms = config.interval.as_millis() as u64,
+        instance = %config.host_labels.get("instance").map(String::as_str).unwrap_or(""),
+        "lsvmi started"
+    );
+    wait_for_stop(config.duration).await?;
+
+    info!("stopping: flushing collected samples");
+    let _ = stop_tx.send(true);
+    sampler.await.context("sampler task")?;
+    batcher.await.context("batcher task")?;
+    if let Some(sender) = sender {
+        let mut sender = sender;
+        if tokio::time::timeout(config.shutdown_timeout, &mut sender).await.is_err() {
+            let _ = abort_tx.send(true);
+            sender.await.context("sender task")?;
+        }
+    }
+    info!(
+        collected = stats.samples_collected.load(std::sync::atomic::Ordering::Relaxed),
+        sent = stats.samples_sent.load(std::sync::atomic::Ordering::Relaxed),
+        dropped = DropReason::ALL.iter().map(|r| stats.dropped_total(*r)).sum::<u64>(),
+        "lsvmi stopped"
+    );
+    Ok(())
+}
+
+/// Load the BPF object and attach each program group; failures are one warning line each.
+fn start_bpf(sources: &mut Vec<Box<dyn Source>>) -> Option<bpf::Bpf> {
+    let mut loaded = match bpf::load() {
+        Ok(b) => b,
+        Err(e) => {
+            warn!("eBPF disabled: {e}; continuing with procfs sources");
+            return None;
+        }
+    };
+    match SchedSource::attach(&mut loaded) {
+        Ok(s) => sources.push(Box::new(s)),
+        Err(e) => warn!("eBPF scheduler source disabled: {e}; other sources continue"),
+    }
+    Some(loaded)
+}
+
+async fn wait_for_stop(duration: Option<Duration>) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let timer = async {
+        match duration {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+        _ = timer => info!("--duration reached"),
+    }
+    Ok(())
+}
+
+/// USER_HZ, the unit of /proc/stat's CPU columns (100 on every mainstream build).
+fn user_hz() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as u64 } else { 100 }
+}

@@ -1,0 +1,21 @@
+//! lsvmi: the agent as a library (the binary in `main.rs` is a thin shell around
+//! [`agent::run`]). Reading order for a newcomer, following the data:
+//!
+//! - `sources/` — where each metric is born (one module per source of data);
+//! - `model/`   — the one sample model every source emits into;
+//! - `sampler`  — the 100 ms loop that polls the sources;
+//! - `encode/`  — remote-write protobuf + snappy, or text for `--dry-run`;
+//! - `send/`    — batching, the bounded queue, retries, HTTP: how it leaves the host;
+//! - `bpf/`     — loading the embedded BPF object (programs live in `lsvmi-ebpf/`).
+
+pub mod agent;
+pub mod bpf;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod encode;
+pub mod model;
+pub mod sampler;
+pub mod send;
+pub mod sources;
+pub mod stats;

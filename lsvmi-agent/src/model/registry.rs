@@ -1,0 +1,136 @@
+//! The series table: label sets interned once, referenced by [`SeriesId`] afterwards.
+//! This is also the one place where host labels (`instance`, user labels) are added.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use super::{MetricDesc, SeriesId};
+
+/// A label of a registered series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Label {
+    pub name: String,
+    pub value: String,
+}
+
+/// A registered series: its metric and its full, sorted label set (with `__name__`).
+#[derive(Debug)]
+pub struct Series {
+    pub desc: &'static MetricDesc,
+    /// Sorted bytewise by name, names unique, no empty values: the remote-write rules.
+    pub labels: Vec<Label>,
+}
+
+/// Shared between the sampler (which registers) and the encoders (which read).
+pub type SharedRegistry = Arc<RwLock<Registry>>;
+
+/// All series known to this agent run.
+#[derive(Debug, Default)]
+pub struct Registry {
+    host_labels: Vec<Label>,
+    series: Vec<Series>,
+    index: HashMap<Vec<Label>, SeriesId>,
+}
+
+impl Registry {
+    /// `host_labels` are put on every series (a source's own label of the same name wins).
+    pub fn new(host_labels: impl IntoIterator<Item = (String, String)>) -> Self {
+        let host_labels = host_labels
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(name, value)| Label { name, value })
+            .collect();
+        Registry { host_labels, ..Default::default() }
+    }
+
+    pub fn shared(self) -> SharedRegistry {
+        Arc::new(RwLock::new(self))
+    }
+
+    /// The id of the series `desc{labels}`, registering it on first sight.
+    /// Labels with empty values are dropped (remote-write forbids them).
+    pub fn register(&mut self, desc: &'static MetricDesc, labels: &[(&str, &str)]) -> SeriesId {
+        let mut set: Vec<Label> = Vec::with_capacity(1 + labels.len() + self.host_labels.len());
+        set.push(Label { name: "__name__".into(), value: desc.name.into() });
+        for (name, value) in labels {
+            if !value.is_empty() {
+                set.push(Label { name: (*name).into(), value: (*value).into() });
+            }
+        }
+        for host in &self.host_labels {
+            if !set.iter().any(|l| l.name == host.name) {
+                set.push(host.clone());
+            }
+        }
+        set.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+        // Duplicate names from one source would be a bug in that source; keep the first.
+        set.dedup_by(|b, a| a.name == b.name);
+        if let Some(id) = self.index.get(&set) {
+            return *id;
+        }
+        // u32 ids: over four billion series would exhaust memory long before this.
+        let id = SeriesId(u32::try_from(self.series.len()).unwrap_or(u32::MAX));
+        self.index.insert(set.clone(), id);
+        self.series.push(Series { desc, labels: set });
+        id
+    }
+
+    pub fn get(&self, id: SeriesId) -> Option<&Series> {
+        self.series.get(id.index())
+    }
+
+    pub fn len(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MetricKind;
+
+    static DESC: MetricDesc = MetricDesc {
+        name: "test_metric_total",
+        kind: MetricKind::Counter,
+        unit: "",
+        help: "test",
+        labels: &["cpu", "mode", "Zed"],
+        source: "test",
+    };
+
+    fn names(r: &Registry, id: SeriesId) -> Vec<(String, String)> {
+        r.get(id).unwrap().labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect()
+    }
+
+    #[test]
+    fn labels_are_sorted_bytewise_with_name_and_host_labels() {
+        let mut r = Registry::new([("instance".to_string(), "h1".to_string())]);
+        let id = r.register(&DESC, &[("mode", "user"), ("cpu", "0"), ("Zed", "z")]);
+        let got: Vec<String> = names(&r, id).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(got, ["Zed", "__name__", "cpu", "instance", "mode"]);
+    }
+
+    #[test]
+    fn same_labels_give_same_id_and_empty_values_are_dropped() {
+        let mut r = Registry::new([("instance".to_string(), "h1".to_string())]);
+        let a = r.register(&DESC, &[("cpu", "0"), ("mode", "")]);
+        let b = r.register(&DESC, &[("cpu", "0")]);
+        assert_eq!(a, b);
+        assert_eq!(r.len(), 1);
+        assert!(!names(&r, a).iter().any(|(n, _)| n == "mode"));
+    }
+
+    #[test]
+    fn source_label_wins_over_host_label() {
+        let mut r = Registry::new([("cpu".to_string(), "host".to_string())]);
+        let id = r.register(&DESC, &[("cpu", "3")]);
+        assert!(names(&r, id).contains(&("cpu".into(), "3".into())));
+        assert_eq!(names(&r, id).iter().filter(|(n, _)| n == "cpu").count(), 1);
+    }
+}

