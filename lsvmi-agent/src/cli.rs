@@ -39,7 +39,7 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 
     /// Run this many seconds, flush what was collected, and exit 0
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", value_parser = positive_seconds)]
     pub duration: Option<f64>,
 
     /// Print what would be sent to stdout (Prometheus text with timestamps); send nothing
@@ -61,4 +61,11 @@ pub struct Cli {
     /// Log level: error, warn, info, debug, trace
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: String,
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+        _ => Err(format!("{text:?} is not a positive number of seconds")),
+    }
 }

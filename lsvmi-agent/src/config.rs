@@ -124,13 +124,8 @@ impl Config {
         if max_queued_bytes < 64 << 10 {
             return Err(ConfigError::Invalid { key: "max_queued_bytes", reason: "must be at least 65536".into() });
         }
-        let duration = match cli.duration {
-            Some(secs) if !(secs.is_finite() && secs > 0.0) => {
-                return Err(ConfigError::Invalid { key: "--duration", reason: format!("{secs}: must be a positive number of seconds") });
-            }
-            Some(secs) => Some(Duration::from_secs_f64(secs)),
-            None => None,
-        };
+        // clap has checked it is positive and finite.
+        let duration = cli.duration.map(Duration::from_secs_f64);
         Ok(Config {
             endpoint,
             host_labels,
@@ -228,7 +223,10 @@ mod tests {
             let e = from_yaml(&[], yaml).unwrap_err().to_string();
             assert!(e.contains(key), "{yaml}: {e}");
         }
-        let e = Config::from_cli(&cli(&["--duration", "-1"])).unwrap_err().to_string();
-        assert!(e.contains("--duration"), "{e}");
+        for bad in ["--duration=-1", "--duration=0", "--duration=inf", "--duration=x"] {
+            let e = Cli::try_parse_from(["lsvmi", bad]).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains("--duration"), "{e}");
+        }
     }
 }

@@ -1,1 +1,216 @@
+//! Harness for the end-to-end tests: a real VictoriaMetrics (Debian's package) on a free
+//! loopback port with a temporary data dir, the real agent binary, and helpers to read
+//! the data back the way ../shared/remote-write.md prescribes (force_flush, then export
+//! with explicit start/end).
 
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Deserialize;
+
+/// The agent binary built by `cargo xtask test` (or `cargo build -p lsvmi-agent`).
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LSVMI_BIN") {
+        return p.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/lsvmi");
+    assert!(bin.exists(), "{} missing: run `cargo xtask test` (it builds the agent first)", bin.display());
+    bin
+}
+
+/// The repository's `testdata/` folder.
+pub fn testdata() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as i64
+}
+
+/// A VictoriaMetrics process, stopped (by pid) when dropped.
+pub struct Vm {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Vm {
+    pub fn start() -> Vm {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("vm.log")).expect("vm log");
+        let child = Command::new("victoria-metrics")
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .arg(format!("-storageDataPath={}", dir.path().join("data").display()))
+            .args(["-retentionPeriod=100y", "-search.latencyOffset=1s", "-search.disableCache"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("victoria-metrics not installed: run `cargo xtask setup`");
+        let vm = Vm { child, port, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if vm.get("/health").is_ok_and(|b| b.trim() == "OK") {
+                return vm;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("VictoriaMetrics on port {port} did not become healthy");
+    }
+
+    pub fn write_url(&self) -> String {
+        format!("http://127.0.0.1:{}/api/v1/write", self.port)
+    }
+
+    pub fn get(&self, path_and_query: &str) -> std::io::Result<String> {
+        http_get(self.port, path_and_query)
+    }
+
+    pub fn force_flush(&self) {
+        self.get("/internal/force_flush").expect("force_flush");
+    }
+
+    /// All series matching `selector`, from the beginning of time to tomorrow.
+    pub fn export(&self, selector: &str) -> Vec<Exported> {
+        let end = now_ms() / 1000 + 86_400;
+        let body = self
+            .get(&format!("/api/v1/export?match[]={}&start=0&end={end}", percent_encode(selector)))
+            .expect("export");
+        body.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("export line")).collect()
+    }
+
+    /// Sum of all lines of `/metrics` for `name` whose labels contain `label_filter`.
+    pub fn self_metric(&self, name: &str, label_filter: &str) -> f64 {
+        let text = self.get("/metrics").expect("/metrics");
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(label_filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One line of `/api/v1/export`. `values` holds `None` for staleness markers.
+#[derive(Debug, Deserialize)]
+pub struct Exported {
+    pub metric: BTreeMap<String, String>,
+    pub values: Vec<Option<f64>>,
+    pub timestamps: Vec<i64>,
+}
+
+impl Exported {
+    pub fn label(&self, name: &str) -> &str {
+        self.metric.get(name).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// Run the agent with `args`; kill it if it has not exited after `timeout`.
+pub fn run_agent(args: &[&str], timeout: Duration) -> Output {
+    run_command(Command::new(agent_bin()).args(args), timeout)
+}
+
+pub fn run_command(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child = cmd
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    // Read both pipes on threads so a chatty child cannot block on a full pipe.
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let st = child.wait().expect("wait");
+            let stderr = String::from_utf8_lossy(&err_t.join().unwrap_or_default()).into_owned();
+            panic!("agent did not exit within {timeout:?} ({st}); stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: out_t.join().unwrap_or_default(), stderr: err_t.join().unwrap_or_default() }
+}
+
+/// /proc/stat's per-CPU ticks, as the test sees them: cpu number → 10 columns.
+pub fn read_proc_stat_cpus() -> BTreeMap<u32, Vec<u64>> {
+    let text = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let cpu: u32 = f.next()?.strip_prefix("cpu")?.parse().ok()?;
+            Some((cpu, f.map(|v| v.parse().expect("tick")).collect()))
+        })
+        .collect()
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head.starts_with("HTTP/1.1 2") && !head.starts_with("HTTP/1.0 2") {
+        return Err(std::io::Error::other(format!("GET {path}: {}", head.lines().next().unwrap_or(""))));
+    }
+    Ok(body.to_string())
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,1 +1,118 @@
-fn main() {}
+//! `cargo xtask <command>`: the project's own set-up, run and test driver.
+//!
+//! - `setup` installs what the build and tests need (Debian packages, bpf-linker),
+//!   idempotently; when everything is present it takes well under a second.
+//! - `run` does set-up, builds the agent, starts a VictoriaMetrics on 127.0.0.1 and
+//!   runs the agent against it until Ctrl-C.
+//! - `test` does set-up and runs every test (unit, fixture, BPF-in-kernel, end-to-end).
+
+mod setup;
+mod vm;
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Set up, run and test lsvmi")]
+struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the Debian packages and bpf-linker the build and the tests need (idempotent)
+    Setup,
+    /// Set up, build, start a local VictoriaMetrics and run the agent against it (Ctrl-C stops both)
+    Run {
+        /// Extra flags for the agent, after `--` (e.g. `cargo xtask run -- --no-bpf`)
+        #[arg(last = true)]
+        agent_args: Vec<String>,
+    },
+    /// Set up, then run every test of the workspace
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = match args.command {
+        Cmd::Setup => setup::ensure(),
+        Cmd::Run { agent_args } => run(&agent_args),
+        Cmd::Test { cargo_args } => test(&cargo_args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn status(cmd: &mut Command) -> anyhow::Result<()> {
+    let st = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !st.success() {
+        bail!("{cmd:?} failed ({st})");
+    }
+    Ok(())
+}
+
+fn run(agent_args: &[String]) -> anyhow::Result<()> {
+    setup::ensure()?;
+    status(cargo().args(["build", "--release", "-p", "lsvmi-agent"]))?;
+    let run_dir = workspace_root().join("target").join("lsvmi-run");
+    let vm = vm::VictoriaMetrics::start(&run_dir, 8428)?;
+    let query = "rate(proc_stat_cpu_seconds_total{mode!=\"idle\"}[1s])";
+    println!("\nVictoriaMetrics: {} (data in {})", vm.base_url(), run_dir.display());
+    println!("  VMUI:          {}/vmui/", vm.base_url());
+    println!("  example query: {query}");
+    println!("  or:            curl -s '{}/api/v1/query?query=sum(rate(sched_context_switches_total[5s]))'", vm.base_url());
+    println!("Ctrl-C stops the agent and VictoriaMetrics.\n");
+
+    vm::forward_sigint_to_children();
+    let agent = workspace_root().join("target/release/lsvmi");
+    let mut child = Command::new(&agent)
+        .arg("--endpoint")
+        .arg(format!("{}/api/v1/write", vm.base_url()))
+        .args(agent_args)
+        .spawn()
+        .with_context(|| format!("starting {}", agent.display()))?;
+    let st = child.wait().context("waiting for the agent")?;
+    drop(vm); // stops VictoriaMetrics (SIGTERM, then waits)
+    println!("agent exited ({st}); VictoriaMetrics stopped. Data stays in {}", run_dir.display());
+    if !st.success() && st.code().is_some() {
+        bail!("the agent failed ({st})");
+    }
+    Ok(())
+}
+
+fn test(cargo_args: &[String]) -> anyhow::Result<()> {
+    setup::ensure()?;
+    // The end-to-end tests run the agent binary; build it first (cargo only builds a
+    // package's own binaries for its integration tests).
+    status(cargo().args(["build", "-p", "lsvmi-agent", "--bin", "lsvmi"]))?;
+    status(cargo().args(["test", "--workspace"]).args(cargo_args))?;
+    println!("xtask test: all tests passed");
+    Ok(())
+}

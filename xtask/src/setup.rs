@@ -1,0 +1,108 @@
+//! Idempotent machine set-up. Checks first, installs only what is missing.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+
+/// Debian packages: Debian's rustc/cargo with a prebuilt BPF core, LLVM 22 for
+/// bpf-linker, and the real sinks the tests and `xtask run` start.
+const PACKAGES: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "victoria-metrics",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn ensure() -> anyhow::Result<()> {
+    let start = Instant::now();
+    let missing = missing_packages()?;
+    if !missing.is_empty() {
+        install_packages(&missing)?;
+    }
+    let linker = ensure_bpf_linker()?;
+    eprintln!(
+        "xtask setup: packages and bpf-linker {BPF_LINKER_VERSION} present{} ({:.1}s)",
+        if missing.is_empty() && !linker { "" } else { " (installed what was missing)" },
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn missing_packages() -> anyhow::Result<Vec<&'static str>> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${db:Status-Abbrev}\\n"])
+        .args(PACKAGES)
+        .stderr(Stdio::null())
+        .output()
+        .context("running dpkg-query (is this a Debian machine?)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !text.lines().any(|l| l.split_whitespace().next() == Some(p) && l.contains(" ii")))
+        .collect())
+}
+
+fn install_packages(missing: &[&str]) -> anyhow::Result<()> {
+    let cmd = format!("apt-get install -y --no-install-recommends {}", missing.join(" "));
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("missing Debian packages; as root run: apt-get update && {cmd}");
+    }
+    eprintln!("xtask setup: installing {}", missing.join(" "));
+    let apt = |args: &[&str]| -> anyhow::Result<()> {
+        let st = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .status()
+            .context("running apt-get")?;
+        if !st.success() {
+            bail!("apt-get {} failed ({st})", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend_from_slice(missing);
+    apt(&args)
+}
+
+/// `cargo install` puts binaries here; it is not always on PATH in CI shells.
+pub fn cargo_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+/// Returns true when it had to install.
+fn ensure_bpf_linker() -> anyhow::Result<bool> {
+    let linker = cargo_bin_dir().join("bpf-linker");
+    let version = Command::new(&linker).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if version.as_deref().is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        return Ok(false);
+    }
+    eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+    let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features", "--features", "llvm-22"])
+        // bpf-linker finds LLVM through LLVM_PREFIX (Debian names llvm-config llvm-config-22).
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+        .stdin(Stdio::null())
+        .status()
+        .context("running cargo install bpf-linker")?;
+    if !st.success() {
+        bail!("cargo install bpf-linker failed ({st})");
+    }
+    Ok(true)
+}
