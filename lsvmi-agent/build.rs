@@ -40,7 +40,13 @@ fn build() -> Result<(), String> {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").ok_or("CARGO_MANIFEST_DIR not set")?);
     let workspace = manifest_dir.parent().ok_or("lsvmi-agent has no parent folder")?;
     let ebpf_dir = workspace.join("lsvmi-ebpf");
-    for p in ["lsvmi-ebpf/src", "lsvmi-ebpf/Cargo.toml", "lsvmi-ebpf/Cargo.lock", "lsvmi-common/src", "lsvmi-common/Cargo.toml"] {
+    for p in [
+        "lsvmi-ebpf/src",
+        "lsvmi-ebpf/Cargo.toml",
+        "lsvmi-ebpf/Cargo.lock",
+        "lsvmi-common/src",
+        "lsvmi-common/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", workspace.join(p).display());
     }
 
@@ -59,8 +65,9 @@ fn build() -> Result<(), String> {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"))
         .join("lsvmi-ebpf");
-    let path = env::join_paths(std::iter::once(linker_dir).chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())))
-        .map_err(|e| format!("PATH: {e}"))?;
+    let path =
+        env::join_paths(std::iter::once(linker_dir).chain(env::split_paths(&env::var_os("PATH").unwrap_or_default())))
+            .map_err(|e| format!("PATH: {e}"))?;
 
     let mut cmd = Command::new(DEBIAN_CARGO);
     cmd.current_dir(&ebpf_dir)
@@ -75,7 +82,15 @@ fn build() -> Result<(), String> {
         // .cargo/config.toml, which cargo would ignore when not run from that folder.
         .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf");
     // The outer build's settings are for the host target and the rustup toolchain.
-    for var in ["RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTFLAGS", "CARGO_BUILD_TARGET", "CARGO_TARGET_DIR", "RUSTUP_TOOLCHAIN", "CARGO_BUILD_RUSTFLAGS"] {
+    for var in [
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
         cmd.env_remove(var);
     }
     let status = cmd.status().map_err(|e| format!("spawn {DEBIAN_CARGO}: {e}"))?;

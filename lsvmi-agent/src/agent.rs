@@ -54,7 +54,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let queue = Arc::new(SendQueue::new(config.max_queued_bytes, stats.clone()));
         let client = HttpSender::new(config.endpoint.clone(), config.http_timeout)?;
         let sender = tokio::spawn(http::run(client, queue.clone(), stats.clone(), abort_rx));
-        (Output::Remote { encoder: Encoder::new(), queue }, Some(sender))
+        (Output::Remote { encoder: Box::new(Encoder::new()), queue }, Some(sender))
     };
     let batcher = Batcher {
         registry: registry.clone(),

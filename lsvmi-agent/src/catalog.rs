@@ -12,7 +12,11 @@ use crate::{
 pub fn sources() -> [(&'static str, &'static str, &'static [&'static MetricDesc]); 3] {
     [
         ("/proc/stat", "Read every `interval` (100 ms).", proc_stat::METRICS),
-        ("Scheduler (eBPF)", "Counted in the kernel, read every `interval` (100 ms). Needs root and BTF.", sched::METRICS),
+        (
+            "Scheduler (eBPF)",
+            "Counted in the kernel, read every `interval` (100 ms). Needs root and BTF.",
+            sched::METRICS,
+        ),
         ("The agent itself", "Every second.", self_metrics::METRICS),
     ]
 }
@@ -27,11 +31,23 @@ pub fn markdown() -> String {
          config file. Timestamps are the instant each value was read, in milliseconds.\n",
     );
     for (title, when, metrics) in sources() {
-        let _ = write!(s, "\n## {title}\n\n{when}\n\n| metric | type | unit | labels | source | meaning |\n|---|---|---|---|---|---|\n");
+        let _ = write!(
+            s,
+            "\n## {title}\n\n{when}\n\n| metric | type | unit | labels | source | meaning |\n|---|---|---|---|---|---|\n"
+        );
         for m in metrics {
             let labels = m.labels.iter().map(|l| format!("`{l}`")).collect::<Vec<_>>().join(", ");
             let help = m.help.split_whitespace().collect::<Vec<_>>().join(" ");
-            let _ = writeln!(s, "| `{}` | {} | {} | {} | {} | {} |", m.name, m.kind.as_str(), m.unit, labels, m.source, help);
+            let _ = writeln!(
+                s,
+                "| `{}` | {} | {} | {} | {} | {} |",
+                m.name,
+                m.kind.as_str(),
+                m.unit,
+                labels,
+                m.source,
+                help
+            );
         }
     }
     s

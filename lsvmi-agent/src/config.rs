@@ -87,7 +87,10 @@ impl Config {
         let endpoint = reqwest::Url::parse(&endpoint_text)
             .map_err(|e| ConfigError::Invalid { key: "endpoint", reason: format!("{endpoint_text:?}: {e}") })?;
         if !matches!(endpoint.scheme(), "http" | "https") {
-            return Err(ConfigError::Invalid { key: "endpoint", reason: format!("{endpoint_text:?}: scheme must be http or https") });
+            return Err(ConfigError::Invalid {
+                key: "endpoint",
+                reason: format!("{endpoint_text:?}: scheme must be http or https"),
+            });
         }
 
         let instance = match cli.instance.clone().or(file.instance) {
@@ -102,7 +105,9 @@ impl Config {
             if !valid_label_name(name) || name == "instance" {
                 return Err(ConfigError::Invalid {
                     key: "labels",
-                    reason: format!("{name:?}: label names match [a-zA-Z_][a-zA-Z0-9_]*, do not start with __, and `instance` is set with `instance:`"),
+                    reason: format!(
+                        "{name:?}: label names match [a-zA-Z_][a-zA-Z0-9_]*, do not start with __, and `instance` is set with `instance:`"
+                    ),
                 });
             }
         }
@@ -110,11 +115,17 @@ impl Config {
 
         let interval = file.interval.unwrap_or(Duration::from_millis(100));
         if interval < Duration::from_millis(10) {
-            return Err(ConfigError::Invalid { key: "interval", reason: format!("{interval:?} is below the 10ms minimum") });
+            return Err(ConfigError::Invalid {
+                key: "interval",
+                reason: format!("{interval:?} is below the 10ms minimum"),
+            });
         }
         let batch_interval = file.batch_interval.unwrap_or(Duration::from_secs(1));
         if batch_interval < interval {
-            return Err(ConfigError::Invalid { key: "batch_interval", reason: format!("{batch_interval:?} is shorter than interval {interval:?}") });
+            return Err(ConfigError::Invalid {
+                key: "batch_interval",
+                reason: format!("{batch_interval:?} is shorter than interval {interval:?}"),
+            });
         }
         let max_batch_samples = file.max_batch_samples.unwrap_or(50_000);
         if max_batch_samples == 0 {
@@ -149,7 +160,8 @@ fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
     if text.trim().is_empty() {
         return Ok(FileConfig::default());
     }
-    serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse { path: display, message: e.to_string().replace('\n', " ") })
+    serde_yaml::from_str(&text)
+        .map_err(|e| ConfigError::Parse { path: display, message: e.to_string().replace('\n', " ") })
 }
 
 fn valid_label_name(name: &str) -> bool {

@@ -74,7 +74,7 @@ impl Sampler {
         let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
         for slot in &mut self.slots {
             let name = slot.source.name();
-            if tick % u64::from(slot.source.every_ticks().max(1)) != 0 {
+            if !tick.is_multiple_of(u64::from(slot.source.every_ticks().max(1))) {
                 continue;
             }
             let stats = self.stats.source(name);
@@ -106,7 +106,11 @@ impl Sampler {
                 }
                 if !slot.malformed {
                     let first = first.map(|f| f.to_string()).unwrap_or_default();
-                    warn!(source = name, lines = bad, "malformed lines skipped, the rest used (counted in lsvmi_source_parse_errors_total): first at {first}");
+                    warn!(
+                        source = name,
+                        lines = bad,
+                        "malformed lines skipped, the rest used (counted in lsvmi_source_parse_errors_total): first at {first}"
+                    );
                 }
             }
             slot.malformed = bad > 0;

@@ -45,7 +45,10 @@ fn unreachable_endpoint_backs_off_and_exits_cleanly() {
     let cfg = dir.path().join("lsvmi.yaml");
     std::fs::write(&cfg, "shutdown_timeout: 1s\n").unwrap();
     let url = format!("http://127.0.0.1:{}/api/v1/write", free_port());
-    let out = run_agent(&["--endpoint", &url, "--config", cfg.to_str().unwrap(), "--duration", "3", "--no-bpf"], Duration::from_secs(30));
+    let out = run_agent(
+        &["--endpoint", &url, "--config", cfg.to_str().unwrap(), "--duration", "3", "--no-bpf"],
+        Duration::from_secs(30),
+    );
     let err = text(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -60,7 +63,10 @@ fn unreachable_endpoint_backs_off_and_exits_cleanly() {
 #[test]
 fn missing_proc_file_is_reported_once_and_the_rest_continue() {
     let root = testdata().join("proc/empty");
-    let out = run_agent(&["--procfs-root", root.to_str().unwrap(), "--dry-run", "--no-bpf", "--duration", "1.5"], Duration::from_secs(20));
+    let out = run_agent(
+        &["--procfs-root", root.to_str().unwrap(), "--dry-run", "--no-bpf", "--duration", "1.5"],
+        Duration::from_secs(20),
+    );
     let err = text(&out.stderr);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{err}");

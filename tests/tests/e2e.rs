@@ -15,7 +15,10 @@ fn samples_reach_victoriametrics_with_collection_timestamps_and_true_values() {
     let before = read_proc_stat_cpus();
     let t_start = now_ms();
 
-    let out = run_agent(&["--endpoint", &vm.write_url(), "--duration", "3", "--instance", "e2e-host"], Duration::from_secs(30));
+    let out = run_agent(
+        &["--endpoint", &vm.write_url(), "--duration", "3", "--instance", "e2e-host"],
+        Duration::from_secs(30),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "agent failed: {}\n{stderr}", out.status);
     let after = read_proc_stat_cpus();
@@ -40,7 +43,10 @@ fn samples_reach_victoriametrics_with_collection_timestamps_and_true_values() {
             let lo = ticks_before[col] as f64 / USER_HZ;
             let hi = after[&cpu][col] as f64 / USER_HZ;
             let values: Vec<f64> = s.values.iter().map(|v| v.expect("no staleness marker")).collect();
-            assert!(values[0] >= lo - 1e-9 && *values.last().unwrap() <= hi + 1e-9, "cpu {cpu} {mode}: {values:?} outside [{lo}, {hi}]");
+            assert!(
+                values[0] >= lo - 1e-9 && *values.last().unwrap() <= hi + 1e-9,
+                "cpu {cpu} {mode}: {values:?} outside [{lo}, {hi}]"
+            );
             assert!(values.windows(2).all(|w| w[1] >= w[0]), "cpu {cpu} {mode}: counter went down: {values:?}");
         }
     }

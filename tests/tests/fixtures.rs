@@ -8,8 +8,12 @@ use lsvmi_tests::{run_agent, testdata};
 /// Run once over a fixture tree; returns (stdout, stderr).
 fn dry_run(tree: &str) -> (String, String) {
     let root = testdata().join("proc").join(tree);
-    let out = run_agent(&["--procfs-root", root.to_str().unwrap(), "--dry-run", "--no-bpf", "--duration", "0.25", "--instance", "fx"], Duration::from_secs(20));
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let out = run_agent(
+        &["--procfs-root", root.to_str().unwrap(), "--dry-run", "--no-bpf", "--duration", "0.25", "--instance", "fx"],
+        Duration::from_secs(20),
+    );
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(out.status.success(), "{stderr}");
     (stdout, stderr)
 }
@@ -41,7 +45,10 @@ fn malformed_tree_skips_bad_lines_and_keeps_the_rest() {
     assert_eq!(value(&out, r#"proc_stat_cpu_seconds_total{cpu="0",instance="fx",mode="idle"}"#), Some(25.0));
     assert!(!out.contains(r#"cpu="1""#), "the bad cpu1 line must be skipped");
     assert!(!out.contains(r#"cpu="4""#), "the torn cpu4 line must be skipped");
-    assert_eq!(value(&out, r#"proc_stat_cpu_seconds_total{cpu="3",instance="fx",mode="user"}"#), Some(u64::MAX as f64 / 100.0));
+    assert_eq!(
+        value(&out, r#"proc_stat_cpu_seconds_total{cpu="3",instance="fx",mode="user"}"#),
+        Some(u64::MAX as f64 / 100.0)
+    );
     assert_eq!(value(&out, r#"proc_stat_forks_total{instance="fx"}"#), Some(99999.0));
     assert_eq!(value(&out, r#"proc_stat_interrupts_total{instance="fx"}"#), None);
     // And counted in the self-metric (3 bad lines per cycle).

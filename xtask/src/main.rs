@@ -87,7 +87,10 @@ fn run(agent_args: &[String]) -> anyhow::Result<()> {
     println!("\nVictoriaMetrics: {} (data in {})", vm.base_url(), run_dir.display());
     println!("  VMUI:          {}/vmui/", vm.base_url());
     println!("  example query: {query}");
-    println!("  or:            curl -s '{}/api/v1/query?query=sum(rate(sched_context_switches_total[5s]))'", vm.base_url());
+    println!(
+        "  or:            curl -s '{}/api/v1/query?query=sum(rate(sched_context_switches_total[5s]))'",
+        vm.base_url()
+    );
     println!("Ctrl-C stops the agent and VictoriaMetrics.\n");
 
     vm::forward_sigint_to_children();
@@ -112,7 +115,8 @@ fn test(cargo_args: &[String]) -> anyhow::Result<()> {
     // The end-to-end tests run the agent binary; build it first (cargo only builds a
     // package's own binaries for its integration tests).
     status(cargo().args(["build", "-p", "lsvmi-agent", "--bin", "lsvmi"]))?;
-    status(cargo().args(["test", "--workspace"]).args(cargo_args))?;
+    // --all-targets: the criterion benches run once each in test mode, so they cannot rot.
+    status(cargo().args(["test", "--workspace", "--all-targets"]).args(cargo_args))?;
     println!("xtask test: all tests passed");
     Ok(())
 }

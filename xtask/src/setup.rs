@@ -89,13 +89,23 @@ pub fn cargo_bin_dir() -> PathBuf {
 /// Returns true when it had to install.
 fn ensure_bpf_linker() -> anyhow::Result<bool> {
     let linker = cargo_bin_dir().join("bpf-linker");
-    let version = Command::new(&linker).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let version =
+        Command::new(&linker).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     if version.as_deref().is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
         return Ok(false);
     }
     eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
     let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features", "--features", "llvm-22"])
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
         // bpf-linker finds LLVM through LLVM_PREFIX (Debian names llvm-config llvm-config-22).
         .env("LLVM_PREFIX", "/usr/lib/llvm-22")
         .stdin(Stdio::null())

@@ -24,7 +24,8 @@ impl VictoriaMetrics {
             TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).context("finding a free port")?.port()
         };
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let log = std::fs::File::create(dir.join("victoria-metrics.log")).context("creating the VictoriaMetrics log")?;
+        let log =
+            std::fs::File::create(dir.join("victoria-metrics.log")).context("creating the VictoriaMetrics log")?;
         let child = Command::new("victoria-metrics")
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg(format!("-storageDataPath={}", dir.join("victoria-metrics-data").display()))

@@ -42,7 +42,8 @@ pub fn load() -> Result<Bpf, BpfError> {
         return Err(BpfError::NotBuiltIn);
     }
     let btf = Btf::from_sys_fs().map_err(|e| BpfError::NoBtf(describe(&e)))?;
-    let ebpf = EbpfLoader::new().btf(Some(&btf)).load(OBJECT).map_err(|e| BpfError::kernel("loading the BPF object", &e))?;
+    let ebpf =
+        EbpfLoader::new().btf(Some(&btf)).load(OBJECT).map_err(|e| BpfError::kernel("loading the BPF object", &e))?;
     Ok(Bpf { ebpf, btf })
 }
 

@@ -85,9 +85,13 @@ impl Encoder {
         let mut compressed = vec![0; snap::raw::max_compress_len(self.protobuf.len())];
         let n = self.snappy.compress(&self.protobuf, &mut compressed)?;
         compressed.truncate(n);
-        Ok(EncodedBatch { body: compressed.into(), samples: sample_count, series, uncompressed_len: self.protobuf.len() })
+        Ok(EncodedBatch {
+            body: compressed.into(),
+            samples: sample_count,
+            series,
+            uncompressed_len: self.protobuf.len(),
+        })
     }
-
 }
 
 /// The encoded labels of `id`, encoded on first use.

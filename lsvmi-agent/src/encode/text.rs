@@ -70,8 +70,14 @@ mod tests {
     use super::*;
     use crate::model::{MetricDesc, MetricKind};
 
-    static DESC: MetricDesc =
-        MetricDesc { name: "m_total", kind: MetricKind::Counter, unit: "", help: "A help.", labels: &["dev"], source: "t" };
+    static DESC: MetricDesc = MetricDesc {
+        name: "m_total",
+        kind: MetricKind::Counter,
+        unit: "",
+        help: "A help.",
+        labels: &["dev"],
+        source: "t",
+    };
     static BARE: MetricDesc =
         MetricDesc { name: "g", kind: MetricKind::Gauge, unit: "", help: "G.", labels: &[], source: "t" };
 
@@ -83,8 +89,12 @@ mod tests {
         let g = bare.register(&BARE, &[]);
         let mut out = Vec::new();
         let mut w = TextWriter::new();
-        w.write(&reg, &[Sample { series: a, ts_ms: 5, value: 1.5 }, Sample { series: a, ts_ms: 6, value: f64::INFINITY }], &mut out)
-            .unwrap();
+        w.write(
+            &reg,
+            &[Sample { series: a, ts_ms: 5, value: 1.5 }, Sample { series: a, ts_ms: 6, value: f64::INFINITY }],
+            &mut out,
+        )
+        .unwrap();
         w.write(&bare, &[Sample { series: g, ts_ms: 7, value: f64::NAN }], &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(

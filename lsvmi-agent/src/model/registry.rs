@@ -37,11 +37,8 @@ pub struct Registry {
 impl Registry {
     /// `host_labels` are put on every series (a source's own label of the same name wins).
     pub fn new(host_labels: impl IntoIterator<Item = (String, String)>) -> Self {
-        let host_labels = host_labels
-            .into_iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(name, value)| Label { name, value })
-            .collect();
+        let host_labels =
+            host_labels.into_iter().filter(|(_, v)| !v.is_empty()).map(|(name, value)| Label { name, value }).collect();
         Registry { host_labels, ..Default::default() }
     }
 

@@ -16,7 +16,7 @@ use crate::{
 
 /// Where batches go.
 pub enum Output {
-    Remote { encoder: Encoder, queue: Arc<SendQueue> },
+    Remote { encoder: Box<Encoder>, queue: Arc<SendQueue> },
     Text(TextWriter),
 }
 

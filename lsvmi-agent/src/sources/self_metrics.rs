@@ -25,24 +25,65 @@ macro_rules! self_metric {
 
 self_metric!(COLLECTED, "lsvmi_samples_collected_total", Counter, "", &[], "Samples produced by all sources.");
 self_metric!(SENT, "lsvmi_samples_sent_total", Counter, "", &[], "Samples accepted by the sink (2xx).");
-self_metric!(DROPPED, "lsvmi_samples_dropped_total", Counter, "", &["reason"],
+self_metric!(
+    DROPPED,
+    "lsvmi_samples_dropped_total",
+    Counter,
+    "",
+    &["reason"],
     "Samples given up, by reason: queue_full (the sink is down or slow and the queue is at its bound), \
-     rejected (the sink answered 4xx), shutdown (still queued at the shutdown deadline).");
+     rejected (the sink answered 4xx), shutdown (still queued at the shutdown deadline)."
+);
 self_metric!(BATCHES, "lsvmi_batches_sent_total", Counter, "", &[], "Remote-write requests accepted by the sink.");
-self_metric!(FAILURES, "lsvmi_send_failures_total", Counter, "", &[],
-    "Remote-write attempts that failed (5xx, 429, timeout, connection error) and were retried.");
-self_metric!(BYTES, "lsvmi_sent_bytes_total", Counter, "bytes", &["encoding"],
-    "Bytes of accepted requests: protobuf before compression (encoding=protobuf) and on the wire (encoding=snappy).");
+self_metric!(
+    FAILURES,
+    "lsvmi_send_failures_total",
+    Counter,
+    "",
+    &[],
+    "Remote-write attempts that failed (5xx, 429, timeout, connection error) and were retried."
+);
+self_metric!(
+    BYTES,
+    "lsvmi_sent_bytes_total",
+    Counter,
+    "bytes",
+    &["encoding"],
+    "Bytes of accepted requests: protobuf before compression (encoding=protobuf) and on the wire (encoding=snappy)."
+);
 self_metric!(QUEUED, "lsvmi_queued_bytes", Gauge, "bytes", &[], "Compressed bytes waiting to be sent.");
 self_metric!(SERIES, "lsvmi_series", Gauge, "", &[], "Series registered since start.");
 self_metric!(CYCLES, "lsvmi_source_cycles_total", Counter, "", &["source"], "Collection cycles run, per source.");
-self_metric!(SOURCE_ERRORS, "lsvmi_source_errors_total", Counter, "", &["source"],
-    "Cycles in which a source could not be read at all (file missing or unreadable, map unreadable).");
-self_metric!(PARSE_ERRORS, "lsvmi_source_parse_errors_total", Counter, "", &["source"],
-    "Malformed lines skipped by a source's parser; the rest of the input was used.");
+self_metric!(
+    SOURCE_ERRORS,
+    "lsvmi_source_errors_total",
+    Counter,
+    "",
+    &["source"],
+    "Cycles in which a source could not be read at all (file missing or unreadable, map unreadable)."
+);
+self_metric!(
+    PARSE_ERRORS,
+    "lsvmi_source_parse_errors_total",
+    Counter,
+    "",
+    &["source"],
+    "Malformed lines skipped by a source's parser; the rest of the input was used."
+);
 
-pub static METRICS: &[&MetricDesc] =
-    &[&COLLECTED, &SENT, &DROPPED, &BATCHES, &FAILURES, &BYTES, &QUEUED, &SERIES, &CYCLES, &SOURCE_ERRORS, &PARSE_ERRORS];
+pub static METRICS: &[&MetricDesc] = &[
+    &COLLECTED,
+    &SENT,
+    &DROPPED,
+    &BATCHES,
+    &FAILURES,
+    &BYTES,
+    &QUEUED,
+    &SERIES,
+    &CYCLES,
+    &SOURCE_ERRORS,
+    &PARSE_ERRORS,
+];
 
 pub struct SelfMetrics {
     stats: Arc<Stats>,
@@ -104,7 +145,9 @@ impl Source for SelfMetrics {
             out.push(*id, ts, v as f64);
         }
         for (ids, src) in ids.per_source.iter().zip(&s.sources) {
-            for (id, v) in ids.iter().zip([src.cycles.load(Relaxed), src.errors.load(Relaxed), src.parse_errors.load(Relaxed)]) {
+            for (id, v) in
+                ids.iter().zip([src.cycles.load(Relaxed), src.errors.load(Relaxed), src.parse_errors.load(Relaxed)])
+            {
                 out.push(*id, ts, v as f64);
             }
         }

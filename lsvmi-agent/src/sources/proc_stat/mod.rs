@@ -85,8 +85,16 @@ pub static BOOT_TIME: MetricDesc = MetricDesc {
 };
 
 /// Every metric this source can emit, for the catalogue in docs/metrics.md.
-pub static METRICS: &[&MetricDesc] =
-    &[&CPU_SECONDS, &CPU_GUEST_SECONDS, &CONTEXT_SWITCHES, &INTERRUPTS, &FORKS, &PROCS_RUNNING, &PROCS_BLOCKED, &BOOT_TIME];
+pub static METRICS: &[&MetricDesc] = &[
+    &CPU_SECONDS,
+    &CPU_GUEST_SECONDS,
+    &CONTEXT_SWITCHES,
+    &INTERRUPTS,
+    &FORKS,
+    &PROCS_RUNNING,
+    &PROCS_BLOCKED,
+    &BOOT_TIME,
+];
 
 /// Column order of a `cpuN` line and the series each column goes to.
 const COLUMNS: [(&MetricDesc, &str); CPU_COLUMNS] = [
@@ -161,7 +169,8 @@ impl Source for ProcStatSource {
         }
 
         let scalars = *self.scalar_series.get_or_insert_with(|| {
-            [&CONTEXT_SWITCHES, &INTERRUPTS, &FORKS, &PROCS_RUNNING, &PROCS_BLOCKED, &BOOT_TIME].map(|d| out.series(d, &[]))
+            [&CONTEXT_SWITCHES, &INTERRUPTS, &FORKS, &PROCS_RUNNING, &PROCS_BLOCKED, &BOOT_TIME]
+                .map(|d| out.series(d, &[]))
         });
         let p = &self.parsed;
         let values = [p.ctxt, p.intr_total, p.processes, p.procs_running, p.procs_blocked, p.btime];
@@ -199,7 +208,8 @@ mod tests {
             .iter()
             .find(|s| {
                 let l = &reg.get(s.series).unwrap().labels;
-                l.iter().any(|l| l.name == "cpu" && l.value == "1") && l.iter().any(|l| l.value == "user")
+                l.iter().any(|l| l.name == "cpu" && l.value == "1")
+                    && l.iter().any(|l| l.value == "user")
                     && l[0].value == "proc_stat_cpu_seconds_total"
             })
             .unwrap();

@@ -44,10 +44,10 @@ impl SchedSource {
             .map_err(|e| BpfError::kernel(&what, &e))?;
         prog.load(PROG_SCHED_SWITCH, &bpf.btf).map_err(|e| BpfError::kernel(format!("loading {what}"), &e))?;
         prog.attach().map_err(|e| BpfError::kernel(format!("attaching {what}"), &e))?;
-        let map = bpf
-            .ebpf
-            .take_map(COUNTERS_MAP)
-            .ok_or_else(|| BpfError::Kernel { what: COUNTERS_MAP.into(), cause: "map missing from the object".into() })?;
+        let map = bpf.ebpf.take_map(COUNTERS_MAP).ok_or_else(|| BpfError::Kernel {
+            what: COUNTERS_MAP.into(),
+            cause: "map missing from the object".into(),
+        })?;
         let counters = PerCpuArray::try_from(map).map_err(|e| BpfError::kernel(COUNTERS_MAP, &e))?;
         Ok(SchedSource { counters, series: Vec::new() })
     }
@@ -59,8 +59,10 @@ impl Source for SchedSource {
     }
 
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
-        let values =
-            self.counters.get(&SLOT_CONTEXT_SWITCHES, 0).map_err(|source| SourceError::Map { map: COUNTERS_MAP, source })?;
+        let values = self
+            .counters
+            .get(&SLOT_CONTEXT_SWITCHES, 0)
+            .map_err(|source| SourceError::Map { map: COUNTERS_MAP, source })?;
         let ts = now_ms();
         for (cpu, value) in values.iter().enumerate() {
             if self.series.len() <= cpu {
