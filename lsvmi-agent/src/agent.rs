@@ -96,7 +96,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Load the BPF object and attach each program group; failures are one warning line each.
-fn start_bpf(sources: &mut Vec<Box<dyn Source>>) -> Option<bpf::Bpf> {
+fn start_bpf(sources: &mut Vec<Box<dyn Source>>) -> Option<aya::Ebpf> {
     let mut loaded = match bpf::load() {
         Ok(b) => b,
         Err(e) => {
@@ -108,7 +108,7 @@ fn start_bpf(sources: &mut Vec<Box<dyn Source>>) -> Option<bpf::Bpf> {
         Ok(s) => sources.push(Box::new(s)),
         Err(e) => warn!("eBPF scheduler source disabled: {e}; other sources continue"),
     }
-    Some(loaded)
+    Some(loaded.finish_loading())
 }
 
 async fn wait_for_stop(duration: Option<Duration>) -> anyhow::Result<()> {

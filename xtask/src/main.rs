@@ -88,7 +88,7 @@ fn run(agent_args: &[String]) -> anyhow::Result<()> {
     println!("  VMUI:          {}/vmui/", vm.base_url());
     println!("  example query: {query}");
     println!(
-        "  or:            curl -s '{}/api/v1/query?query=sum(rate(sched_context_switches_total[5s]))'",
+        "  or:            curl -s {}/api/v1/query --data-urlencode 'query=sum(rate(sched_context_switches_total[5s]))'",
         vm.base_url()
     );
     println!("Ctrl-C stops the agent and VictoriaMetrics.\n");

@@ -3,6 +3,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
+    os::unix::process::CommandExt as _,
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -26,7 +27,21 @@ impl VictoriaMetrics {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let log =
             std::fs::File::create(dir.join("victoria-metrics.log")).context("creating the VictoriaMetrics log")?;
-        let child = Command::new("victoria-metrics")
+        let mut cmd = Command::new("victoria-metrics");
+        // Its own process group: Ctrl-C in the terminal reaches only xtask and the agent, so
+        // VictoriaMetrics is still up while the agent flushes its last batch; Drop stops it
+        // afterwards. PDEATHSIG stops it too if xtask itself is killed.
+        cmd.process_group(0);
+        // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
             .arg(format!("-storageDataPath={}", dir.join("victoria-metrics-data").display()))
             .arg("-retentionPeriod=100y")
@@ -72,9 +87,10 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
 
 extern "C" fn ignore(_: libc::c_int) {}
 
-/// Ctrl-C reaches the whole foreground process group: the agent and VictoriaMetrics
-/// stop by themselves. xtask itself must survive it to wait for them, so it catches
-/// SIGINT with an empty handler (a handler, not SIG_IGN, which children would inherit).
+/// Ctrl-C reaches the whole foreground process group: the agent stops by itself (after a
+/// final flush). xtask must survive it to wait for the agent and then stop VictoriaMetrics,
+/// so it catches SIGINT with an empty handler (a handler, not SIG_IGN, which children
+/// would inherit).
 pub fn forward_sigint_to_children() {
     // SAFETY: installing a handler that does nothing is async-signal-safe.
     unsafe { libc::signal(libc::SIGINT, ignore as extern "C" fn(libc::c_int) as libc::sighandler_t) };
