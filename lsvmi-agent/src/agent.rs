@@ -15,12 +15,18 @@ use crate::{
     encode::{remote_write::Encoder, text::TextWriter},
     model::Registry,
     sampler::Sampler,
+    sampler::Schedule,
     send::{
         batcher::{Batcher, Output},
         http::{self, HttpSender},
         queue::SendQueue,
     },
-    sources::{Source, proc_stat::ProcStatSource, sched::SchedSource, self_metrics::SelfMetrics},
+    sources::{
+        Source, diskstats::DiskstatsSource, host::HostSource, interrupts::InterruptsSource, loadavg::LoadavgSource,
+        meminfo, mounts::MountsSource, net_dev::NetDevSource, net_snmp, net_snmp6, pressure::PressureSource,
+        proc_stat::ProcStatSource, processes::ProcessesSource, sched::SchedSource, self_metrics::SelfMetrics,
+        softirqs::SoftirqsSource, softnet::SoftnetSource, vmstat,
+    },
     stats::{DropReason, Stats},
 };
 
@@ -33,16 +39,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let registry = Registry::new(config.host_labels.clone()).shared();
-    let mut sources: Vec<Box<dyn Source>> = vec![Box::new(ProcStatSource::new(&config.procfs_root, user_hz()))];
+    let mut sources = procfs_sources(&config);
     // Held until the end: dropping it detaches the programs.
-    let _bpf = if config.bpf { start_bpf(&mut sources) } else { None };
+    let _bpf = if config.bpf && config.enabled("sched") { start_bpf(&mut sources) } else { None };
     if !config.bpf {
         info!("eBPF off (--no-bpf or `bpf: false`): procfs sources only");
     }
     let names: Vec<&'static str> = sources.iter().map(|s| s.name()).chain(["lsvmi"]).collect();
     let stats = Arc::new(Stats::new(names.iter().copied()));
-    let self_every = (Duration::from_secs(1).as_millis() / config.interval.as_millis().max(1)).max(1) as u32;
-    sources.push(Box::new(SelfMetrics::new(stats.clone(), self_every)));
+    if config.enabled("lsvmi") {
+        sources.push(Box::new(SelfMetrics::new(stats.clone())));
+    }
+    let scheduled: Vec<(Box<dyn Source>, Schedule)> = sources
+        .into_iter()
+        .map(|s| {
+            let schedule = config
+                .source(s.name())
+                .map(|c| Schedule { every_ticks: c.every_ticks, full_refresh_every: c.full_refresh_every })
+                .unwrap_or_default();
+            (s, schedule)
+        })
+        .collect();
 
     let (tx, rx) = mpsc::channel(SAMPLER_CHANNEL_CAPACITY);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -64,7 +81,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_samples: config.max_batch_samples,
     };
     let batcher = tokio::spawn(batcher.run(rx));
-    let sampler = tokio::spawn(Sampler::new(sources, registry, stats.clone()).run(config.interval, tx, stop_rx));
+    let sampler = tokio::spawn(Sampler::new(scheduled, config.interval, registry, stats.clone()).run(tx, stop_rx));
 
     info!(
         sources = ?names,
@@ -93,6 +110,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "lsvmi stopped"
     );
     Ok(())
+}
+
+/// The enabled /proc sources, in poll order.
+fn procfs_sources(config: &Config) -> Vec<Box<dyn Source>> {
+    let root = config.procfs_root.as_path();
+    let hz = user_hz();
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    for spec in crate::sources::specs() {
+        if !config.enabled(spec.name) {
+            continue;
+        }
+        let source: Box<dyn Source> = match spec.name {
+            "proc_stat" => Box::new(ProcStatSource::new(root, hz)),
+            "proc_softirqs" => Box::new(SoftirqsSource::new(root)),
+            "proc_net_dev" => Box::new(NetDevSource::new(root)),
+            "proc_diskstats" => Box::new(DiskstatsSource::new(root)),
+            "proc_pressure" => Box::new(PressureSource::new(root)),
+            "proc_interrupts" => Box::new(InterruptsSource::new(root)),
+            "proc_net_snmp" => Box::new(net_snmp::snmp(root)),
+            "proc_net_snmp6" => Box::new(net_snmp6::source(root)),
+            "proc_net_netstat" => Box::new(net_snmp::netstat(root)),
+            "proc_net_softnet" => Box::new(SoftnetSource::new(root)),
+            "proc_meminfo" => Box::new(meminfo::source(root)),
+            "proc_vmstat" => Box::new(vmstat::source(root)),
+            "proc_loadavg" => Box::new(LoadavgSource::new(root)),
+            "proc_pid" => Box::new(ProcessesSource::new(root, config.threads, hz)),
+            "proc_mounts" => Box::new(MountsSource::new(root, &config.exclude_fs_types)),
+            "host" => Box::new(HostSource::new(root, &config.sysfs_root, &config.os_release)),
+            // sched (BPF) and lsvmi (self) are built elsewhere.
+            _ => continue,
+        };
+        sources.push(source);
+    }
+    sources
 }
 
 /// Load the BPF object and attach each program group; failures are one warning line each.

@@ -5,20 +5,18 @@ use std::fmt::Write as _;
 
 use crate::{
     model::MetricDesc,
-    sources::{proc_stat, sched, self_metrics},
+    sources::{SourceSpec, specs},
 };
 
-/// (section title, what it reads, its metrics)
-pub fn sources() -> [(&'static str, &'static str, &'static [&'static MetricDesc]); 3] {
-    [
-        ("/proc/stat", "Read every `interval` (100 ms).", proc_stat::METRICS),
-        (
-            "Scheduler (eBPF)",
-            "Counted in the kernel, read every `interval` (100 ms). Needs root and BTF.",
-            sched::METRICS,
-        ),
-        ("The agent itself", "Every second.", self_metrics::METRICS),
-    ]
+/// (section title, config name and default interval, its metrics)
+pub fn sources() -> Vec<(&'static str, String, &'static [&'static MetricDesc])> {
+    specs()
+        .into_iter()
+        .map(|SourceSpec { name, title, default_interval, metrics }| {
+            let every = humantime::format_duration(default_interval);
+            (title, format!("Source `{name}` (config `sources.{name}`), every {every} by default."), metrics)
+        })
+        .collect()
 }
 
 /// docs/metrics.md, generated.
@@ -31,6 +29,7 @@ pub fn markdown() -> String {
          config file. Timestamps are the instant each value was read, in milliseconds.\n",
     );
     for (title, when, metrics) in sources() {
+        let when = when.as_str();
         let _ = write!(
             s,
             "\n## {title}\n\n{when}\n\n| metric | type | unit | labels | source | meaning |\n|---|---|---|---|---|---|\n"

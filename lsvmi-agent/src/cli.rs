@@ -58,6 +58,16 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub procfs_root: Option<PathBuf>,
 
+    /// Read /sys from here (CPU lists for pinning and host info)
+    #[arg(long, value_name = "DIR")]
+    pub sysfs_root: Option<PathBuf>,
+
+    /// CPUs the agent may run on: `housekeeping` (default: online CPUs that are neither
+    /// isolated nor nohz_full, so the agent never lands on a core a busy-polling thread
+    /// owns), `all`, or a list such as `0-1,8`
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
+
     /// Log level: error, warn, info, debug, trace
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: String,

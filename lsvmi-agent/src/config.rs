@@ -52,7 +52,49 @@ pub struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
     pub procfs_root: Option<PathBuf>,
+    pub sysfs_root: Option<PathBuf>,
+    pub os_release: Option<PathBuf>,
     pub bpf: Option<bool>,
+    pub cpus: Option<String>,
+    pub full_refresh_every: Option<u32>,
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceFileConfig>,
+}
+
+/// `sources.<name>` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceFileConfig {
+    pub enabled: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    pub full_refresh_every: Option<u32>,
+    /// proc_pid only: also collect per-thread series.
+    pub threads: Option<bool>,
+    /// proc_mounts only: filesystem types to leave out (replaces the default list).
+    pub exclude_fs_types: Option<Vec<String>>,
+}
+
+/// One source's schedule, resolved.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub name: &'static str,
+    pub enabled: bool,
+    pub interval: Duration,
+    /// `interval` in base ticks.
+    pub every_ticks: u32,
+    /// Send unchanged values only every this many cycles (0: send every value).
+    pub full_refresh_every: u32,
+}
+
+/// Which CPUs the agent's threads may run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CpuChoice {
+    /// The housekeeping CPUs: online, not isolated, not nohz_full.
+    Housekeeping,
+    /// No pinning.
+    All,
+    List(Vec<u32>),
 }
 
 /// Everything the agent needs, resolved and checked.
@@ -68,10 +110,20 @@ pub struct Config {
     pub http_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub procfs_root: PathBuf,
+    pub sysfs_root: PathBuf,
+    pub os_release: PathBuf,
     pub bpf: bool,
+    pub cpus: CpuChoice,
+    /// Every source, enabled or not, in poll order.
+    pub sources: Vec<SourceSettings>,
+    pub threads: bool,
+    pub exclude_fs_types: Vec<String>,
     pub dry_run: bool,
     pub duration: Option<Duration>,
 }
+
+/// Default of `full_refresh_every` (LSVMI's `full_metrics_factor`).
+pub const DEFAULT_FULL_REFRESH_EVERY: u32 = 15;
 
 impl Config {
     pub fn from_cli(cli: &Cli) -> Result<Self, ConfigError> {
@@ -137,6 +189,21 @@ impl Config {
         }
         // clap has checked it is positive and finite.
         let duration = cli.duration.map(Duration::from_secs_f64);
+        let cpus = match cli.cpus.clone().or(file.cpus).as_deref().map(str::trim) {
+            None | Some("housekeeping") => CpuChoice::Housekeeping,
+            Some("all") => CpuChoice::All,
+            Some(list) => match crate::sources::host::parse_cpu_list(list) {
+                Some(l) if !l.is_empty() => CpuChoice::List(l),
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "cpus",
+                        reason: format!("{list:?}: expected housekeeping, all, or a list such as 0-3,8"),
+                    });
+                }
+            },
+        };
+        let default_refresh = file.full_refresh_every.unwrap_or(DEFAULT_FULL_REFRESH_EVERY);
+        let (sources, threads, exclude_fs_types) = resolve_sources(file.sources, interval, default_refresh)?;
         Ok(Config {
             endpoint,
             host_labels,
@@ -147,11 +214,78 @@ impl Config {
             http_timeout: file.http_timeout.unwrap_or(Duration::from_secs(10)),
             shutdown_timeout: file.shutdown_timeout.unwrap_or(Duration::from_secs(5)),
             procfs_root: cli.procfs_root.clone().or(file.procfs_root).unwrap_or_else(|| PathBuf::from("/proc")),
+            sysfs_root: cli.sysfs_root.clone().or(file.sysfs_root).unwrap_or_else(|| PathBuf::from("/sys")),
+            os_release: file.os_release.unwrap_or_else(|| PathBuf::from("/etc/os-release")),
             bpf: !cli.no_bpf && file.bpf.unwrap_or(true),
+            cpus,
+            sources,
+            threads,
+            exclude_fs_types,
             dry_run: cli.dry_run,
             duration,
         })
     }
+}
+
+impl Config {
+    /// The settings of source `name` (every known source has one).
+    pub fn source(&self, name: &str) -> Option<&SourceSettings> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// True when source `name` is enabled.
+    pub fn enabled(&self, name: &str) -> bool {
+        self.source(name).is_some_and(|s| s.enabled)
+    }
+}
+
+type ResolvedSources = (Vec<SourceSettings>, bool, Vec<String>);
+
+fn resolve_sources(
+    mut file: BTreeMap<String, SourceFileConfig>,
+    base: Duration,
+    default_refresh: u32,
+) -> Result<ResolvedSources, ConfigError> {
+    let specs = crate::sources::specs();
+    if let Some(unknown) = file.keys().find(|k| !specs.iter().any(|s| s.name == k.as_str())) {
+        let known: Vec<&str> = specs.iter().map(|s| s.name).collect();
+        return Err(ConfigError::Invalid {
+            key: "sources",
+            reason: format!("unknown source {unknown:?}; known: {}", known.join(", ")),
+        });
+    }
+    let mut threads = true;
+    let mut exclude: Vec<String> =
+        crate::sources::mounts::DEFAULT_EXCLUDED_FS_TYPES.iter().map(|s| s.to_string()).collect();
+    let mut out = Vec::new();
+    for spec in specs {
+        let c = file.remove(spec.name).unwrap_or_default();
+        let bad = |reason: String| ConfigError::Invalid { key: "sources", reason: format!("{}: {reason}", spec.name) };
+        if c.threads.is_some() && spec.name != "proc_pid" {
+            return Err(bad("`threads` applies to proc_pid only".into()));
+        }
+        if c.exclude_fs_types.is_some() && spec.name != "proc_mounts" {
+            return Err(bad("`exclude_fs_types` applies to proc_mounts only".into()));
+        }
+        threads &= c.threads.unwrap_or(true);
+        if let Some(list) = c.exclude_fs_types {
+            exclude = list;
+        }
+        // The default intervals assume the 100 ms base tick; a slower base stretches them.
+        let interval = c.interval.unwrap_or(spec.default_interval).max(base);
+        let ratio = interval.as_nanos() / base.as_nanos().max(1);
+        if !interval.as_nanos().is_multiple_of(base.as_nanos().max(1)) && c.interval.is_some() {
+            return Err(bad(format!("interval {interval:?} is not a multiple of the base interval {base:?}")));
+        }
+        out.push(SourceSettings {
+            name: spec.name,
+            enabled: c.enabled.unwrap_or(true),
+            interval,
+            every_ticks: u32::try_from(ratio.max(1)).unwrap_or(u32::MAX),
+            full_refresh_every: c.full_refresh_every.unwrap_or(default_refresh),
+        });
+    }
+    Ok((out, threads, exclude))
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -216,6 +350,28 @@ mod tests {
     }
 
     #[test]
+    fn per_source_schedules() {
+        let c = from_yaml(
+            &["--cpus", "all"],
+            "full_refresh_every: 4\nsources: {proc_stat: {full_refresh_every: 0}, proc_mounts: {interval: 2s, \
+             exclude_fs_types: [tmpfs]}, proc_pid: {threads: false, enabled: false}}\n",
+        )
+        .unwrap();
+        let stat = c.source("proc_stat").unwrap();
+        assert_eq!((stat.every_ticks, stat.full_refresh_every), (1, 0));
+        let mounts = c.source("proc_mounts").unwrap();
+        assert_eq!((mounts.every_ticks, mounts.full_refresh_every), (20, 4));
+        assert_eq!(c.source("proc_interrupts").unwrap().every_ticks, 10);
+        assert!(!c.enabled("proc_pid") && !c.threads);
+        assert_eq!(c.exclude_fs_types, ["tmpfs"]);
+        assert_eq!(c.cpus, CpuChoice::All);
+        let d = Config::from_cli(&cli(&[])).unwrap();
+        assert_eq!(d.cpus, CpuChoice::Housekeeping);
+        assert_eq!(d.source("host").unwrap().every_ticks, 50);
+        assert_eq!(d.source("proc_stat").unwrap().full_refresh_every, DEFAULT_FULL_REFRESH_EVERY);
+    }
+
+    #[test]
     fn unknown_key_is_named_in_one_line() {
         let e = from_yaml(&[], "endpoint: http://x/\nintervall: 1s\n").unwrap_err().to_string();
         assert!(e.contains("unknown field `intervall`"), "{e}");
@@ -231,6 +387,11 @@ mod tests {
             ("labels: {'a-b': x}\n", "labels"),
             ("labels: {instance: x}\n", "labels"),
             ("batch_interval: 50ms\n", "batch_interval"),
+            ("sources: {proc_nope: {}}\n", "sources"),
+            ("sources: {proc_stat: {interval: 150ms}}\n", "proc_stat"),
+            ("sources: {proc_stat: {threads: false}}\n", "proc_pid only"),
+            ("sources: {proc_stat: {intervl: 1s}}\n", "intervl"),
+            ("cpus: 3-1\n", "cpus"),
         ] {
             let e = from_yaml(&[], yaml).unwrap_err().to_string();
             assert!(e.contains(key), "{yaml}: {e}");

@@ -8,6 +8,7 @@
 //! - `send/`    — batching, the bounded queue, retries, HTTP: how it leaves the host;
 //! - `bpf/`     — loading the embedded BPF object (programs live in `lsvmi-ebpf/`).
 
+pub mod affinity;
 pub mod agent;
 pub mod bpf;
 pub mod catalog;

@@ -27,6 +27,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match lsvmi::affinity::apply(&config.cpus, &config.sysfs_root) {
+        Ok(line) => tracing::info!("{line}"),
+        Err(line) => tracing::warn!("{line}"),
+    }
     // One thread: the work is a few file reads and one HTTP request per second, and a
     // single thread keeps the agent off all but one CPU at a time.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

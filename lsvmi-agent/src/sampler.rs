@@ -1,10 +1,13 @@
 //! The collection loop: on every base tick (100 ms by default) each due source is read
-//! and its samples are handed to the batcher. A source that fails is reported once
-//! when it starts failing and once when it recovers; the others carry on.
+//! and its samples are handed to the batcher. Each source has its own interval (a
+//! multiple of the tick) and change-only filter. A source that fails is reported once
+//! when it starts failing and once when it recovers; the others carry on. A source
+//! that takes longer than its interval, and a tick that could not run on time, are
+//! counted and logged, never silently lost.
 
 use std::{
     sync::{Arc, atomic::Ordering::Relaxed},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::{mpsc, watch};
@@ -12,40 +15,91 @@ use tracing::{info, warn};
 
 use crate::{
     model::{Sample, SharedRegistry},
-    sources::{Collector, Source},
+    sources::{ChangeFilter, Collector, Source},
     stats::{DropReason, Stats},
 };
 
+/// How often a source runs and how its output is filtered.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    /// Run every this many base ticks.
+    pub every_ticks: u32,
+    /// Send unchanged values every this many cycles only (0: send all).
+    pub full_refresh_every: u32,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule { every_ticks: 1, full_refresh_every: 0 }
+    }
+}
+
 struct Slot {
     source: Box<dyn Source>,
+    schedule: Schedule,
+    interval: Duration,
+    cycles: u64,
     failing: bool,
     malformed: bool,
+    overrunning: bool,
 }
 
 pub struct Sampler {
     slots: Vec<Slot>,
     registry: SharedRegistry,
     stats: Arc<Stats>,
+    filter: ChangeFilter,
+    base: Duration,
     queue_full: bool,
 }
 
 impl Sampler {
-    pub fn new(sources: Vec<Box<dyn Source>>, registry: SharedRegistry, stats: Arc<Stats>) -> Self {
-        let slots = sources.into_iter().map(|source| Slot { source, failing: false, malformed: false }).collect();
-        Sampler { slots, registry, stats, queue_full: false }
+    pub fn new(
+        sources: Vec<(Box<dyn Source>, Schedule)>,
+        base: Duration,
+        registry: SharedRegistry,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let slots = sources
+            .into_iter()
+            .map(|(source, schedule)| Slot {
+                source,
+                schedule,
+                interval: base * schedule.every_ticks.max(1),
+                cycles: 0,
+                failing: false,
+                malformed: false,
+                overrunning: false,
+            })
+            .collect();
+        Sampler { slots, registry, stats, filter: ChangeFilter::default(), base, queue_full: false }
     }
 
-    pub async fn run(mut self, interval: Duration, tx: mpsc::Sender<Vec<Sample>>, mut stop: watch::Receiver<bool>) {
-        let mut ticker = tokio::time::interval(interval);
-        // A late tick is taken at once and the schedule continues from the original
-        // grid, so timestamps stay ~interval apart.
+    pub async fn run(mut self, tx: mpsc::Sender<Vec<Sample>>, mut stop: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(self.base);
+        // A late tick is taken at once and the schedule continues on the original grid,
+        // so timestamps stay ~interval apart; the ticks that could not run are counted.
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let start = tokio::time::Instant::now();
         let mut tick: u64 = 0;
+        let mut late = false;
         loop {
-            tokio::select! {
+            let at = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => break,
-                _ = ticker.tick() => {}
+                at = ticker.tick() => at,
+            };
+            // The grid position of this tick; a jump means ticks were skipped.
+            let due = (at.duration_since(start).as_nanos() / self.base.as_nanos().max(1)) as u64;
+            if due > tick {
+                self.stats.missed_ticks.fetch_add(due - tick, Relaxed);
+                if !late {
+                    warn!(missed = due - tick, "sampler fell behind: ticks skipped (lsvmi_sampler_missed_ticks_total)");
+                }
+                late = true;
+                tick = due;
+            } else {
+                late = false;
             }
             let samples = self.cycle(tick);
             tick += 1;
@@ -74,16 +128,42 @@ impl Sampler {
         let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
         for slot in &mut self.slots {
             let name = slot.source.name();
-            if !tick.is_multiple_of(u64::from(slot.source.every_ticks().max(1))) {
+            if !tick.is_multiple_of(u64::from(slot.schedule.every_ticks.max(1))) {
                 continue;
             }
             let stats = self.stats.source(name);
-            if let Some(s) = stats {
-                s.cycles.fetch_add(1, Relaxed);
-            }
-            let mut out = Collector::new(&mut registry, &mut samples);
+            let started = Instant::now();
+            let mut out = Collector::change_only(
+                &mut registry,
+                &mut samples,
+                &mut self.filter,
+                slot.cycles,
+                slot.schedule.full_refresh_every,
+            );
             let result = slot.source.collect(&mut out);
             let (bad, first) = out.take_parse_errors();
+            let unchanged = out.unchanged();
+            slot.cycles += 1;
+            let took = started.elapsed();
+            if let Some(s) = stats {
+                s.cycles.fetch_add(1, Relaxed);
+                s.unchanged.fetch_add(unchanged, Relaxed);
+                s.busy_ns.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+            }
+            if took > slot.interval {
+                if let Some(s) = stats {
+                    s.overruns.fetch_add(1, Relaxed);
+                }
+                if !slot.overrunning {
+                    warn!(
+                        source = name,
+                        took_ms = took.as_millis() as u64,
+                        interval_ms = slot.interval.as_millis() as u64,
+                        "source took longer than its interval (lsvmi_source_overruns_total)"
+                    );
+                }
+            }
+            slot.overrunning = took > slot.interval;
             match result {
                 Ok(()) if slot.failing => {
                     slot.failing = false;

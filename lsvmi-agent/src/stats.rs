@@ -12,6 +12,12 @@ pub struct SourceStats {
     pub errors: AtomicU64,
     /// Malformed lines skipped (the rest of the input was used).
     pub parse_errors: AtomicU64,
+    /// Cycles that took longer than the source's interval.
+    pub overruns: AtomicU64,
+    /// Time spent collecting, in ns.
+    pub busy_ns: AtomicU64,
+    /// Samples left out because their value had not changed.
+    pub unchanged: AtomicU64,
 }
 
 /// Why samples were dropped (the `reason` label of `lsvmi_samples_dropped_total`).
@@ -50,6 +56,8 @@ pub struct Stats {
     pub bytes_compressed: AtomicU64,
     /// Compressed bytes waiting to be sent right now.
     pub queued_bytes: AtomicU64,
+    /// Base ticks the sampler could not run on time (the previous tick ran long).
+    pub missed_ticks: AtomicU64,
 }
 
 impl Stats {
@@ -57,7 +65,15 @@ impl Stats {
         Stats {
             sources: source_names
                 .into_iter()
-                .map(|name| SourceStats { name, cycles: zero(), errors: zero(), parse_errors: zero() })
+                .map(|name| SourceStats {
+                    name,
+                    cycles: zero(),
+                    errors: zero(),
+                    parse_errors: zero(),
+                    overruns: zero(),
+                    busy_ns: zero(),
+                    unchanged: zero(),
+                })
                 .collect(),
             samples_collected: zero(),
             samples_sent: zero(),
@@ -67,6 +83,7 @@ impl Stats {
             bytes_uncompressed: zero(),
             bytes_compressed: zero(),
             queued_bytes: zero(),
+            missed_ticks: zero(),
         }
     }
 

@@ -95,7 +95,12 @@ impl Vm {
         let body = self
             .get(&format!("/api/v1/export?match[]={}&start=0&end={end}", percent_encode(selector)))
             .expect("export");
-        body.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("export line")).collect()
+        // A series holding only a staleness marker is exported as a bare `NaN` (not JSON).
+        body.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.replace("[NaN", "[null").replace(",NaN", ",null"))
+            .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("export line {l}: {e}")))
+            .collect()
     }
 
     /// Sum of all lines of `/metrics` for `name` whose labels contain `label_filter`.
@@ -139,6 +144,15 @@ impl Exported {
 }
 
 /// Run the agent with `args`; kill it if it has not exited after `timeout`.
+/// A config file in a temp dir (kept alive by the returned guard).
+pub fn write_config(yaml: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("lsvmi.yaml");
+    std::fs::write(&path, yaml).expect("write config");
+    let p = path.to_str().expect("utf-8 path").to_string();
+    (dir, p)
+}
+
 pub fn run_agent(args: &[&str], timeout: Duration) -> Output {
     run_command(Command::new(agent_bin()).args(args), timeout)
 }

@@ -70,9 +70,17 @@ fn missing_proc_file_is_reported_once_and_the_rest_continue() {
     let err = text(&out.stderr);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{err}");
+    // Every source finds its file missing; each says so once, in one line.
     let reports: Vec<&str> = err.lines().filter(|l| l.contains("source failed")).collect();
-    assert_eq!(reports.len(), 1, "{err}");
-    assert!(reports[0].contains("proc_stat") && reports[0].contains("stat"), "{}", reports[0]);
+    let stat: Vec<&&str> =
+        reports.iter().filter(|l| l.contains("source=\"proc_stat\"") || l.contains("source=proc_stat ")).collect();
+    assert_eq!(stat.len(), 1, "{err}");
+    assert!(stat[0].contains("empty/stat"), "{}", stat[0]);
+    let mut sources: Vec<&str> =
+        reports.iter().filter_map(|l| l.split("source=").nth(1)?.split_whitespace().next()).collect();
+    let n = sources.len();
+    sources.dedup();
+    assert_eq!(sources.len(), n, "a source reported its failure more than once:\n{err}");
     // The agent's own metrics still flow, and count the failures.
     let errors = stdout
         .lines()

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use lsvmi_tests::{Exported, Vm, is_root, now_ms, read_proc_stat_cpus, run_agent};
+use lsvmi_tests::{Exported, Vm, is_root, now_ms, read_proc_stat_cpus, run_agent, write_config};
 
 const MODES: [&str; 8] = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"];
 const USER_HZ: f64 = 100.0;
@@ -15,8 +15,10 @@ fn samples_reach_victoriametrics_with_collection_timestamps_and_true_values() {
     let before = read_proc_stat_cpus();
     let t_start = now_ms();
 
+    // Change-only output off: every value on the 100 ms grid, to check the grid itself.
+    let (_dir, config) = write_config("full_refresh_every: 0\n");
     let out = run_agent(
-        &["--endpoint", &vm.write_url(), "--duration", "3", "--instance", "e2e-host"],
+        &["--endpoint", &vm.write_url(), "--duration", "3", "--instance", "e2e-host", "--config", &config],
         Duration::from_secs(30),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -49,6 +51,16 @@ fn samples_reach_victoriametrics_with_collection_timestamps_and_true_values() {
             );
             assert!(values.windows(2).all(|w| w[1] >= w[0]), "cpu {cpu} {mode}: counter went down: {values:?}");
         }
+    }
+
+    // Per CPU, the modes add up to wall time (jiffies: ±10 ms per mode read, plus guest
+    // time counted within user).
+    for &cpu in before.keys() {
+        let series: Vec<&&Exported> = MODES.iter().map(|m| &by_cpu_mode[&(cpu, m.to_string())]).collect();
+        let busy: f64 = series.iter().map(|s| s.values.last().unwrap().unwrap() - s.values[0].unwrap()).sum();
+        let ts = &series[0].timestamps;
+        let wall = (ts.last().unwrap() - ts[0]) as f64 / 1000.0;
+        assert!((busy - wall).abs() <= 0.1 + wall * 0.05, "cpu {cpu}: modes sum to {busy} s over {wall} s");
     }
 
     if is_root() && !stderr.contains("eBPF disabled") {
@@ -84,4 +96,85 @@ fn check_series(s: &Exported, t_start: i64, t_end: i64) {
     gaps.sort_unstable();
     let median = gaps[gaps.len() / 2];
     assert!((90..=110).contains(&median), "{:?}: median gap {median} ms, want ~100", s.metric);
+}
+
+/// Every procfs family arrives with default settings (change-only output on) and its
+/// values make sense.
+#[test]
+fn every_procfs_family_arrives_and_is_sane() {
+    let vm = Vm::start();
+    let ignored_before = vm.self_metric("vm_rows_ignored_total", "");
+    let out = run_agent(&["--endpoint", &vm.write_url(), "--duration", "3", "--no-bpf"], Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "agent failed: {}\n{stderr}", out.status);
+    vm.force_flush();
+
+    let families = [
+        "proc_stat_cpu_seconds_total",
+        "proc_stat_context_switches_total",
+        "proc_stat_procs_running",
+        "proc_stat_boot_time_seconds",
+        "proc_interrupts_total",
+        "proc_interrupts_info",
+        "proc_softirqs_total",
+        "proc_net_dev_receive_bytes_total",
+        "proc_net_dev_transmit_packets_total",
+        "proc_net_snmp_total",
+        "proc_net_snmp",
+        "proc_net_netstat_total",
+        "proc_net_softnet_processed_total",
+        "proc_diskstats_reads_completed_total",
+        "proc_diskstats_io_now",
+        "proc_mount_size_bytes",
+        "proc_mount_avail_bytes",
+        "proc_meminfo_bytes",
+        "proc_vmstat_total",
+        "proc_vmstat",
+        "proc_loadavg_load1",
+        "proc_pressure_stalled_seconds_total",
+        "proc_pid_cpu_seconds_total",
+        "proc_pid_memory_bytes",
+        "proc_pid_info",
+        "proc_tid_cpu_seconds_total",
+        "proc_tasks",
+        "host_info",
+        "host_uptime_seconds",
+        "host_cpus",
+        "lsvmi_source_busy_seconds_total",
+    ];
+    let mut missing = Vec::new();
+    for f in families {
+        if vm.export(&format!(r#"{{__name__="{f}"}}"#)).is_empty() {
+            missing.push(f);
+        }
+    }
+    if std::path::Path::new("/proc/net/snmp6").exists() && vm.export(r#"{__name__="proc_net_snmp6_total"}"#).is_empty()
+    {
+        missing.push("proc_net_snmp6_total");
+    }
+    assert!(missing.is_empty(), "families missing: {missing:?}\nagent stderr:\n{stderr}");
+
+    // Values agree with what the test reads now (slow-moving ones).
+    let mem_total = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kb: f64 = mem_total.lines().next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let m = vm.export(r#"{__name__="proc_meminfo_bytes",field="MemTotal"}"#);
+    assert_eq!(m[0].values[0], Some(kb * 1024.0));
+    let cpus = read_proc_stat_cpus().len() as f64;
+    let online = vm.export(r#"{__name__="host_cpus",state="online"}"#);
+    assert_eq!(online[0].values[0], Some(cpus));
+    // The agent pushes over loopback, so lo's counters grew during the run.
+    let lo = vm.export(r#"{__name__="proc_net_dev_transmit_bytes_total",interface="lo"}"#);
+    let v: Vec<f64> = lo[0].values.iter().flatten().copied().collect();
+    assert!(v.len() >= 2 && v.last() > v.first(), "lo transmit bytes did not grow: {v:?}");
+    // The agent sees itself among the processes, and / among the mounts.
+    assert!(!vm.export(r#"{__name__="proc_pid_info",comm="lsvmi"}"#).is_empty(), "agent not among processes");
+    assert!(!vm.export(r#"{__name__="proc_mount_size_bytes",mountpoint="/"}"#).is_empty());
+    let tasks = vm.export(r#"{__name__="proc_tasks",kind="process"}"#);
+    assert!(tasks[0].values[0].unwrap() > 5.0, "{tasks:?}");
+    // Change-only output left things out, and said so.
+    let unchanged = vm.export(r#"{__name__="lsvmi_samples_unchanged_total",source="proc_vmstat"}"#);
+    assert!(unchanged.iter().flat_map(|s| s.values.iter().flatten()).any(|v| *v > 0.0), "{unchanged:?}");
+
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(vm.self_metric("vm_rows_ignored_total", ""), ignored_before, "VictoriaMetrics ignored rows");
 }

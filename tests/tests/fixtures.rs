@@ -33,6 +33,106 @@ fn captured_debian12_tree() {
     assert_eq!(value(&out, r#"proc_stat_interrupts_total{instance="fx"}"#), Some(549419.0));
     assert_eq!(value(&out, r#"proc_stat_boot_time_seconds{instance="fx"}"#), Some(1795368945.0));
     assert!(!out.contains(r#"cpu="2""#));
+    // Every family in the captured tree (values from the captured files).
+    for family in [
+        "proc_interrupts_total{",
+        "proc_interrupts_info{",
+        "proc_softirqs_total{",
+        "proc_net_dev_receive_bytes_total{",
+        "proc_net_snmp_total{",
+        "proc_net_snmp6_total{",
+        "proc_net_netstat_total{",
+        "proc_net_softnet_processed_total{",
+        "proc_diskstats_reads_completed_total{",
+        "proc_meminfo_bytes{",
+        "proc_vmstat_total{",
+        "proc_vmstat{",
+        "proc_loadavg_load1{",
+        "proc_pressure_stalled_seconds_total{",
+        "proc_pid_cpu_seconds_total{",
+        "proc_pid_info{",
+        "proc_tid_cpu_seconds_total{",
+        "proc_mount_size_bytes{",
+        "host_info{",
+        "host_uptime_seconds{",
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(family)), "{family} missing from the dry run\n{err}");
+    }
+    assert_eq!(
+        value(&out, r#"proc_pid_cpu_seconds_total{comm="process_api",instance="fx",mode="user",pid="1"}"#),
+        Some(2.0)
+    );
+    assert_eq!(value(&out, r#"proc_pid_threads{comm="process_api",instance="fx",pid="1"}"#), Some(11.0));
+    assert!(out.contains(r#"kernel_release="6.18.44-fc-v782""#), "host_info lacks the captured kernel");
+    assert_eq!(value(&out, r#"host_uptime_seconds{instance="fx"}"#), Some(16400.53));
+}
+
+/// Hand-made edge cases: CPU hot-plug gaps, values at u64::MAX, torn and garbage lines,
+/// old kernel layouts. Bad lines are skipped and counted; the rest comes through.
+#[test]
+fn edge_tree_keeps_what_is_good() {
+    let (out, err) = dry_run("edge");
+    // interrupts: CPU0 and CPU2 only; a total-only row has no cpu label.
+    assert_eq!(value(&out, r#"proc_interrupts_total{cpu="2",instance="fx",irq="0"}"#), Some(7.0));
+    assert_eq!(value(&out, r#"proc_interrupts_total{cpu="0",instance="fx",irq="LOC"}"#), Some(u64::MAX as f64));
+    assert_eq!(value(&out, r#"proc_interrupts_total{instance="fx",irq="ERR"}"#), Some(9.0));
+    // softirqs: NET_RX's bad CPU2 column is dropped, its CPU0 value kept.
+    assert_eq!(value(&out, r#"proc_softirqs_total{cpu="0",instance="fx",type="NET_RX"}"#), Some(100.0));
+    assert_eq!(value(&out, r#"proc_softirqs_total{cpu="2",instance="fx",type="NET_TX"}"#), Some(4.0));
+    // net/dev: u64::MAX passes through, the short eth0 line is skipped.
+    assert_eq!(value(&out, r#"proc_net_dev_receive_bytes_total{instance="fx",interface="lo"}"#), Some(u64::MAX as f64));
+    assert_eq!(value(&out, r#"proc_net_dev_receive_drop_total{instance="fx",interface="eth1"}"#), Some(1.0));
+    assert!(!out.contains(r#"interface="eth0""#));
+    // diskstats: an 11-column (old kernel) line, a full one with bytes and seconds.
+    assert_eq!(value(&out, r#"proc_diskstats_reads_completed_total{device="sda",instance="fx"}"#), Some(1.0));
+    assert_eq!(value(&out, r#"proc_diskstats_read_bytes_total{device="nvme0n1",instance="fx"}"#), Some(2048.0));
+    assert_eq!(value(&out, r#"proc_diskstats_read_time_seconds_total{device="nvme0n1",instance="fx"}"#), Some(1.0));
+    assert_eq!(value(&out, r#"proc_diskstats_flush_time_seconds_total{device="nvme0n1",instance="fx"}"#), Some(0.017));
+    assert!(!out.contains(r#"device="sda1""#));
+    assert!(
+        !out.contains(r#"device="sda",instance="fx"} "#)
+            || !out.contains("proc_diskstats_flushes_total{device=\"sda\"")
+    );
+    // snmp: u64 counters beyond i64, gauges apart from counters; a lone header is reported.
+    assert_eq!(
+        value(&out, r#"proc_net_snmp_total{field="RetransSegs",instance="fx",protocol="Tcp"}"#),
+        Some(u64::MAX as f64)
+    );
+    assert_eq!(value(&out, r#"proc_net_snmp{field="CurrEstab",instance="fx",protocol="Tcp"}"#), Some(3.0));
+    // softnet: the old 3-column layout, CPU from the line number.
+    assert_eq!(value(&out, r#"proc_net_softnet_time_squeeze_total{cpu="0",instance="fx"}"#), Some(2.0));
+    // meminfo, pressure: good lines kept.
+    assert_eq!(value(&out, r#"proc_meminfo_bytes{field="MemTotal",instance="fx"}"#), Some(1_024_000.0));
+    assert_eq!(value(&out, r#"proc_meminfo_pages{field="HugePages_Total",instance="fx"}"#), Some(4.0));
+    assert_eq!(
+        value(&out, r#"proc_pressure_stalled_seconds_total{instance="fx",kind="some",resource="cpu"}"#),
+        Some(2.5)
+    );
+    assert_eq!(
+        value(&out, r#"proc_pressure_stalled_ratio{instance="fx",kind="some",resource="cpu",window="10s"}"#),
+        Some(0.01)
+    );
+    // Nothing panicked, and each source with bad lines said so once.
+    for source in [
+        "proc_interrupts",
+        "proc_softirqs",
+        "proc_net_dev",
+        "proc_diskstats",
+        "proc_net_snmp",
+        "proc_meminfo",
+        "proc_pressure",
+        "proc_loadavg",
+        "proc_net_softnet",
+    ] {
+        let n = err
+            .lines()
+            .filter(|l| {
+                l.contains("malformed lines skipped") && l.contains(&format!("source={source}\""))
+                    || l.contains("malformed lines skipped") && l.contains(&format!("source=\"{source}\""))
+            })
+            .count();
+        assert_eq!(n, 1, "{source}: {n} warnings\n{err}");
+    }
 }
 
 #[test]

@@ -19,6 +19,9 @@ const KEY_LABEL_VALUE: u8 = (2 << 3) | 2; // Label.value
 const KEY_SAMPLE_VALUE: u8 = (1 << 3) | 1; // Sample.value, fixed64
 const KEY_SAMPLE_TS: u8 = 2 << 3; // Sample.timestamp, varint
 
+/// Per series id: (generation, encoded labels).
+type LabelCache = Vec<Option<(u32, Box<[u8]>)>>;
+
 /// A compressed request ready to POST.
 #[derive(Clone, Debug)]
 pub struct EncodedBatch {
@@ -30,8 +33,9 @@ pub struct EncodedBatch {
 }
 
 pub struct Encoder {
-    /// Encoded `repeated Label` bytes per series, filled on first use.
-    label_cache: Vec<Option<Box<[u8]>>>,
+    /// Encoded `repeated Label` bytes per series (with the series' generation), filled
+    /// on first use and refreshed when the registry reuses the id.
+    label_cache: LabelCache,
     protobuf: Vec<u8>,
     snappy: snap::raw::Encoder,
 }
@@ -95,15 +99,16 @@ impl Encoder {
 }
 
 /// The encoded labels of `id`, encoded on first use.
-fn cached_labels<'c>(cache: &'c mut Vec<Option<Box<[u8]>>>, registry: &Registry, id: SeriesId) -> Option<&'c [u8]> {
+fn cached_labels<'c>(cache: &'c mut LabelCache, registry: &Registry, id: SeriesId) -> Option<&'c [u8]> {
     if cache.len() <= id.index() {
         cache.resize(id.index() + 1, None);
     }
+    let series = registry.get(id)?;
     let slot = &mut cache[id.index()];
-    if slot.is_none() {
-        *slot = Some(encode_labels(&registry.get(id)?.labels).into_boxed_slice());
+    if slot.as_ref().is_none_or(|(generation, _)| *generation != series.generation) {
+        *slot = Some((series.generation, encode_labels(&series.labels).into_boxed_slice()));
     }
-    slot.as_deref()
+    slot.as_ref().map(|(_, bytes)| &bytes[..])
 }
 
 /// `repeated Label labels = 1` of a TimeSeries. Empty strings are omitted like prost

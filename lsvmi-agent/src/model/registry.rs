@@ -2,8 +2,9 @@
 //! This is also the one place where host labels (`instance`, user labels) are added.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, RwLock},
+    time::{Duration, Instant},
 };
 
 use super::{MetricDesc, SeriesId};
@@ -21,7 +22,15 @@ pub struct Series {
     pub desc: &'static MetricDesc,
     /// Sorted bytewise by name, names unique, no empty values: the remote-write rules.
     pub labels: Vec<Label>,
+    /// Bumped each time the id is reused for another label set, so caches keyed by
+    /// [`SeriesId`] (the encoder's label bytes) know to refresh.
+    pub generation: u32,
 }
+
+/// How long a retired id waits before reuse: longer than any sample can sit between the
+/// sampler and the encoder (channel + one batch interval), so a late sample of the old
+/// series is never encoded with the new series' labels.
+const REUSE_AFTER: Duration = Duration::from_secs(60);
 
 /// Shared between the sampler (which registers) and the encoders (which read).
 pub type SharedRegistry = Arc<RwLock<Registry>>;
@@ -32,6 +41,8 @@ pub struct Registry {
     host_labels: Vec<Label>,
     series: Vec<Series>,
     index: HashMap<Vec<Label>, SeriesId>,
+    /// Retired ids, oldest first, with the instant they were retired.
+    free: VecDeque<(SeriesId, Instant)>,
 }
 
 impl Registry {
@@ -67,11 +78,37 @@ impl Registry {
         if let Some(id) = self.index.get(&set) {
             return *id;
         }
+        if let Some(&(id, retired)) = self.free.front()
+            && retired.elapsed() >= REUSE_AFTER
+        {
+            self.free.pop_front();
+            self.index.insert(set.clone(), id);
+            let slot = &mut self.series[id.index()];
+            *slot = Series { desc, labels: set, generation: slot.generation.wrapping_add(1) };
+            return id;
+        }
         // u32 ids: over four billion series would exhaust memory long before this.
         let id = SeriesId(u32::try_from(self.series.len()).unwrap_or(u32::MAX));
         self.index.insert(set.clone(), id);
-        self.series.push(Series { desc, labels: set });
+        self.series.push(Series { desc, labels: set, generation: 0 });
         id
+    }
+
+    /// The series has ended (process exited, interface removed). Its labels stay readable
+    /// for samples still in flight; the id is reused for a new series after a quarantine,
+    /// which keeps the table bounded under pid churn. Registering the same labels again
+    /// gives a fresh id.
+    pub fn retire(&mut self, id: SeriesId) {
+        let Some(series) = self.series.get(id.index()) else { return };
+        if self.index.get(&series.labels) == Some(&id) {
+            self.index.remove(&series.labels);
+            self.free.push_back((id, Instant::now()));
+        }
+    }
+
+    /// Series currently live (registered and not retired).
+    pub fn live(&self) -> usize {
+        self.index.len()
     }
 
     pub fn get(&self, id: SeriesId) -> Option<&Series> {
@@ -121,6 +158,26 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(r.len(), 1);
         assert!(!names(&r, a).iter().any(|(n, _)| n == "mode"));
+    }
+
+    #[test]
+    fn retired_ids_are_reused_only_after_quarantine_with_a_new_generation() {
+        let mut r = Registry::new([]);
+        let a = r.register(&DESC, &[("cpu", "0")]);
+        r.retire(a);
+        r.retire(a); // twice is harmless
+        assert_eq!(r.live(), 0);
+        // Within the quarantine: a new id, the old labels still readable.
+        let b = r.register(&DESC, &[("cpu", "1")]);
+        assert_ne!(a, b);
+        assert!(names(&r, a).contains(&("cpu".into(), "0".into())));
+        // After it: the id comes back with a bumped generation.
+        r.free[0].1 -= REUSE_AFTER;
+        let c = r.register(&DESC, &[("cpu", "2")]);
+        assert_eq!(a, c);
+        assert_eq!(r.get(c).unwrap().generation, 1);
+        assert!(names(&r, c).contains(&("cpu".into(), "2".into())));
+        assert_eq!(r.live(), 2);
     }
 
     #[test]

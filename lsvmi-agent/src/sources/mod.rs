@@ -2,24 +2,90 @@
 //! metrics ([`MetricDesc`]) next to its reader, registers series once, and pushes
 //! `(series, timestamp, value)` into a [`Collector`] on every cycle.
 
+/// Declare a metric: `metric!(IDENT, "name", Counter|Gauge, "unit", [labels], SOURCE, "help")`.
+macro_rules! metric {
+    ($ident:ident, $name:literal, $kind:ident, $unit:literal, [$($label:literal),*], $source:expr, $help:literal) => {
+        pub static $ident: $crate::model::MetricDesc = $crate::model::MetricDesc {
+            name: $name,
+            kind: $crate::model::MetricKind::$kind,
+            unit: $unit,
+            help: $help,
+            labels: &[$($label),*],
+            source: $source,
+        };
+    };
+}
+
+mod cpu_table;
+pub mod diskstats;
+pub mod host;
+pub mod interrupts;
+mod keyed;
+pub mod loadavg;
+pub mod meminfo;
+pub mod mounts;
+pub mod net_dev;
+pub mod net_snmp;
+pub mod net_snmp6;
+pub mod pressure;
 pub mod proc_stat;
+pub mod processes;
 pub mod procfs_file;
 pub mod sched;
 pub mod self_metrics;
+pub mod softirqs;
+pub mod softnet;
+pub mod text;
+pub mod vmstat;
 
-use std::fmt;
+use std::{fmt, time::Duration};
 
-use crate::model::{MetricDesc, Registry, Sample, SeriesId};
+use crate::model::{MetricDesc, Registry, STALE_NAN_BITS, Sample, SeriesId};
+
+/// A source as config, docs and wiring know it.
+pub struct SourceSpec {
+    /// The key under `sources:` in the config file, and the `source` label of self-metrics.
+    pub name: &'static str,
+    /// Section title in docs/metrics.md.
+    pub title: &'static str,
+    pub default_interval: Duration,
+    pub metrics: &'static [&'static MetricDesc],
+}
+
+const fn spec(name: &'static str, title: &'static str, ms: u64, metrics: &'static [&'static MetricDesc]) -> SourceSpec {
+    SourceSpec { name, title, default_interval: Duration::from_millis(ms), metrics }
+}
+
+/// Every source, in the order they are polled within a tick. Default intervals: what
+/// moves fast and matters at 100 ms (CPU, softirqs, NIC and disk counters, pressure)
+/// every tick; the rest every second; filesystems and host identity every 5 s.
+pub fn specs() -> [SourceSpec; 18] {
+    [
+        spec("proc_stat", "/proc/stat", 100, proc_stat::METRICS),
+        spec("proc_softirqs", "/proc/softirqs", 100, softirqs::METRICS),
+        spec("proc_net_dev", "/proc/net/dev", 100, net_dev::METRICS),
+        spec("proc_diskstats", "/proc/diskstats", 100, diskstats::METRICS),
+        spec("proc_pressure", "/proc/pressure (PSI)", 100, pressure::METRICS),
+        spec("sched", "Scheduler (eBPF)", 100, sched::METRICS),
+        spec("proc_interrupts", "/proc/interrupts", 1000, interrupts::METRICS),
+        spec("proc_net_snmp", "/proc/net/snmp", 1000, net_snmp::SNMP_METRICS),
+        spec("proc_net_snmp6", "/proc/net/snmp6", 1000, net_snmp6::METRICS),
+        spec("proc_net_netstat", "/proc/net/netstat", 1000, net_snmp::NETSTAT_METRICS),
+        spec("proc_net_softnet", "/proc/net/softnet_stat", 1000, softnet::METRICS),
+        spec("proc_meminfo", "/proc/meminfo", 1000, meminfo::METRICS),
+        spec("proc_vmstat", "/proc/vmstat", 1000, vmstat::METRICS),
+        spec("proc_loadavg", "/proc/loadavg", 1000, loadavg::METRICS),
+        spec("proc_pid", "Processes and threads", 1000, processes::METRICS),
+        spec("proc_mounts", "Mounted filesystems", 5000, mounts::METRICS),
+        spec("host", "Host", 5000, host::METRICS),
+        spec("lsvmi", "The agent itself", 1000, self_metrics::METRICS),
+    ]
+}
 
 /// One source of data, polled by the sampler on its tick.
 pub trait Source: Send {
-    /// Short name used in logs and in `lsvmi_*` self-metrics (`proc_stat`, `sched`).
+    /// Short name used in logs, config (`sources.<name>`) and `lsvmi_*` self-metrics.
     fn name(&self) -> &'static str;
-
-    /// Collect every `every_ticks()` base ticks (the base tick is `interval`, 100 ms).
-    fn every_ticks(&self) -> u32 {
-        1
-    }
 
     /// Read the source once and push its samples. An `Err` means nothing could be read
     /// this cycle (the file is gone, the map cannot be read); malformed parts of what was
@@ -46,6 +112,13 @@ pub enum SourceError {
     },
 }
 
+impl SourceError {
+    /// A file could not be read.
+    pub fn read(path: &std::path::Path, source: std::io::Error) -> Self {
+        SourceError::Read { path: path.display().to_string(), source }
+    }
+}
+
 /// A malformed part of a source's input: where it is and what was wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParseError {
@@ -62,17 +135,79 @@ impl fmt::Display for ParseError {
     }
 }
 
+/// Change-only output (LSVMI's `full_metrics_factor`): a sample is sent when its
+/// value differs from the last one sent for its series, and every series is sent
+/// anyway once every `refresh_every` cycles of its source so that queries over any
+/// window find it. Refresh phases are spread by series id, so a cycle never sends
+/// everything at once.
+#[derive(Debug, Default)]
+pub struct ChangeFilter {
+    /// Bits of the last value sent, indexed by series id; `UNSENT` before the first.
+    last: Vec<u64>,
+}
+
+/// A NaN payload no source produces: "nothing sent yet".
+const UNSENT: u64 = 0x7ff8_0000_dead_0001;
+
+impl ChangeFilter {
+    fn pass(&mut self, id: SeriesId, value: f64, cycle: u64, refresh_every: u32) -> bool {
+        let i = id.index();
+        if self.last.len() <= i {
+            self.last.resize(i + 1, UNSENT);
+        }
+        let bits = value.to_bits();
+        let due = refresh_every == 0 || (cycle + i as u64).is_multiple_of(u64::from(refresh_every));
+        if due || self.last[i] != bits {
+            self.last[i] = bits;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn remember(&mut self, id: SeriesId, value: f64) {
+        let i = id.index();
+        if self.last.len() <= i {
+            self.last.resize(i + 1, UNSENT);
+        }
+        self.last[i] = value.to_bits();
+    }
+
+    /// Forget the series; returns whether a value of it was ever sent.
+    fn forget(&mut self, id: SeriesId) -> bool {
+        match self.last.get_mut(id.index()) {
+            Some(slot) => std::mem::replace(slot, UNSENT) != UNSENT,
+            None => false,
+        }
+    }
+}
+
 /// What a source writes into during one cycle.
 pub struct Collector<'a> {
     registry: &'a mut Registry,
     samples: &'a mut Vec<Sample>,
+    filter: Option<(&'a mut ChangeFilter, u64, u32)>,
+    unchanged: u64,
     parse_errors: u64,
     first_parse_error: Option<ParseError>,
 }
 
 impl<'a> Collector<'a> {
+    /// A collector that keeps every sample (tests, one-shot reads).
     pub fn new(registry: &'a mut Registry, samples: &'a mut Vec<Sample>) -> Self {
-        Collector { registry, samples, parse_errors: 0, first_parse_error: None }
+        Collector { registry, samples, filter: None, unchanged: 0, parse_errors: 0, first_parse_error: None }
+    }
+
+    /// A collector that drops unchanged values except on each series' refresh cycle
+    /// (`cycle` counts this source's cycles; `refresh_every` 0 keeps everything).
+    pub fn change_only(
+        registry: &'a mut Registry,
+        samples: &'a mut Vec<Sample>,
+        filter: &'a mut ChangeFilter,
+        cycle: u64,
+        refresh_every: u32,
+    ) -> Self {
+        Collector { filter: Some((filter, cycle, refresh_every)), ..Collector::new(registry, samples) }
     }
 
     /// Register (or look up) a series; sources call this once per series, not per cycle.
@@ -80,14 +215,61 @@ impl<'a> Collector<'a> {
         self.registry.register(desc, labels)
     }
 
-    /// Number of series registered so far (all sources).
+    /// Number of live series (all sources).
     pub fn series_count(&self) -> usize {
-        self.registry.len()
+        self.registry.live()
     }
 
     #[inline]
     pub fn push(&mut self, series: SeriesId, ts_ms: i64, value: f64) {
+        if let Some((filter, cycle, every)) = &mut self.filter
+            && !filter.pass(series, value, *cycle, *every)
+        {
+            self.unchanged += 1;
+            return;
+        }
         self.samples.push(Sample { series, ts_ms, value });
+    }
+
+    /// Send regardless of the change filter (and remember the value as sent): for sources
+    /// that run their own refresh schedule, such as processes spread by pid.
+    #[inline]
+    pub fn push_refresh(&mut self, series: SeriesId, ts_ms: i64, value: f64) {
+        if let Some((filter, _, _)) = &mut self.filter {
+            filter.remember(series, value);
+        }
+        self.samples.push(Sample { series, ts_ms, value });
+    }
+
+    /// This source's cycle number (0 for a collector without a filter).
+    pub fn cycle(&self) -> u64 {
+        self.filter.as_ref().map_or(0, |(_, c, _)| *c)
+    }
+
+    /// The source's `full_refresh_every` (0: everything is sent every cycle).
+    pub fn refresh_every(&self) -> u32 {
+        self.filter.as_ref().map_or(0, |(_, _, e)| *e)
+    }
+
+    /// The series has ended (its process, interface, disk or mount is gone): send one
+    /// staleness marker so queries stop showing the last value for five minutes, and
+    /// retire the series id.
+    pub fn end_series(&mut self, series: SeriesId, ts_ms: i64) {
+        // A series that never got a value (a kernel thread has no memory figures) has
+        // nothing to mark stale.
+        let sent = match &mut self.filter {
+            Some((filter, _, _)) => filter.forget(series),
+            None => true,
+        };
+        if sent {
+            self.samples.push(Sample { series, ts_ms, value: f64::from_bits(STALE_NAN_BITS) });
+        }
+        self.registry.retire(series);
+    }
+
+    /// Samples left out this cycle because their value had not changed.
+    pub fn unchanged(&self) -> u64 {
+        self.unchanged
     }
 
     /// Report `count` malformed lines (skipped; the rest of the input still counts).
@@ -101,5 +283,50 @@ impl<'a> Collector<'a> {
     /// Malformed lines reported this cycle, and the first of them.
     pub fn take_parse_errors(&mut self) -> (u64, Option<ParseError>) {
         (std::mem::take(&mut self.parse_errors), self.first_parse_error.take())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MetricKind;
+
+    static DESC: MetricDesc =
+        MetricDesc { name: "g", kind: MetricKind::Gauge, unit: "", help: "", labels: &["k"], source: "t" };
+
+    #[test]
+    fn change_only_sends_changes_and_a_spread_full_refresh() {
+        let mut reg = Registry::new([]);
+        let mut filter = ChangeFilter::default();
+        let ids: Vec<SeriesId> = ["a", "b", "c"].iter().map(|k| reg.register(&DESC, &[("k", k)])).collect();
+        let mut sent_per_cycle = Vec::new();
+        for cycle in 0..6u64 {
+            let mut samples = Vec::new();
+            let mut out = Collector::change_only(&mut reg, &mut samples, &mut filter, cycle, 3);
+            for (i, id) in ids.iter().enumerate() {
+                // Series "c" changes every cycle; "a" and "b" are constant.
+                let v = if i == 2 { cycle as f64 } else { 1.0 };
+                out.push(*id, cycle as i64, v);
+            }
+            sent_per_cycle.push(samples.len());
+        }
+        // Cycle 0: everything is new. Then "c" every cycle, "a"/"b" once per 3 cycles each,
+        // on different cycles.
+        assert_eq!(sent_per_cycle, [3, 1, 2, 2, 1, 2]);
+    }
+
+    #[test]
+    fn refresh_zero_keeps_everything_and_ended_series_get_a_stale_marker() {
+        let mut reg = Registry::new([]);
+        let mut filter = ChangeFilter::default();
+        let id = reg.register(&DESC, &[("k", "a")]);
+        let mut samples = Vec::new();
+        let mut out = Collector::change_only(&mut reg, &mut samples, &mut filter, 0, 0);
+        out.push(id, 1, 5.0);
+        out.push(id, 2, 5.0);
+        out.end_series(id, 3);
+        assert_eq!(samples.len(), 3);
+        assert_eq!(samples[2].value.to_bits(), STALE_NAN_BITS);
+        assert_eq!(reg.live(), 0);
     }
 }

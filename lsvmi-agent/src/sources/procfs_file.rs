@@ -41,6 +41,17 @@ impl ProcFile {
         }
     }
 
+    /// [`read`](Self::read), with the error a source reports.
+    pub fn contents(&mut self) -> Result<&[u8], super::SourceError> {
+        match self.read_inner() {
+            Ok(len) => Ok(&self.buf[..len]),
+            Err(e) => {
+                self.file = None;
+                Err(super::SourceError::read(&self.path, e))
+            }
+        }
+    }
+
     fn read_inner(&mut self) -> io::Result<usize> {
         let file = match self.file.take() {
             Some(f) => f,
@@ -64,6 +75,16 @@ impl ProcFile {
             }
         }
     }
+}
+
+/// One-shot read of a small file into `buf` (cleared first, capacity kept): for files
+/// of short-lived objects (a task's stat), where keeping one descriptor open per object
+/// would cost more descriptors than it saves syscalls.
+pub fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+    use std::io::Read as _;
+    buf.clear();
+    File::open(path)?.read_to_end(buf)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -71,6 +71,48 @@ self_metric!(
     "Malformed lines skipped by a source's parser; the rest of the input was used."
 );
 
+self_metric!(
+    OVERRUNS,
+    "lsvmi_source_overruns_total",
+    Counter,
+    "",
+    &["source"],
+    "Cycles in which a source took longer than its interval."
+);
+self_metric!(
+    BUSY,
+    "lsvmi_source_busy_seconds_total",
+    Counter,
+    "seconds",
+    &["source"],
+    "Time spent collecting, per source (its rate is the share of one CPU the source costs)."
+);
+self_metric!(
+    UNCHANGED,
+    "lsvmi_samples_unchanged_total",
+    Counter,
+    "",
+    &["source"],
+    "Samples not sent because their value had not changed since the last one sent (change-only output)."
+);
+self_metric!(
+    MISSED_TICKS,
+    "lsvmi_sampler_missed_ticks_total",
+    Counter,
+    "",
+    &[],
+    "Base ticks the sampler could not run on time because the previous one ran long."
+);
+self_metric!(
+    CPU,
+    "lsvmi_cpu_seconds_total",
+    Counter,
+    "seconds",
+    &["mode"],
+    "CPU time of the agent, mode=user or system."
+);
+self_metric!(RSS, "lsvmi_resident_memory_bytes", Gauge, "bytes", &[], "Resident memory of the agent.");
+
 pub static METRICS: &[&MetricDesc] = &[
     &COLLECTED,
     &SENT,
@@ -83,25 +125,50 @@ pub static METRICS: &[&MetricDesc] = &[
     &CYCLES,
     &SOURCE_ERRORS,
     &PARSE_ERRORS,
+    &OVERRUNS,
+    &BUSY,
+    &UNCHANGED,
+    &MISSED_TICKS,
+    &CPU,
+    &RSS,
 ];
 
 pub struct SelfMetrics {
     stats: Arc<Stats>,
-    every_ticks: u32,
     ids: Option<Ids>,
 }
 
 struct Ids {
-    scalars: [SeriesId; 6],
+    scalars: [SeriesId; 7],
     dropped: [SeriesId; 3],
     bytes: [SeriesId; 2],
-    per_source: Vec<[SeriesId; 3]>,
+    cpu: [SeriesId; 2],
+    rss: SeriesId,
+    per_source: Vec<[SeriesId; 6]>,
 }
 
 impl SelfMetrics {
-    pub fn new(stats: Arc<Stats>, every_ticks: u32) -> Self {
-        SelfMetrics { stats, every_ticks: every_ticks.max(1), ids: None }
+    pub fn new(stats: Arc<Stats>) -> Self {
+        SelfMetrics { stats, ids: None }
     }
+}
+
+/// (user, system) CPU seconds and resident bytes of this process.
+fn own_usage() -> ([f64; 2], Option<f64>) {
+    // SAFETY: getrusage writes one plain-data struct we own; zeroed is a valid value.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu = [secs(usage.ru_utime), secs(usage.ru_stime)];
+    // statm: size resident shared … in pages.
+    let rss = std::fs::read_to_string("/proc/self/statm").ok().and_then(|t| {
+        let pages: f64 = t.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * rustix::param::page_size() as f64)
+    });
+    (cpu, rss)
 }
 
 impl Source for SelfMetrics {
@@ -109,20 +176,22 @@ impl Source for SelfMetrics {
         "lsvmi"
     }
 
-    fn every_ticks(&self) -> u32 {
-        self.every_ticks
-    }
-
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
         let s = &*self.stats;
         let ids = self.ids.get_or_insert_with(|| Ids {
-            scalars: [&COLLECTED, &SENT, &BATCHES, &FAILURES, &QUEUED, &SERIES].map(|d| out.series(d, &[])),
+            scalars: [&COLLECTED, &SENT, &BATCHES, &FAILURES, &QUEUED, &SERIES, &MISSED_TICKS]
+                .map(|d| out.series(d, &[])),
             dropped: DropReason::ALL.map(|r| out.series(&DROPPED, &[("reason", r.as_str())])),
             bytes: ["protobuf", "snappy"].map(|e| out.series(&BYTES, &[("encoding", e)])),
+            cpu: ["user", "system"].map(|m| out.series(&CPU, &[("mode", m)])),
+            rss: out.series(&RSS, &[]),
             per_source: s
                 .sources
                 .iter()
-                .map(|src| [&CYCLES, &SOURCE_ERRORS, &PARSE_ERRORS].map(|d| out.series(d, &[("source", src.name)])))
+                .map(|src| {
+                    [&CYCLES, &SOURCE_ERRORS, &PARSE_ERRORS, &OVERRUNS, &BUSY, &UNCHANGED]
+                        .map(|d| out.series(d, &[("source", src.name)]))
+                })
                 .collect(),
         });
         let ts = now_ms();
@@ -134,6 +203,7 @@ impl Source for SelfMetrics {
             s.send_failures.load(Relaxed),
             s.queued_bytes.load(Relaxed),
             series_count as u64,
+            s.missed_ticks.load(Relaxed),
         ];
         for (id, v) in ids.scalars.iter().zip(scalars) {
             out.push(*id, ts, v as f64);
@@ -145,11 +215,24 @@ impl Source for SelfMetrics {
             out.push(*id, ts, v as f64);
         }
         for (ids, src) in ids.per_source.iter().zip(&s.sources) {
-            for (id, v) in
-                ids.iter().zip([src.cycles.load(Relaxed), src.errors.load(Relaxed), src.parse_errors.load(Relaxed)])
-            {
-                out.push(*id, ts, v as f64);
+            let values = [
+                src.cycles.load(Relaxed) as f64,
+                src.errors.load(Relaxed) as f64,
+                src.parse_errors.load(Relaxed) as f64,
+                src.overruns.load(Relaxed) as f64,
+                src.busy_ns.load(Relaxed) as f64 / 1e9,
+                src.unchanged.load(Relaxed) as f64,
+            ];
+            for (id, v) in ids.iter().zip(values) {
+                out.push(*id, ts, v);
             }
+        }
+        let (cpu, rss) = own_usage();
+        for (id, v) in ids.cpu.iter().zip(cpu) {
+            out.push(*id, ts, v);
+        }
+        if let Some(rss) = rss {
+            out.push(ids.rss, ts, rss);
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! CPU table has grown to the host's CPU count. Hand-written because this file is read
 //! every 100 ms; `benches/hot_paths.rs` compares it with the procfs crate's parser.
 
-use crate::sources::ParseError;
+pub use crate::sources::text::ParseReport;
+use crate::sources::text::parse_u64;
 
 /// Number of time columns of a `cpuN` line (user … guest_nice) on kernels ≥ 2.6.33.
 pub const CPU_COLUMNS: usize = 10;
@@ -28,23 +29,6 @@ pub struct ProcStat {
     pub procs_blocked: Option<u64>,
     /// First number of the `intr` line: all interrupts serviced since boot.
     pub intr_total: Option<u64>,
-}
-
-/// Malformed lines found by one parse; they were skipped.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ParseReport {
-    pub bad_lines: u64,
-    pub first_error: Option<ParseError>,
-}
-
-impl ParseReport {
-    fn bad(&mut self, line: usize, field: &[u8], reason: &'static str) {
-        self.bad_lines += 1;
-        if self.first_error.is_none() {
-            let field = String::from_utf8_lossy(&field[..field.len().min(32)]).into_owned();
-            self.first_error = Some(ParseError { line, field, reason });
-        }
-    }
 }
 
 /// Parse `buf` into `out` (cleared first, its allocations kept). Unknown lines are
@@ -105,23 +89,6 @@ fn parse_cpu_line<'a>(number: &[u8], fields: impl Iterator<Item = &'a [u8]>) -> 
         return Err("fewer than 4 columns");
     }
     Ok(ticks)
-}
-
-/// Decimal u64 without sign, spaces or overflow; `None` otherwise.
-#[inline]
-pub fn parse_u64(s: &[u8]) -> Option<u64> {
-    if s.is_empty() {
-        return None;
-    }
-    let mut v: u64 = 0;
-    for &c in s {
-        let d = c.wrapping_sub(b'0');
-        if d > 9 {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add(u64::from(d))?;
-    }
-    Some(v)
 }
 
 #[cfg(test)]
@@ -186,15 +153,6 @@ mod tests {
         let (s, r) = parsed("cpu0 1 2 3 4\ncpu0 1 2 3 4\n");
         assert_eq!(s.cpus.len(), 1);
         assert_eq!(r.bad_lines, 1);
-    }
-
-    #[test]
-    fn u64_edges() {
-        assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
-        assert_eq!(parse_u64(b"18446744073709551616"), None);
-        assert_eq!(parse_u64(b""), None);
-        assert_eq!(parse_u64(b"+1"), None);
-        assert_eq!(parse_u64(b"007"), Some(7));
     }
 
     #[test]

@@ -1,0 +1,134 @@
+//! Parser shared by `/proc/interrupts` and `/proc/softirqs`: a header naming the online
+//! CPUs (`CPU0 CPU2 …`, gaps when CPUs are offline), then one row per counter:
+//! `NAME: <one count per CPU> [description]`. Allocation-free once warmed up.
+
+use super::text::{ParseReport, numbered_lines, parse_u64};
+
+/// Reused buffers for [`parse`].
+#[derive(Debug, Default)]
+pub struct CpuTable {
+    /// CPU number of each column, from the header.
+    pub cpus: Vec<u32>,
+    values: Vec<u64>,
+}
+
+/// One row: its name (without `:`), a count per header column (fewer when the row has
+/// a single total, as `ERR:` and `MIS:` do), and the description after the counts.
+pub struct Row<'a> {
+    pub name: &'a [u8],
+    /// CPU number of each column (from the header).
+    pub cpus: &'a [u32],
+    pub values: &'a [u64],
+    pub description: &'a [u8],
+}
+
+impl Row<'_> {
+    /// (cpu, count) for each count that lines up with a header column.
+    pub fn per_cpu(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.cpus.iter().copied().zip(self.values.iter().copied())
+    }
+
+    /// True for rows with one total instead of a count per CPU (`ERR:`, `MIS:`).
+    pub fn is_total(&self) -> bool {
+        self.values.len() == 1 && self.cpus.len() > 1
+    }
+}
+
+/// Parse `buf`, calling `row` for each well-formed row. Malformed rows are skipped and
+/// reported; a missing or bad header makes every row unusable (one report).
+pub fn parse(buf: &[u8], table: &mut CpuTable, mut row: impl FnMut(Row<'_>)) -> ParseReport {
+    let mut report = ParseReport::default();
+    table.cpus.clear();
+    let mut lines = numbered_lines(buf);
+    let Some((_, header)) = lines.next() else { return report };
+    for col in header.split(|c| c.is_ascii_whitespace()).filter(|f| !f.is_empty()) {
+        match col.strip_prefix(b"CPU").and_then(parse_u64).and_then(|n| u32::try_from(n).ok()) {
+            Some(cpu) => table.cpus.push(cpu),
+            None => {
+                report.bad(1, col, "header column is not CPU<n>");
+                table.cpus.clear();
+                return report;
+            }
+        }
+    }
+    for (lineno, line) in lines {
+        let trimmed = line.trim_ascii_start();
+        if trimmed.is_empty() {
+            continue;
+        }
+        let Some(colon) = trimmed.iter().position(|&c| c == b':') else {
+            report.bad(lineno, trimmed, "no `NAME:` at the start of the row");
+            continue;
+        };
+        let name = &trimmed[..colon];
+        if name.is_empty() || name.iter().any(|c| c.is_ascii_whitespace()) {
+            report.bad(lineno, trimmed, "row name is empty or has spaces");
+            continue;
+        }
+        let mut rest = &trimmed[colon + 1..];
+        table.values.clear();
+        while table.values.len() < table.cpus.len() {
+            let r = rest.trim_ascii_start();
+            let end = r.iter().position(|c| c.is_ascii_whitespace()).unwrap_or(r.len());
+            match parse_u64(&r[..end]) {
+                Some(v) => {
+                    table.values.push(v);
+                    rest = &r[end..];
+                }
+                None => break,
+            }
+        }
+        if table.values.is_empty() {
+            report.bad(lineno, name, "row has no counts");
+            continue;
+        }
+        row(Row { name, cpus: &table.cpus, values: &table.values, description: rest.trim_ascii() });
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Rows = Vec<(String, Vec<u64>, String)>;
+
+    fn rows(text: &str) -> (Vec<u32>, Rows, ParseReport) {
+        let mut t = CpuTable::default();
+        let mut got = Vec::new();
+        let r = parse(text.as_bytes(), &mut t, |row| {
+            got.push((
+                String::from_utf8_lossy(row.name).into_owned(),
+                row.values.to_vec(),
+                String::from_utf8_lossy(row.description).into_owned(),
+            ))
+        });
+        (t.cpus.clone(), got, r)
+    }
+
+    #[test]
+    fn interrupts_with_hotplug_gap_totals_and_descriptions() {
+        let (cpus, got, r) = rows(
+            "           CPU0       CPU2\n  \
+             0:         44          0   IO-APIC   2-edge      timer\n \
+             24:          1          2   PCI-MSIX-0000:00:04.0   0-edge      virtio0-config\n\
+             NMI:          0          0   Non-maskable interrupts\n\
+             ERR:          0\n",
+        );
+        assert_eq!(r, ParseReport::default());
+        assert_eq!(cpus, [0, 2]);
+        assert_eq!(got[0], ("0".into(), vec![44, 0], "IO-APIC   2-edge      timer".into()));
+        assert_eq!(got[1].2, "PCI-MSIX-0000:00:04.0   0-edge      virtio0-config");
+        assert_eq!(got[3], ("ERR".into(), vec![0], "".into()));
+    }
+
+    #[test]
+    fn bad_rows_are_skipped_bad_header_stops() {
+        let (_, got, r) = rows("CPU0 CPU1\nHI: 1 2\ngarbage\n: 1 2\nTIMER: x y\nNET_RX: 5 6\n");
+        assert_eq!(got.len(), 2);
+        assert_eq!(r.bad_lines, 3);
+        let (_, got, r) = rows("CPUx CPU1\nHI: 1 2\n");
+        assert!(got.is_empty());
+        assert_eq!(r.bad_lines, 1);
+    }
+}

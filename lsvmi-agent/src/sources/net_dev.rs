@@ -1,0 +1,125 @@
+//! `/proc/net/dev`: every receive and transmit counter per interface. Interfaces that
+//! appear (a VF, a container's veth) get series on first sight; those that go away get
+//! a staleness marker.
+
+use std::path::Path;
+
+use super::{
+    Collector, Source, SourceError,
+    procfs_file::ProcFile,
+    text::{ParseReport, Tracked, fields, label, numbered_lines, parse_u64},
+};
+use crate::model::{MetricDesc, SeriesId, now_ms};
+
+const SOURCE: &str = "/proc/net/dev";
+
+macro_rules! dev_metrics {
+    ($($ident:ident $name:literal $unit:literal $help:literal;)*) => {
+        $(metric!($ident, $name, Counter, $unit, ["interface"], SOURCE, $help);)*
+        /// In /proc/net/dev column order.
+        const COLUMNS: [&MetricDesc; 16] = [$(&$ident),*];
+    };
+}
+
+dev_metrics! {
+    RX_BYTES "proc_net_dev_receive_bytes_total" "bytes" "Bytes received.";
+    RX_PACKETS "proc_net_dev_receive_packets_total" "" "Packets received.";
+    RX_ERRS "proc_net_dev_receive_errors_total" "" "Receive errors reported by the driver.";
+    RX_DROP "proc_net_dev_receive_drop_total" "" "Packets dropped on receive (no buffer, filtered, …).";
+    RX_FIFO "proc_net_dev_receive_fifo_total" "" "Receive FIFO (ring) overruns.";
+    RX_FRAME "proc_net_dev_receive_frame_total" "" "Receive framing errors.";
+    RX_COMPRESSED "proc_net_dev_receive_compressed_total" "" "Compressed packets received.";
+    RX_MULTICAST "proc_net_dev_receive_multicast_total" "" "Multicast packets received.";
+    TX_BYTES "proc_net_dev_transmit_bytes_total" "bytes" "Bytes transmitted.";
+    TX_PACKETS "proc_net_dev_transmit_packets_total" "" "Packets transmitted.";
+    TX_ERRS "proc_net_dev_transmit_errors_total" "" "Transmit errors reported by the driver.";
+    TX_DROP "proc_net_dev_transmit_drop_total" "" "Packets dropped on transmit.";
+    TX_FIFO "proc_net_dev_transmit_fifo_total" "" "Transmit FIFO errors.";
+    TX_COLLS "proc_net_dev_transmit_collisions_total" "" "Collisions detected on transmit.";
+    TX_CARRIER "proc_net_dev_transmit_carrier_total" "" "Carrier losses on transmit.";
+    TX_COMPRESSED "proc_net_dev_transmit_compressed_total" "" "Compressed packets transmitted.";
+}
+
+pub static METRICS: &[&MetricDesc] = &COLUMNS;
+
+pub struct NetDevSource {
+    file: ProcFile,
+    interfaces: Tracked<[SeriesId; 16]>,
+}
+
+impl NetDevSource {
+    pub fn new(procfs_root: &Path) -> Self {
+        NetDevSource { file: ProcFile::new(procfs_root.join("net/dev")), interfaces: Tracked::default() }
+    }
+}
+
+/// Call `f(interface, counters)` for each interface line (the two header lines skipped).
+pub fn parse(buf: &[u8], mut f: impl FnMut(&[u8], &[u64; 16])) -> ParseReport {
+    let mut report = ParseReport::default();
+    let mut values = [0u64; 16];
+    'lines: for (lineno, line) in numbered_lines(buf).skip(2) {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&c| c == b':') else {
+            report.bad(lineno, line, "no `interface:`");
+            continue;
+        };
+        let name = line[..colon].trim_ascii();
+        let mut cols = fields(&line[colon + 1..]);
+        for v in values.iter_mut() {
+            match cols.next().and_then(parse_u64) {
+                Some(n) => *v = n,
+                None => {
+                    report.bad(lineno, name, "expected 16 unsigned counters");
+                    continue 'lines;
+                }
+            }
+        }
+        if name.is_empty() {
+            report.bad(lineno, line, "empty interface name");
+            continue;
+        }
+        f(name, &values);
+    }
+    report
+}
+
+impl Source for NetDevSource {
+    fn name(&self) -> &'static str {
+        "proc_net_dev"
+    }
+
+    fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
+        let buf = self.file.contents()?;
+        let ts = now_ms();
+        let interfaces = &mut self.interfaces;
+        let report = parse(buf, |name, values| {
+            let ids = interfaces.entry(name, || {
+                let l = label(name);
+                COLUMNS.map(|d| out.series(d, &[("interface", &l)]))
+            });
+            for (id, v) in ids.iter().zip(values) {
+                out.push(*id, ts, *v as f64);
+            }
+        });
+        report.report_to(out);
+        self.interfaces.sweep(out, ts);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_interfaces_skips_short_lines() {
+        let text = "Inter-|   Receive\n face |bytes\n    lo: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n\
+                    eth0:18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n  bad: 1 2 3\n";
+        let mut got = Vec::new();
+        let r = parse(text.as_bytes(), |n, v| got.push((label(n), v[0], v[15])));
+        assert_eq!(got, [("lo".into(), 1, 16), ("eth0".into(), u64::MAX, 0)]);
+        assert_eq!(r.bad_lines, 1);
+    }
+}

@@ -1,0 +1,579 @@
+//! Processes and threads: `/proc/[pid]/{stat,status,io,schedstat,cmdline,cgroup}` and
+//! `/proc/[pid]/task/[tid]/{stat,status,schedstat}`.
+//!
+//! Cost control, as LSVMI does it: `stat` is read for every task each cycle (it says
+//! whether the task used CPU); the other files only for tasks that did, plus every
+//! task once per `full_refresh_every` cycles (phases spread by pid). A process that
+//! used no CPU has threads that used none, so its task directory is not even listed.
+//! A task that exits between listing and reading is simply gone, not an error. pid
+//! reuse is detected by start time, and an exec by a new comm: both end the old series.
+
+pub mod parse;
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use self::parse::{IO_FIELDS, STATUS_MEMORY, Stat};
+use super::{
+    Collector, Source, SourceError,
+    procfs_file::read_into,
+    text::{ParseReport, SeriesIds, Tracked, parse_u64},
+};
+use crate::model::{MetricDesc, SeriesId, now_ms};
+
+const PID: &str = "/proc/[pid]/*";
+const TID: &str = "/proc/[pid]/task/[tid]/*";
+
+metric!(
+    P_CPU,
+    "proc_pid_cpu_seconds_total",
+    Counter,
+    "seconds",
+    ["pid", "comm", "mode"],
+    PID,
+    "CPU time of the process (all its threads), mode=user or system. From stat, in USER_HZ ticks."
+);
+metric!(P_MINFLT, "proc_pid_minor_faults_total", Counter, "", ["pid", "comm"], PID, "Page faults served without I/O.");
+metric!(
+    P_MAJFLT,
+    "proc_pid_major_faults_total",
+    Counter,
+    "",
+    ["pid", "comm"],
+    PID,
+    "Page faults that needed I/O: a latency hazard."
+);
+metric!(P_THREADS, "proc_pid_threads", Gauge, "", ["pid", "comm"], PID, "Threads in the process.");
+metric!(
+    P_MEMORY,
+    "proc_pid_memory_bytes",
+    Gauge,
+    "bytes",
+    ["pid", "comm", "kind"],
+    PID,
+    "Memory from status: kind=virtual, resident, resident_peak, resident_anon, resident_file, swap."
+);
+metric!(
+    P_CTX,
+    "proc_pid_context_switches_total",
+    Counter,
+    "",
+    ["pid", "comm", "kind"],
+    PID,
+    "Context switches of the process's main thread, kind=voluntary (it blocked) or involuntary (it was preempted)."
+);
+metric!(
+    P_IO_BYTES,
+    "proc_pid_io_bytes_total",
+    Counter,
+    "bytes",
+    ["pid", "comm", "kind"],
+    PID,
+    "I/O from io: kind=rchar, wchar (all read/write syscalls), read_bytes, write_bytes (storage), cancelled_write_bytes."
+);
+metric!(
+    P_IO_CALLS,
+    "proc_pid_io_syscalls_total",
+    Counter,
+    "",
+    ["pid", "comm", "kind"],
+    PID,
+    "Read (kind=read) and write (kind=write) syscalls."
+);
+metric!(
+    P_RUN,
+    "proc_pid_run_seconds_total",
+    Counter,
+    "seconds",
+    ["pid", "comm"],
+    PID,
+    "Time on a CPU, from schedstat (ns precision, unlike stat's ticks)."
+);
+metric!(
+    P_WAIT,
+    "proc_pid_wait_seconds_total",
+    Counter,
+    "seconds",
+    ["pid", "comm"],
+    PID,
+    "Time runnable but waiting for a CPU (run-queue wait), from schedstat."
+);
+metric!(
+    P_SLICES,
+    "proc_pid_timeslices_total",
+    Counter,
+    "",
+    ["pid", "comm"],
+    PID,
+    "Timeslices run on a CPU, from schedstat."
+);
+metric!(
+    P_LAST_CPU,
+    "proc_pid_last_cpu",
+    Gauge,
+    "",
+    ["pid", "comm"],
+    PID,
+    "CPU the main thread last ran on (check pinning)."
+);
+metric!(
+    P_INFO,
+    "proc_pid_info",
+    Gauge,
+    "",
+    ["pid", "comm", "ppid", "cmdline", "cgroup"],
+    PID,
+    "Always 1: the process's parent, command line (first 256 bytes) and cgroup."
+);
+metric!(
+    T_CPU,
+    "proc_tid_cpu_seconds_total",
+    Counter,
+    "seconds",
+    ["pid", "tid", "comm", "mode"],
+    TID,
+    "CPU time of the thread, mode=user or system."
+);
+metric!(
+    T_CTX,
+    "proc_tid_context_switches_total",
+    Counter,
+    "",
+    ["pid", "tid", "comm", "kind"],
+    TID,
+    "Context switches of the thread, kind=voluntary or involuntary (preempted: a busy-polling thread should have none)."
+);
+metric!(
+    T_RUN,
+    "proc_tid_run_seconds_total",
+    Counter,
+    "seconds",
+    ["pid", "tid", "comm"],
+    TID,
+    "Time the thread spent on a CPU (schedstat)."
+);
+metric!(
+    T_WAIT,
+    "proc_tid_wait_seconds_total",
+    Counter,
+    "seconds",
+    ["pid", "tid", "comm"],
+    TID,
+    "Time the thread was runnable but waited for a CPU (schedstat)."
+);
+metric!(
+    T_SLICES,
+    "proc_tid_timeslices_total",
+    Counter,
+    "",
+    ["pid", "tid", "comm"],
+    TID,
+    "Timeslices the thread ran (schedstat)."
+);
+metric!(T_LAST_CPU, "proc_tid_last_cpu", Gauge, "", ["pid", "tid", "comm"], TID, "CPU the thread last ran on.");
+metric!(
+    COUNT,
+    "proc_tasks",
+    Gauge,
+    "",
+    ["kind"],
+    "/proc",
+    "Processes (kind=process) and threads (kind=thread) seen in the last cycle."
+);
+metric!(
+    CREATED,
+    "proc_tasks_created_total",
+    Counter,
+    "",
+    ["kind"],
+    "/proc",
+    "Processes and threads first seen since the agent started."
+);
+metric!(
+    EXITED,
+    "proc_tasks_exited_total",
+    Counter,
+    "",
+    ["kind"],
+    "/proc",
+    "Processes and threads gone since the agent started."
+);
+
+pub static METRICS: &[&MetricDesc] = &[
+    &P_CPU,
+    &P_MINFLT,
+    &P_MAJFLT,
+    &P_THREADS,
+    &P_MEMORY,
+    &P_CTX,
+    &P_IO_BYTES,
+    &P_IO_CALLS,
+    &P_RUN,
+    &P_WAIT,
+    &P_SLICES,
+    &P_LAST_CPU,
+    &P_INFO,
+    &T_CPU,
+    &T_CTX,
+    &T_RUN,
+    &T_WAIT,
+    &T_SLICES,
+    &T_LAST_CPU,
+    &COUNT,
+    &CREATED,
+    &EXITED,
+];
+
+/// Bytes of cmdline kept in the info label.
+const CMDLINE_MAX: usize = 256;
+
+/// Series of one process, in a fixed order (see `register_process`).
+struct Proc {
+    starttime: u64,
+    comm: String,
+    cpu_ticks: Option<u64>,
+    ids: Vec<SeriesId>,
+    threads: Tracked<Thread>,
+}
+
+struct Thread {
+    starttime: u64,
+    comm: String,
+    cpu_ticks: Option<u64>,
+    ids: [SeriesId; 8],
+}
+
+impl SeriesIds for Proc {
+    fn for_each_id(&self, f: &mut dyn FnMut(SeriesId)) {
+        self.ids.for_each_id(f);
+        self.threads.for_each(|t| t.ids.for_each_id(f));
+    }
+}
+
+impl SeriesIds for Thread {
+    fn for_each_id(&self, f: &mut dyn FnMut(SeriesId)) {
+        self.ids.for_each_id(f);
+    }
+}
+
+// Offsets into Proc::ids.
+const I_CPU: usize = 0; // user, system
+const I_FLT: usize = 2; // minor, major
+const I_THREADS: usize = 4;
+const I_MEM: usize = 5; // 6 kinds
+const I_CTX: usize = 11; // voluntary, involuntary
+const I_IO: usize = 13; // 7 fields of io, in IO_FIELDS order
+const I_SCHED: usize = 20; // run, wait, slices
+const I_LAST_CPU: usize = 23;
+const I_INFO: usize = 24;
+
+pub struct ProcessesSource {
+    root: PathBuf,
+    threads: bool,
+    user_hz: f64,
+    tasks: Tracked<Proc>,
+    buf: Vec<u8>,
+    path: PathBuf,
+    key: Vec<u8>,
+    first_cycle: bool,
+    baseline: [u64; 2],
+    counts: Option<[SeriesId; 6]>,
+    thread_churn: [u64; 2],
+}
+
+impl ProcessesSource {
+    pub fn new(procfs_root: &Path, threads: bool, user_hz: u64) -> Self {
+        ProcessesSource {
+            root: procfs_root.to_path_buf(),
+            threads,
+            user_hz: user_hz.max(1) as f64,
+            tasks: Tracked::default(),
+            buf: Vec::with_capacity(4096),
+            path: PathBuf::new(),
+            key: Vec::new(),
+            first_cycle: true,
+            baseline: [0, 0],
+            counts: None,
+            thread_churn: [0, 0],
+        }
+    }
+}
+
+/// Push through the change filter, or past it on the task's refresh cycle.
+fn put(out: &mut Collector<'_>, refresh: bool, id: SeriesId, ts: i64, v: f64) {
+    if refresh { out.push_refresh(id, ts, v) } else { out.push(id, ts, v) }
+}
+
+/// Read `<dir>/<name>` into `buf`; `Ok(false)` when the task is gone.
+fn read_task_file(path: &mut PathBuf, dir: &Path, name: &str, buf: &mut Vec<u8>) -> io::Result<bool> {
+    path.clear();
+    path.push(dir);
+    path.push(name);
+    match read_into(path, buf) {
+        Ok(()) => Ok(true),
+        // ENOENT: exited; ESRCH: exiting (reads of a zombie's files).
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn register_process(out: &mut Collector<'_>, pid: &str, st: &Stat, cmdline: &str, cgroup: &str) -> Vec<SeriesId> {
+    let base = [("pid", pid), ("comm", st.comm.as_str())];
+    let with = |extra: (&'static str, &'static str)| [base[0], base[1], extra];
+    let mut ids = Vec::with_capacity(I_INFO + 1);
+    ids.extend(["user", "system"].map(|m| out.series(&P_CPU, &with(("mode", m)))));
+    ids.push(out.series(&P_MINFLT, &base));
+    ids.push(out.series(&P_MAJFLT, &base));
+    ids.push(out.series(&P_THREADS, &base));
+    ids.extend(STATUS_MEMORY.map(|(_, k)| out.series(&P_MEMORY, &with(("kind", k)))));
+    ids.extend(["voluntary", "involuntary"].map(|k| out.series(&P_CTX, &with(("kind", k)))));
+    for (_, k) in IO_FIELDS {
+        let id = match k {
+            "syscr" => out.series(&P_IO_CALLS, &with(("kind", "read"))),
+            "syscw" => out.series(&P_IO_CALLS, &with(("kind", "write"))),
+            _ => out.series(&P_IO_BYTES, &with(("kind", k))),
+        };
+        ids.push(id);
+    }
+    ids.push(out.series(&P_RUN, &base));
+    ids.push(out.series(&P_WAIT, &base));
+    ids.push(out.series(&P_SLICES, &base));
+    ids.push(out.series(&P_LAST_CPU, &base));
+    let ppid = st.ppid.to_string();
+    ids.push(out.series(&P_INFO, &[base[0], base[1], ("ppid", &ppid), ("cmdline", cmdline), ("cgroup", cgroup)]));
+    ids
+}
+
+fn register_thread(out: &mut Collector<'_>, pid: &str, tid: &str, comm: &str) -> [SeriesId; 8] {
+    let base = [("pid", pid), ("tid", tid), ("comm", comm)];
+    let with = |extra: (&'static str, &'static str)| [base[0], base[1], base[2], extra];
+    [
+        out.series(&T_CPU, &with(("mode", "user"))),
+        out.series(&T_CPU, &with(("mode", "system"))),
+        out.series(&T_CTX, &with(("kind", "voluntary"))),
+        out.series(&T_CTX, &with(("kind", "involuntary"))),
+        out.series(&T_RUN, &base),
+        out.series(&T_WAIT, &base),
+        out.series(&T_SLICES, &base),
+        out.series(&T_LAST_CPU, &base),
+    ]
+}
+
+impl Source for ProcessesSource {
+    fn name(&self) -> &'static str {
+        "proc_pid"
+    }
+
+    fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
+        let dir = std::fs::read_dir(&self.root).map_err(|e| SourceError::read(&self.root, e))?;
+        let (cycle, every) = (out.cycle(), out.refresh_every());
+        let mut report = ParseReport::default();
+        let mut thread_count = 0u64;
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(pid_text) = name.to_str() else { continue };
+            let Some(pid) = parse_u64(pid_text.as_bytes()) else { continue };
+            let task_dir = entry.path();
+            match read_task_file(&mut self.path, &task_dir, "stat", &mut self.buf) {
+                Ok(true) => {}
+                Ok(false) | Err(_) => continue,
+            }
+            let ts = now_ms();
+            let Some(st) = parse::parse_stat(&self.buf) else {
+                report.bad(1, format!("{pid_text}/stat").as_bytes(), "malformed stat");
+                continue;
+            };
+            self.key.clear();
+            self.key.extend_from_slice(pid_text.as_bytes());
+            let proc = self.tasks.entry(&self.key, || Proc {
+                starttime: st.starttime,
+                comm: String::new(),
+                cpu_ticks: None,
+                ids: Vec::new(),
+                threads: Tracked::default(),
+            });
+            if proc.ids.is_empty() || proc.starttime != st.starttime || proc.comm != st.comm {
+                // New, a reused pid, or an exec: (re)register with fresh info.
+                proc.for_each_id(&mut |id| out.end_series(id, ts));
+                let cmdline = read_task_file(&mut self.path, &task_dir, "cmdline", &mut self.buf)
+                    .ok()
+                    .filter(|ok| *ok)
+                    .map(|_| parse::parse_cmdline(&self.buf, CMDLINE_MAX))
+                    .unwrap_or_default();
+                let cgroup = read_task_file(&mut self.path, &task_dir, "cgroup", &mut self.buf)
+                    .ok()
+                    .filter(|ok| *ok)
+                    .map(|_| parse::parse_cgroup(&self.buf))
+                    .unwrap_or_default();
+                *proc = Proc {
+                    starttime: st.starttime,
+                    comm: st.comm.clone(),
+                    cpu_ticks: None,
+                    ids: register_process(out, pid_text, &st, &cmdline, &cgroup),
+                    threads: Tracked::default(),
+                };
+            }
+            let ticks = st.utime.saturating_add(st.stime);
+            let refresh = every == 0 || (cycle + pid).is_multiple_of(u64::from(every));
+            let active = proc.cpu_ticks != Some(ticks);
+            proc.cpu_ticks = Some(ticks);
+            if !active && !refresh {
+                thread_count += proc.threads.len() as u64;
+                continue;
+            }
+            let ids = &proc.ids;
+            let hz = self.user_hz;
+            put(out, refresh, ids[I_CPU], ts, st.utime as f64 / hz);
+            put(out, refresh, ids[I_CPU + 1], ts, st.stime as f64 / hz);
+            put(out, refresh, ids[I_FLT], ts, st.minflt as f64);
+            put(out, refresh, ids[I_FLT + 1], ts, st.majflt as f64);
+            put(out, refresh, ids[I_THREADS], ts, st.num_threads as f64);
+            put(out, refresh, ids[I_LAST_CPU], ts, st.processor as f64);
+            put(out, refresh, ids[I_INFO], ts, 1.0);
+            if let Ok(true) = read_task_file(&mut self.path, &task_dir, "status", &mut self.buf) {
+                let status = parse::parse_status(&self.buf);
+                for (i, v) in status.memory.iter().enumerate() {
+                    if let Some(v) = v {
+                        put(out, refresh, ids[I_MEM + i], ts, *v as f64);
+                    }
+                }
+                for (i, v) in [status.voluntary, status.involuntary].into_iter().enumerate() {
+                    if let Some(v) = v {
+                        put(out, refresh, ids[I_CTX + i], ts, v as f64);
+                    }
+                }
+            }
+            // io needs ptrace access (root has it); without it, it is left out.
+            if let Ok(true) = read_task_file(&mut self.path, &task_dir, "io", &mut self.buf) {
+                for (i, v) in parse::parse_io(&self.buf).iter().enumerate() {
+                    if let Some(v) = v {
+                        put(out, refresh, ids[I_IO + i], ts, *v as f64);
+                    }
+                }
+            }
+            if let Ok(true) = read_task_file(&mut self.path, &task_dir, "schedstat", &mut self.buf)
+                && let Some([run, wait, slices]) = parse::parse_schedstat(&self.buf)
+            {
+                put(out, refresh, ids[I_SCHED], ts, run as f64 / 1e9);
+                put(out, refresh, ids[I_SCHED + 1], ts, wait as f64 / 1e9);
+                put(out, refresh, ids[I_SCHED + 2], ts, slices as f64);
+            }
+            if self.threads {
+                let before = (proc.threads.appeared, proc.threads.ended);
+                collect_threads(
+                    out,
+                    proc,
+                    pid_text,
+                    &task_dir,
+                    refresh,
+                    hz,
+                    &mut self.path,
+                    &mut self.buf,
+                    &mut report,
+                );
+                self.thread_churn[0] += proc.threads.appeared - before.0;
+                self.thread_churn[1] += proc.threads.ended - before.1;
+                thread_count += proc.threads.len() as u64;
+            }
+        }
+        let ts = now_ms();
+        self.tasks.sweep(out, ts);
+        report.report_to(out);
+        if self.first_cycle {
+            // What existed at start-up was not created while we watched.
+            self.baseline = [self.tasks.appeared, self.thread_churn[0]];
+            self.first_cycle = false;
+        }
+        let counts = *self.counts.get_or_insert_with(|| {
+            let ids = [&COUNT, &CREATED, &EXITED]
+                .map(|d| [out.series(d, &[("kind", "process")]), out.series(d, &[("kind", "thread")])]);
+            [ids[0][0], ids[0][1], ids[1][0], ids[1][1], ids[2][0], ids[2][1]]
+        });
+        let values = [
+            self.tasks.len() as u64,
+            thread_count,
+            self.tasks.appeared - self.baseline[0],
+            self.thread_churn[0] - self.baseline[1],
+            self.tasks.ended,
+            self.thread_churn[1],
+        ];
+        for (id, v) in counts.iter().zip(values) {
+            out.push(*id, ts, v as f64);
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn collect_threads(
+    out: &mut Collector<'_>,
+    proc: &mut Proc,
+    pid: &str,
+    task_dir: &Path,
+    proc_refresh: bool,
+    hz: f64,
+    path: &mut PathBuf,
+    buf: &mut Vec<u8>,
+    report: &mut ParseReport,
+) {
+    let tasks = task_dir.join("task");
+    let Ok(dir) = std::fs::read_dir(&tasks) else { return };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(tid) = name.to_str() else { continue };
+        if parse_u64(tid.as_bytes()).is_none() {
+            continue;
+        }
+        let tdir = entry.path();
+        if !matches!(read_task_file(path, &tdir, "stat", buf), Ok(true)) {
+            continue;
+        }
+        let ts = now_ms();
+        let Some(st) = parse::parse_stat(buf) else {
+            report.bad(1, format!("{pid}/task/{tid}/stat").as_bytes(), "malformed stat");
+            continue;
+        };
+        let thread = proc.threads.entry(tid.as_bytes(), || Thread {
+            starttime: st.starttime,
+            comm: st.comm.clone(),
+            cpu_ticks: None,
+            ids: register_thread(out, pid, tid, &st.comm),
+        });
+        if thread.starttime != st.starttime || thread.comm != st.comm {
+            thread.ids.for_each_id(&mut |id| out.end_series(id, ts));
+            *thread = Thread {
+                starttime: st.starttime,
+                comm: st.comm.clone(),
+                cpu_ticks: None,
+                ids: register_thread(out, pid, tid, &st.comm),
+            };
+        }
+        let ticks = st.utime.saturating_add(st.stime);
+        if thread.cpu_ticks == Some(ticks) && !proc_refresh {
+            continue;
+        }
+        thread.cpu_ticks = Some(ticks);
+        let ids = thread.ids;
+        put(out, proc_refresh, ids[0], ts, st.utime as f64 / hz);
+        put(out, proc_refresh, ids[1], ts, st.stime as f64 / hz);
+        put(out, proc_refresh, ids[7], ts, st.processor as f64);
+        if let Ok(true) = read_task_file(path, &tdir, "status", buf) {
+            let status = parse::parse_status(buf);
+            for (id, v) in [(ids[2], status.voluntary), (ids[3], status.involuntary)] {
+                if let Some(v) = v {
+                    put(out, proc_refresh, id, ts, v as f64);
+                }
+            }
+        }
+        if let Ok(true) = read_task_file(path, &tdir, "schedstat", buf)
+            && let Some([run, wait, slices]) = parse::parse_schedstat(buf)
+        {
+            put(out, proc_refresh, ids[4], ts, run as f64 / 1e9);
+            put(out, proc_refresh, ids[5], ts, wait as f64 / 1e9);
+            put(out, proc_refresh, ids[6], ts, slices as f64);
+        }
+    }
+    proc.threads.sweep(out, now_ms());
+}

@@ -1,0 +1,263 @@
+//! Small pieces every /proc parser shares: number parsing without allocation, the
+//! report of malformed lines, and [`Tracked`], the table of things that come and go
+//! (CPUs, interfaces, disks, mounts, tasks) with their series.
+
+use hashbrown::HashMap;
+
+use super::{Collector, ParseError};
+use crate::model::SeriesId;
+
+/// Malformed lines found by one parse; they were skipped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParseReport {
+    pub bad_lines: u64,
+    pub first_error: Option<ParseError>,
+}
+
+impl ParseReport {
+    pub fn bad(&mut self, line: usize, field: &[u8], reason: &'static str) {
+        self.bad_lines += 1;
+        if self.first_error.is_none() {
+            let field = String::from_utf8_lossy(&field[..field.len().min(32)]).into_owned();
+            self.first_error = Some(ParseError { line, field, reason });
+        }
+    }
+
+    /// Hand the report to the collector (counted in `lsvmi_source_parse_errors_total`).
+    pub fn report_to(self, out: &mut Collector<'_>) {
+        out.parse_errors(self.bad_lines, self.first_error);
+    }
+}
+
+/// Decimal u64 without sign, spaces or overflow; `None` otherwise.
+#[inline]
+pub fn parse_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in s {
+        let d = c.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(d))?;
+    }
+    Some(v)
+}
+
+/// Decimal i64 (a leading `-` allowed), as some /proc fields are signed.
+#[inline]
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
+    match s.split_first() {
+        Some((b'-', rest)) => parse_u64(rest).and_then(|v| 0i64.checked_sub_unsigned(v)),
+        _ => parse_u64(s).and_then(|v| i64::try_from(v).ok()),
+    }
+}
+
+/// An integer that may be unsigned 64-bit or negative (snmp's `MaxConn -1` beside
+/// unsigned counters), as the f64 a sample carries.
+#[inline]
+pub fn parse_int(s: &[u8]) -> Option<f64> {
+    parse_u64(s).map(|v| v as f64).or_else(|| parse_i64(s).map(|v| v as f64))
+}
+
+/// Hexadecimal u64 without prefix (/proc/net/softnet_stat).
+#[inline]
+pub fn parse_hex(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for &c in s {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        v = (v << 4) | u64::from(d);
+    }
+    Some(v)
+}
+
+/// A decimal with an optional fraction (`0.53`, `12`), as in loadavg and pressure.
+#[inline]
+pub fn parse_decimal(s: &[u8]) -> Option<f64> {
+    let (int, frac) = match s.iter().position(|&c| c == b'.') {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, &[][..]),
+    };
+    let whole = parse_u64(int)? as f64;
+    if frac.is_empty() {
+        return Some(whole);
+    }
+    let f = parse_u64(frac)? as f64;
+    Some(whole + f / 10f64.powi(i32::try_from(frac.len()).ok()?))
+}
+
+/// Whitespace-separated fields of a line.
+#[inline]
+pub fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
+    line.split(|c| c.is_ascii_whitespace()).filter(|f| !f.is_empty())
+}
+
+/// Lines with their 1-based numbers.
+#[inline]
+pub fn numbered_lines(buf: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    buf.split(|&b| b == b'\n').enumerate().map(|(i, l)| (i + 1, l))
+}
+
+/// Label text from /proc bytes (interface, disk and IRQ names are ASCII; anything else
+/// is replaced rather than rejected).
+pub fn label(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Things that come and go, each with the series registered for it.
+///
+/// `entry` marks a key as seen in this cycle (registering its series on first sight);
+/// `sweep` ends the series of every key not seen since the last sweep, sending their
+/// staleness markers. A steady-state lookup is one hash of the key, no allocation.
+#[derive(Debug)]
+pub struct Tracked<V> {
+    map: HashMap<Box<[u8]>, (V, u64)>,
+    cycle: u64,
+    /// Keys seen for the first time / ended, since start (churn counters).
+    pub appeared: u64,
+    pub ended: u64,
+}
+
+impl<V> Default for Tracked<V> {
+    fn default() -> Self {
+        Tracked { map: HashMap::new(), cycle: 1, appeared: 0, ended: 0 }
+    }
+}
+
+impl<V: SeriesIds> Tracked<V> {
+    /// The value for `key`, created with `make` on first sight.
+    pub fn entry(&mut self, key: &[u8], make: impl FnOnce() -> V) -> &mut V {
+        let cycle = self.cycle;
+        let appeared = &mut self.appeared;
+        // entry_ref: the key is copied into a Box only when it is new.
+        let (v, seen) = self.map.entry_ref(key).or_insert_with(|| {
+            *appeared += 1;
+            (make(), cycle)
+        });
+        *seen = cycle;
+        v
+    }
+
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
+        let cycle = self.cycle;
+        self.map.get_mut(key).map(|(v, seen)| {
+            *seen = cycle;
+            v
+        })
+    }
+
+    /// End the series of everything not seen since the previous sweep.
+    pub fn sweep(&mut self, out: &mut Collector<'_>, ts_ms: i64) {
+        let cycle = self.cycle;
+        let mut ended = 0;
+        self.map.retain(|_, (v, seen)| {
+            if *seen == cycle {
+                return true;
+            }
+            v.for_each_id(&mut |id| out.end_series(id, ts_ms));
+            ended += 1;
+            false
+        });
+        self.ended += ended;
+        self.cycle += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn for_each(&self, mut f: impl FnMut(&V)) {
+        self.map.values().for_each(|(v, _)| f(v));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// What a [`Tracked`] value must expose: the series to end when its key disappears.
+pub trait SeriesIds {
+    fn for_each_id(&self, f: &mut dyn FnMut(SeriesId));
+}
+
+impl<const N: usize> SeriesIds for [SeriesId; N] {
+    fn for_each_id(&self, f: &mut dyn FnMut(SeriesId)) {
+        self.iter().copied().for_each(f);
+    }
+}
+
+impl SeriesIds for Vec<SeriesId> {
+    fn for_each_id(&self, f: &mut dyn FnMut(SeriesId)) {
+        self.iter().copied().for_each(f);
+    }
+}
+
+impl SeriesIds for Vec<Option<SeriesId>> {
+    fn for_each_id(&self, f: &mut dyn FnMut(SeriesId)) {
+        self.iter().flatten().copied().for_each(f);
+    }
+}
+
+impl SeriesIds for SeriesId {
+    fn for_each_id(&self, f: &mut dyn FnMut(SeriesId)) {
+        f(*self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{MetricDesc, MetricKind, Registry, STALE_NAN_BITS};
+
+    static DESC: MetricDesc =
+        MetricDesc { name: "g", kind: MetricKind::Gauge, unit: "", help: "", labels: &["k"], source: "t" };
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_u64(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_u64(b"18446744073709551616"), None);
+        assert_eq!(parse_u64(b""), None);
+        assert_eq!(parse_u64(b"+1"), None);
+        assert_eq!(parse_u64(b"007"), Some(7));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_i64(b"9223372036854775808"), None);
+        assert_eq!(parse_i64(b"-"), None);
+        assert_eq!(parse_hex(b"ffffffffffffffff"), Some(u64::MAX));
+        assert_eq!(parse_hex(b"0000002a"), Some(42));
+        assert_eq!(parse_hex(b"0x1"), None);
+        assert_eq!(parse_decimal(b"1.25"), Some(1.25));
+        assert_eq!(parse_decimal(b"7"), Some(7.0));
+        assert_eq!(parse_decimal(b"1."), Some(1.0));
+        assert_eq!(parse_decimal(b".5"), None);
+        assert_eq!(parse_decimal(b"1.2.3"), None);
+    }
+
+    #[test]
+    fn tracked_ends_what_disappeared_once() {
+        let mut reg = Registry::new([]);
+        let mut samples = Vec::new();
+        let mut t: Tracked<SeriesId> = Tracked::default();
+        let mut out = Collector::new(&mut reg, &mut samples);
+        for k in ["eth0", "eth1"] {
+            let id = out.series(&DESC, &[("k", k)]);
+            t.entry(k.as_bytes(), || id);
+        }
+        t.sweep(&mut out, 1);
+        t.entry(b"eth0", || unreachable!());
+        t.sweep(&mut out, 2);
+        t.sweep(&mut out, 3);
+        assert_eq!((t.appeared, t.ended, t.len()), (2, 2, 0));
+        let stale: Vec<i64> = samples.iter().filter(|s| s.value.to_bits() == STALE_NAN_BITS).map(|s| s.ts_ms).collect();
+        assert_eq!(stale, [2, 3]);
+    }
+}
