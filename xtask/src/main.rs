@@ -5,7 +5,10 @@
 //! - `run` does set-up, builds the agent, starts a VictoriaMetrics on 127.0.0.1 and
 //!   runs the agent against it until Ctrl-C.
 //! - `test` does set-up and runs every test (unit, fixture, BPF-in-kernel, end-to-end).
+//! - `bench-overhead` measures the agent's CPU and memory against the floor of only
+//!   reading the same files (see `bench_overhead.rs`).
 
+mod bench_overhead;
 mod setup;
 mod vm;
 
@@ -40,6 +43,22 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Measure the agent's CPU % and RSS at default settings against a local
+    /// VictoriaMetrics, next to the floor (only reading the same files), and print the ratio
+    BenchOverhead {
+        /// Measurement time for each of the two runs
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Extra flags for the agent, after `--`
+        #[arg(last = true)]
+        agent_args: Vec<String>,
+    },
+    /// (internal) the floor loop of bench-overhead
+    #[command(hide = true)]
+    FloorLoop {
+        #[arg(long)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +67,8 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::ensure(),
         Cmd::Run { agent_args } => run(&agent_args),
         Cmd::Test { cargo_args } => test(&cargo_args),
+        Cmd::BenchOverhead { seconds, agent_args } => bench_overhead::run(seconds, &agent_args),
+        Cmd::FloorLoop { seconds } => bench_overhead::floor_loop(seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -64,13 +85,25 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root());
+    // `cargo run` describes xtask's own package in the environment (CARGO_PKG_NAME, …).
+    // Passed on, build scripts that watch such variables (ring's does) would see a
+    // different environment than a plain `cargo build` and rebuild every time.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_PACKAGE"]
+            .iter()
+            .any(|p| key.starts_with(p))
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
     cmd
 }
 
-fn status(cmd: &mut Command) -> anyhow::Result<()> {
+pub fn status(cmd: &mut Command) -> anyhow::Result<()> {
     let st = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
     if !st.success() {
         bail!("{cmd:?} failed ({st})");

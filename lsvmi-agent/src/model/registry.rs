@@ -2,10 +2,13 @@
 //! This is also the one place where host labels (`instance`, user labels) are added.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
+    hash::BuildHasher as _,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
+
+use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::{MetricDesc, SeriesId};
 
@@ -40,7 +43,11 @@ pub type SharedRegistry = Arc<RwLock<Registry>>;
 pub struct Registry {
     host_labels: Vec<Label>,
     series: Vec<Series>,
-    index: HashMap<Vec<Label>, SeriesId>,
+    /// Live series by the hash of their label set. The labels themselves are stored once,
+    /// in `series` (on a host with thousands of task series, a second copy as map keys
+    /// was a third of the agent's memory).
+    index: HashTable<SeriesId>,
+    hasher: DefaultHashBuilder,
     /// Retired ids, oldest first, with the instant they were retired.
     free: VecDeque<(SeriesId, Instant)>,
 }
@@ -75,22 +82,27 @@ impl Registry {
         set.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         // Duplicate names from one source would be a bug in that source; keep the first.
         set.dedup_by(|b, a| a.name == b.name);
-        if let Some(id) = self.index.get(&set) {
+        let hash = self.hasher.hash_one(&set);
+        let series = &self.series;
+        if let Some(id) = self.index.find(hash, |id| series[id.index()].labels == set) {
             return *id;
         }
-        if let Some(&(id, retired)) = self.free.front()
-            && retired.elapsed() >= REUSE_AFTER
-        {
-            self.free.pop_front();
-            self.index.insert(set.clone(), id);
-            let slot = &mut self.series[id.index()];
-            *slot = Series { desc, labels: set, generation: slot.generation.wrapping_add(1) };
-            return id;
-        }
-        // u32 ids: over four billion series would exhaust memory long before this.
-        let id = SeriesId(u32::try_from(self.series.len()).unwrap_or(u32::MAX));
-        self.index.insert(set.clone(), id);
-        self.series.push(Series { desc, labels: set, generation: 0 });
+        let id = match self.free.front() {
+            Some(&(id, retired)) if retired.elapsed() >= REUSE_AFTER => {
+                self.free.pop_front();
+                let slot = &mut self.series[id.index()];
+                *slot = Series { desc, labels: set, generation: slot.generation.wrapping_add(1) };
+                id
+            }
+            _ => {
+                // u32 ids: over four billion series would exhaust memory long before this.
+                let id = SeriesId(u32::try_from(self.series.len()).unwrap_or(u32::MAX));
+                self.series.push(Series { desc, labels: set, generation: 0 });
+                id
+            }
+        };
+        let (series, hasher) = (&self.series, &self.hasher);
+        self.index.insert_unique(hash, id, |id| hasher.hash_one(&series[id.index()].labels));
         id
     }
 
@@ -100,8 +112,9 @@ impl Registry {
     /// gives a fresh id.
     pub fn retire(&mut self, id: SeriesId) {
         let Some(series) = self.series.get(id.index()) else { return };
-        if self.index.get(&series.labels) == Some(&id) {
-            self.index.remove(&series.labels);
+        let hash = self.hasher.hash_one(&series.labels);
+        if let Ok(entry) = self.index.find_entry(hash, |live| *live == id) {
+            entry.remove();
             self.free.push_back((id, Instant::now()));
         }
     }

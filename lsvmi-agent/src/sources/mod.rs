@@ -16,11 +16,11 @@ macro_rules! metric {
     };
 }
 
-mod cpu_table;
+pub mod cpu_table;
 pub mod diskstats;
 pub mod host;
 pub mod interrupts;
-mod keyed;
+pub mod keyed;
 pub mod loadavg;
 pub mod meminfo;
 pub mod mounts;

@@ -112,6 +112,29 @@ impl Source for NetDevSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Registry, STALE_NAN_BITS};
+
+    #[test]
+    fn interfaces_come_and_go_with_a_staleness_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("net")).unwrap();
+        let header = "h1\nh2\n";
+        let line = |n: &str| format!("{n}: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n");
+        let mut src = NetDevSource::new(dir.path());
+        let mut reg = Registry::new([]);
+        let mut cycle = |text: String| {
+            std::fs::write(dir.path().join("net/dev"), text).unwrap();
+            let mut samples = Vec::new();
+            src.collect(&mut Collector::new(&mut reg, &mut samples)).unwrap();
+            samples
+        };
+        assert_eq!(cycle(format!("{header}{}{}", line("lo"), line("veth0"))).len(), 32);
+        let after = cycle(format!("{header}{}", line("lo")));
+        // lo's 16 values, and one staleness marker for each of veth0's 16 series.
+        assert_eq!(after.len(), 32);
+        assert_eq!(after.iter().filter(|s| s.value.to_bits() == STALE_NAN_BITS).count(), 16);
+        assert_eq!(cycle(format!("{header}{}{}", line("lo"), line("veth0"))).len(), 32);
+    }
 
     #[test]
     fn parses_interfaces_skips_short_lines() {

@@ -1,0 +1,190 @@
+//! One benchmark per /proc parser, on the files captured from the reference machine
+//! (`testdata/proc/debian12-6.18-2cpu`), next to the `procfs-core` parser of the same
+//! file where that crate has one: the evidence for hand-parsing (or not) each file.
+//! A second group times each whole source's cycle (read + parse + series lookup +
+//! change filter) on the same tree, which is what a 100 ms tick really costs.
+//!
+//! Run: `cargo bench -p lsvmi-agent --bench parsers`. Figures: docs/performance.md.
+
+use std::{hint::black_box, path::Path};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use lsvmi::{
+    model::Registry,
+    sources::{
+        ChangeFilter, Collector, Source, cpu_table, diskstats, host::HostSource, interrupts::InterruptsSource, keyed,
+        loadavg, meminfo, mounts, net_dev, net_snmp, pressure, proc_stat, processes, softirqs, softnet, text, vmstat,
+    },
+};
+use procfs_core::FromRead as _;
+
+const TREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/proc/debian12-6.18-2cpu");
+
+fn file(rel: &str) -> Vec<u8> {
+    std::fs::read(Path::new(TREE).join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn bench_parsers(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse");
+
+    let stat = file("1/stat");
+    g.throughput(Throughput::Bytes(stat.len() as u64));
+    g.bench_function("pid_stat/lsvmi", |b| b.iter(|| processes::parse::parse_stat(black_box(&stat))));
+    g.bench_function("pid_stat/procfs-core", |b| {
+        b.iter(|| procfs_core::process::Stat::from_read(black_box(&stat[..])).map(|s| s.utime))
+    });
+
+    let status = file("1/status");
+    g.throughput(Throughput::Bytes(status.len() as u64));
+    g.bench_function("pid_status/lsvmi", |b| b.iter(|| processes::parse::parse_status(black_box(&status))));
+    g.bench_function("pid_status/procfs-core", |b| {
+        b.iter(|| procfs_core::process::Status::from_read(black_box(&status[..])).map(|s| s.vmrss))
+    });
+
+    let dev = file("net/dev");
+    g.throughput(Throughput::Bytes(dev.len() as u64));
+    g.bench_function("net_dev/lsvmi", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            net_dev::parse(black_box(&dev), |_, v| sum = sum.wrapping_add(v[0]));
+            sum
+        })
+    });
+    g.bench_function("net_dev/procfs-core", |b| {
+        b.iter(|| procfs_core::net::InterfaceDeviceStatus::from_read(black_box(&dev[..])).map(|d| d.0.len()))
+    });
+
+    let disks = file("diskstats");
+    g.throughput(Throughput::Bytes(disks.len() as u64));
+    g.bench_function("diskstats/lsvmi", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            diskstats::parse(black_box(&disks), |_, _, c| n += c);
+            n
+        })
+    });
+    g.bench_function("diskstats/procfs-core", |b| {
+        b.iter(|| procfs_core::DiskStats::from_read(black_box(&disks[..])).map(|d| d.0.len()))
+    });
+
+    let mem = file("meminfo");
+    g.throughput(Throughput::Bytes(mem.len() as u64));
+    g.bench_function("meminfo/lsvmi", |b| {
+        b.iter(|| {
+            let mut sum = 0.0;
+            for line in black_box(&mem).split(|&c| c == b'\n') {
+                if let Some((_, v, _)) = keyed::split_line(line) {
+                    sum += text::parse_int(v).unwrap_or(0.0);
+                }
+            }
+            sum
+        })
+    });
+    g.bench_function("meminfo/procfs-core", |b| {
+        b.iter(|| procfs_core::Meminfo::from_read(black_box(&mem[..])).map(|m| m.mem_total))
+    });
+
+    let load = file("loadavg");
+    g.bench_function("loadavg/lsvmi", |b| b.iter(|| loadavg::parse(black_box(&load)).map(|v| v[0])));
+    g.bench_function("loadavg/procfs-core", |b| {
+        b.iter(|| procfs_core::LoadAverage::from_read(black_box(&load[..])).map(|l| l.one))
+    });
+
+    let mountinfo = file("self/mountinfo");
+    g.throughput(Throughput::Bytes(mountinfo.len() as u64));
+    g.bench_function("mountinfo/lsvmi", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            mounts::parse(black_box(&mountinfo), |_| n += 1);
+            n
+        })
+    });
+    g.bench_function("mountinfo/procfs-core", |b| {
+        b.iter(|| procfs_core::process::MountInfos::from_read(black_box(&mountinfo[..])).map(|m| m.0.len()))
+    });
+
+    // Files procfs-core has no parser for (or none comparable).
+    let interrupts = file("interrupts");
+    g.throughput(Throughput::Bytes(interrupts.len() as u64));
+    let mut table = cpu_table::CpuTable::default();
+    g.bench_function("interrupts/lsvmi", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            cpu_table::parse(black_box(&interrupts), &mut table, |r| n += r.values.len());
+            n
+        })
+    });
+    let softirqs_file = file("softirqs");
+    g.throughput(Throughput::Bytes(softirqs_file.len() as u64));
+    g.bench_function("softirqs/lsvmi", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            cpu_table::parse(black_box(&softirqs_file), &mut table, |r| n += r.values.len());
+            n
+        })
+    });
+    let netstat = file("net/netstat");
+    g.throughput(Throughput::Bytes(netstat.len() as u64));
+    g.bench_function("netstat/lsvmi", |b| {
+        b.iter(|| {
+            let mut sum = 0.0;
+            net_snmp::parse(black_box(&netstat), |_, _, v| sum += v);
+            sum
+        })
+    });
+    let softnet_file = file("net/softnet_stat");
+    g.throughput(Throughput::Bytes(softnet_file.len() as u64));
+    g.bench_function("softnet_stat/lsvmi", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            softnet::parse(black_box(&softnet_file), |_, c, _| n += c[0]);
+            n
+        })
+    });
+    let psi = file("pressure/cpu");
+    g.throughput(Throughput::Bytes(psi.len() as u64));
+    g.bench_function("pressure/lsvmi", |b| b.iter(|| pressure::parse(black_box(&psi)).0.map(|l| l.total_us)));
+    g.finish();
+}
+
+/// Each source's whole cycle over the captured tree, in steady state (series registered).
+fn bench_sources(c: &mut Criterion) {
+    let root = Path::new(TREE);
+    let sys = root.join("sys"); // not a real /sys: host_cpus is left out, the rest runs
+    let sources: Vec<Box<dyn Source>> = vec![
+        Box::new(proc_stat::ProcStatSource::new(root, 100)),
+        Box::new(softirqs::SoftirqsSource::new(root)),
+        Box::new(net_dev::NetDevSource::new(root)),
+        Box::new(diskstats::DiskstatsSource::new(root)),
+        Box::new(pressure::PressureSource::new(root)),
+        Box::new(InterruptsSource::new(root)),
+        Box::new(net_snmp::snmp(root)),
+        Box::new(net_snmp::netstat(root)),
+        Box::new(softnet::SoftnetSource::new(root)),
+        Box::new(meminfo::source(root)),
+        Box::new(vmstat::source(root)),
+        Box::new(loadavg::LoadavgSource::new(root)),
+        Box::new(processes::ProcessesSource::new(root, true, 100)),
+        Box::new(HostSource::new(root, &sys, &root.join("os-release"))),
+    ];
+    let mut g = c.benchmark_group("source_cycle");
+    for mut source in sources {
+        let mut registry = Registry::new([("instance".to_string(), "bench".to_string())]);
+        let mut filter = ChangeFilter::default();
+        let mut samples = Vec::new();
+        let mut cycle = 0u64;
+        g.bench_function(source.name(), |b| {
+            b.iter(|| {
+                samples.clear();
+                let mut out = Collector::change_only(&mut registry, &mut samples, &mut filter, cycle, 15);
+                let _ = source.collect(&mut out);
+                cycle += 1;
+                samples.len()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_parsers, bench_sources);
+criterion_main!(benches);

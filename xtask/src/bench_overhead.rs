@@ -1,0 +1,270 @@
+//! `cargo xtask bench-overhead`: what the agent costs at its default settings, next to
+//! the floor — the cost of only reading the same files on the same schedule, the same
+//! way (kept-open files re-read with pread; per-task files opened and read), with no
+//! parsing, no encoding and no sending. The ratio says how much lsvmi adds on top of
+//! the reads it cannot avoid.
+//!
+//! Both run for the same time against the same local VictoriaMetrics, one after the
+//! other (never together: they would compete for the 2 CPUs). CPU comes from the
+//! process's utime + stime in /proc/<pid>/stat; memory from VmRSS sampled every second
+//! (steady state, after a warm-up) and VmHWM (the peak since start, start-up included).
+
+use std::{
+    ffi::CString,
+    fs::File,
+    os::unix::fs::FileExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cargo, status, vm, workspace_root};
+
+const WARMUP: Duration = Duration::from_secs(5);
+
+/// Files the agent keeps open and re-reads every 100 ms / every second at its defaults.
+const EVERY_TICK: &[&str] =
+    &["stat", "softirqs", "net/dev", "diskstats", "pressure/cpu", "pressure/memory", "pressure/io"];
+const EVERY_SECOND: &[&str] =
+    &["interrupts", "net/snmp", "net/snmp6", "net/netstat", "net/softnet_stat", "meminfo", "vmstat", "loadavg"];
+/// The agent's default fs-type excludes (kept in step with sources/mounts.rs).
+const EXCLUDED_FS: &[&str] = &[
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "efivarfs",
+    "fusectl",
+    "hugetlbfs",
+    "mqueue",
+    "nsfs",
+    "proc",
+    "pstore",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "squashfs",
+    "sysfs",
+    "tracefs",
+    "overlay",
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ceph",
+    "glusterfs",
+    "9p",
+    "fuse.sshfs",
+];
+
+struct Usage {
+    cpu_percent: f64,
+    rss_steady_max_kb: u64,
+    hwm_kb: u64,
+}
+
+pub fn run(seconds: u64, agent_args: &[String]) -> anyhow::Result<()> {
+    crate::setup::ensure()?;
+    status(cargo().args(["build", "--release", "-p", "lsvmi-agent"]))?;
+    let dir = workspace_root().join("target").join("lsvmi-bench");
+    let _ = std::fs::remove_dir_all(&dir);
+    let vm = vm::VictoriaMetrics::start(&dir, 8428)?;
+    let measure_for = Duration::from_secs(seconds);
+
+    println!("bench-overhead: agent at default settings for {seconds} s (after {WARMUP:?} warm-up)…");
+    let agent_bin = workspace_root().join("target/release/lsvmi");
+    let agent = Command::new(&agent_bin)
+        .arg("--endpoint")
+        .arg(format!("{}/api/v1/write", vm.base_url()))
+        .args(agent_args)
+        .stdout(Stdio::null())
+        .stderr(File::create(dir.join("agent.log"))?)
+        .spawn()
+        .with_context(|| format!("starting {}", agent_bin.display()))?;
+    let agent_usage = measure(agent, measure_for)?;
+
+    println!("bench-overhead: floor (reads only) for {seconds} s…");
+    let me = std::env::current_exe().context("locating xtask")?;
+    let floor = Command::new(me)
+        .args(["floor-loop", "--seconds", &(seconds + WARMUP.as_secs() + 5).to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the floor loop")?;
+    let floor_usage = measure(floor, measure_for)?;
+    drop(vm);
+
+    let ratio = agent_usage.cpu_percent / floor_usage.cpu_percent.max(1e-9);
+    println!();
+    println!("|                     | CPU (% of one core) | RSS steady max | RSS peak (VmHWM) |");
+    println!("|---------------------|---------------------|----------------|------------------|");
+    for (name, u) in [("lsvmi (defaults)", &agent_usage), ("floor (reads only)", &floor_usage)] {
+        println!(
+            "| {name:<19} | {:>19.3} | {:>11.1} MB | {:>13.1} MB |",
+            u.cpu_percent,
+            u.rss_steady_max_kb as f64 / 1024.0,
+            u.hwm_kb as f64 / 1024.0
+        );
+    }
+    println!("\nratio lsvmi / floor: {ratio:.2}x  (target <= 1.5x; RSS target <= 10 MB)");
+    println!("agent log: {}", dir.join("agent.log").display());
+    Ok(())
+}
+
+/// Warm up, then measure `child` for `dur`; stops it with SIGTERM afterwards.
+fn measure(mut child: Child, dur: Duration) -> anyhow::Result<Usage> {
+    let pid = child.id();
+    std::thread::sleep(WARMUP);
+    if let Some(st) = child.try_wait()? {
+        bail!("process {pid} exited during warm-up ({st})");
+    }
+    let hz = clock_ticks();
+    let t0 = Instant::now();
+    let c0 = cpu_ticks(pid)?;
+    let mut rss_max = 0;
+    while t0.elapsed() < dur {
+        std::thread::sleep(Duration::from_secs(1).min(dur.saturating_sub(t0.elapsed())));
+        rss_max = rss_max.max(status_kb(pid, "VmRSS:")?);
+    }
+    let c1 = cpu_ticks(pid)?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let hwm = status_kb(pid, "VmHWM:")?;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    let _ = child.wait();
+    Ok(Usage { cpu_percent: (c1 - c0) as f64 / hz / elapsed * 100.0, rss_steady_max_kb: rss_max, hwm_kb: hwm })
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no memory effects.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// utime + stime (all threads) of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = text.rsplit_once(')').map(|(_, a)| a).context("malformed stat")?;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of proc(5); index 0 here is field 3.
+    let utime: u64 = f.get(11).context("no utime")?.parse()?;
+    let stime: u64 = f.get(12).context("no stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+fn status_kb(pid: u32, key: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = text.lines().find(|l| l.starts_with(key)).with_context(|| format!("no {key}"))?;
+    Ok(line.split_whitespace().nth(1).context("no value")?.parse()?)
+}
+
+/// The floor: the agent's default read schedule, reads only. Runs until `seconds` pass.
+pub fn floor_loop(seconds: u64) -> anyhow::Result<()> {
+    let proc = Path::new("/proc");
+    let open = |names: &[&str]| -> Vec<File> { names.iter().filter_map(|n| File::open(proc.join(n)).ok()).collect() };
+    let fast = open(EVERY_TICK);
+    let slow = open(EVERY_SECOND);
+    let mut mountinfo = File::open("/proc/self/mountinfo")?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut small = Vec::with_capacity(4096);
+    let start = Instant::now();
+    let tick = Duration::from_millis(100);
+    let mut n: u64 = 0;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        for f in &fast {
+            pread_all(f, &mut buf);
+        }
+        if n.is_multiple_of(10) {
+            for f in &slow {
+                pread_all(f, &mut buf);
+            }
+            read_tasks(&mut small);
+        }
+        if n.is_multiple_of(50) {
+            let len = pread_all(&mountinfo, &mut buf);
+            statfs_mounts(&buf[..len]);
+            for p in ["/proc/uptime", "/proc/sys/kernel/osrelease", "/proc/sys/kernel/version", "/etc/os-release"] {
+                let _ = std::fs::read(p);
+            }
+            for s in ["online", "possible", "isolated", "nohz_full"] {
+                let _ = std::fs::read(Path::new("/sys/devices/system/cpu").join(s));
+            }
+            mountinfo = File::open("/proc/self/mountinfo")?;
+        }
+        n += 1;
+        let next = start + tick * u32::try_from(n).unwrap_or(u32::MAX);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    Ok(())
+}
+
+fn pread_all(f: &File, buf: &mut Vec<u8>) -> usize {
+    if buf.is_empty() {
+        buf.resize(64 * 1024, 0);
+    }
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match f.read_at(&mut buf[len..], len as u64) {
+            Ok(0) | Err(_) => return len,
+            Ok(k) => len += k,
+        }
+    }
+}
+
+/// Every process's and thread's stat: what the agent must read each second to know
+/// which tasks ran. (The agent reads more files of the tasks that did.)
+fn read_tasks(buf: &mut Vec<u8>) {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return };
+    let mut path = PathBuf::new();
+    for e in dir.flatten() {
+        if !e.file_name().to_str().is_some_and(|n| n.bytes().all(|c| c.is_ascii_digit())) {
+            continue;
+        }
+        path.clear();
+        path.push(e.path());
+        path.push("stat");
+        read_small(&path, buf);
+        if let Ok(tasks) = std::fs::read_dir(e.path().join("task")) {
+            for t in tasks.flatten() {
+                read_small(&t.path().join("stat"), buf);
+            }
+        }
+    }
+}
+
+fn read_small(path: &Path, buf: &mut Vec<u8>) {
+    use std::io::Read as _;
+    buf.clear();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_end(buf);
+    }
+}
+
+/// statfs every mount the agent would (the minimum of field splitting to find them).
+fn statfs_mounts(mountinfo: &[u8]) {
+    for line in mountinfo.split(|&c| c == b'\n') {
+        let text = String::from_utf8_lossy(line);
+        let mut fields = text.split_whitespace();
+        let Some(mountpoint) = fields.nth(4) else { continue };
+        let Some(fstype) = fields.skip_while(|f| *f != "-").nth(1) else { continue };
+        if EXCLUDED_FS.contains(&fstype) {
+            continue;
+        }
+        let Ok(c) = CString::new(mountpoint.replace("\\040", " ")) else { continue };
+        // SAFETY: statvfs writes into a zeroed struct we own; the path is NUL-terminated.
+        unsafe {
+            let mut st: libc::statvfs = std::mem::zeroed();
+            libc::statvfs(c.as_ptr(), &mut st);
+        }
+    }
+}
