@@ -7,7 +7,6 @@ use lsvmi::{agent, cli::Cli, config::Config};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    tune_malloc();
     // Bad flags: clap prints one error line plus usage and exits 2.
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env()
@@ -50,16 +49,3 @@ fn main() -> ExitCode {
     }
 }
 
-/// glibc keeps freed heap for reuse and trims only above 128 KiB of free top-of-heap by
-/// default, with one arena per thread. For an agent whose steady state is a few MB, that
-/// slack is a large share of its RSS: one arena, and buffers of 64 KiB or more (batch
-/// encoding, HTTP bodies) in their own mappings, returned to the kernel when freed.
-fn tune_malloc() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets allocator parameters; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 * 1024);
-    }
-}
