@@ -136,6 +136,7 @@ fn procfs_sources(config: &Config) -> Vec<Box<dyn Source>> {
             "proc_vmstat" => Box::new(vmstat::source(root)),
             "proc_loadavg" => Box::new(LoadavgSource::new(root)),
             "proc_pid" => Box::new(ProcessesSource::new(root, config.threads, hz)),
+            "qdisc" => Box::new(crate::sources::qdisc::QdiscSource::new()),
             "proc_mounts" => Box::new(MountsSource::new(root, &config.exclude_fs_types)),
             "host" => Box::new(HostSource::new(root, &config.sysfs_root, &config.os_release)),
             // sched (BPF) and lsvmi (self) are built elsewhere.

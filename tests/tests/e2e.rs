@@ -139,6 +139,8 @@ fn every_procfs_family_arrives_and_is_sane() {
         "proc_tasks",
         "host_info",
         "host_uptime_seconds",
+        "qdisc_bytes_total",
+        "qdisc_drops_total",
         "host_cpus",
         "lsvmi_source_busy_seconds_total",
     ];

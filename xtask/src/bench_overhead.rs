@@ -29,42 +29,6 @@ const EVERY_TICK: &[&str] =
     &["stat", "softirqs", "net/dev", "diskstats", "pressure/cpu", "pressure/memory", "pressure/io"];
 const EVERY_SECOND: &[&str] =
     &["interrupts", "net/snmp", "net/snmp6", "net/netstat", "net/softnet_stat", "meminfo", "vmstat", "loadavg"];
-/// The agent's default fs-type excludes (kept in step with sources/mounts.rs).
-const EXCLUDED_FS: &[&str] = &[
-    "autofs",
-    "binfmt_misc",
-    "bpf",
-    "cgroup",
-    "cgroup2",
-    "configfs",
-    "debugfs",
-    "devpts",
-    "devtmpfs",
-    "efivarfs",
-    "fusectl",
-    "hugetlbfs",
-    "mqueue",
-    "nsfs",
-    "proc",
-    "pstore",
-    "rpc_pipefs",
-    "securityfs",
-    "selinuxfs",
-    "squashfs",
-    "sysfs",
-    "tracefs",
-    "overlay",
-    "nfs",
-    "nfs4",
-    "cifs",
-    "smb3",
-    "smbfs",
-    "ceph",
-    "glusterfs",
-    "9p",
-    "fuse.sshfs",
-];
-
 struct Usage {
     cpu_percent: f64,
     rss_steady_max_kb: u64,
@@ -90,11 +54,15 @@ pub fn run(seconds: u64, agent_args: &[String]) -> anyhow::Result<()> {
         .spawn()
         .with_context(|| format!("starting {}", agent_bin.display()))?;
     let agent_usage = measure(agent, measure_for)?;
+    // The floor statfs's exactly the filesystems the agent reported.
+    let _ = vm.get("/internal/force_flush");
+    let mounts = vm.label_values("mountpoint")?;
 
     println!("bench-overhead: floor (reads only) for {seconds} s…");
     let me = std::env::current_exe().context("locating xtask")?;
     let floor = Command::new(me)
         .args(["floor-loop", "--seconds", &(seconds + WARMUP.as_secs() + 5).to_string()])
+        .args(mounts.iter().flat_map(|m| ["--mount", m.as_str()]))
         .stdout(Stdio::null())
         .spawn()
         .context("starting the floor loop")?;
@@ -166,7 +134,7 @@ fn status_kb(pid: u32, key: &str) -> anyhow::Result<u64> {
 }
 
 /// The floor: the agent's default read schedule, reads only. Runs until `seconds` pass.
-pub fn floor_loop(seconds: u64) -> anyhow::Result<()> {
+pub fn floor_loop(seconds: u64, mounts: &[String]) -> anyhow::Result<()> {
     let proc = Path::new("/proc");
     let open = |names: &[&str]| -> Vec<File> { names.iter().filter_map(|n| File::open(proc.join(n)).ok()).collect() };
     let fast = open(EVERY_TICK);
@@ -188,8 +156,8 @@ pub fn floor_loop(seconds: u64) -> anyhow::Result<()> {
             read_tasks(&mut small);
         }
         if n.is_multiple_of(50) {
-            let len = pread_all(&mountinfo, &mut buf);
-            statfs_mounts(&buf[..len]);
+            pread_all(&mountinfo, &mut buf);
+            statfs_mounts(mounts);
             for p in ["/proc/uptime", "/proc/sys/kernel/osrelease", "/proc/sys/kernel/version", "/etc/os-release"] {
                 let _ = std::fs::read(p);
             }
@@ -250,17 +218,10 @@ fn read_small(path: &Path, buf: &mut Vec<u8>) {
     }
 }
 
-/// statfs every mount the agent would (the minimum of field splitting to find them).
-fn statfs_mounts(mountinfo: &[u8]) {
-    for line in mountinfo.split(|&c| c == b'\n') {
-        let text = String::from_utf8_lossy(line);
-        let mut fields = text.split_whitespace();
-        let Some(mountpoint) = fields.nth(4) else { continue };
-        let Some(fstype) = fields.skip_while(|f| *f != "-").nth(1) else { continue };
-        if EXCLUDED_FS.contains(&fstype) {
-            continue;
-        }
-        let Ok(c) = CString::new(mountpoint.replace("\\040", " ")) else { continue };
+/// statfs the mounts the agent reported.
+fn statfs_mounts(mounts: &[String]) {
+    for m in mounts {
+        let Ok(c) = CString::new(m.as_str()) else { continue };
         // SAFETY: statvfs writes into a zeroed struct we own; the path is NUL-terminated.
         unsafe {
             let mut st: libc::statvfs = std::mem::zeroed();

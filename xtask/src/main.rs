@@ -58,6 +58,9 @@ enum Cmd {
     FloorLoop {
         #[arg(long)]
         seconds: u64,
+        /// A mountpoint to statfs every 5 s (repeatable)
+        #[arg(long = "mount")]
+        mounts: Vec<String>,
     },
 }
 
@@ -68,7 +71,7 @@ fn main() -> ExitCode {
         Cmd::Run { agent_args } => run(&agent_args),
         Cmd::Test { cargo_args } => test(&cargo_args),
         Cmd::BenchOverhead { seconds, agent_args } => bench_overhead::run(seconds, &agent_args),
-        Cmd::FloorLoop { seconds } => bench_overhead::floor_loop(seconds),
+        Cmd::FloorLoop { seconds, mounts } => bench_overhead::floor_loop(seconds, &mounts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

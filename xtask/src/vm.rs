@@ -62,6 +62,20 @@ impl VictoriaMetrics {
         bail!("VictoriaMetrics did not become healthy in 15 s; see {}", dir.join("victoria-metrics.log").display())
     }
 
+    /// GET `path` on this VictoriaMetrics; the body.
+    pub fn get(&self, path: &str) -> std::io::Result<String> {
+        http_get(self.port, path)
+    }
+
+    /// All values of label `name` (`/api/v1/label/<name>/values`).
+    pub fn label_values(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        let body = self.get(&format!("/api/v1/label/{name}/values"))?;
+        // {"status":"success","data":["/","/dev/shm"]}: the strings after "data".
+        let data = body.split_once("\"data\":[").map(|(_, d)| d).context("no data in label values")?;
+        let list = data.split_once(']').map(|(l, _)| l).unwrap_or_default();
+        Ok(list.split(',').map(|v| v.trim().trim_matches('"').replace("\\/", "/")).filter(|v| !v.is_empty()).collect())
+    }
+
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -31,6 +31,7 @@ pub mod pressure;
 pub mod proc_stat;
 pub mod processes;
 pub mod procfs_file;
+pub mod qdisc;
 pub mod sched;
 pub mod self_metrics;
 pub mod softirqs;
@@ -59,7 +60,7 @@ const fn spec(name: &'static str, title: &'static str, ms: u64, metrics: &'stati
 /// Every source, in the order they are polled within a tick. Default intervals: what
 /// moves fast and matters at 100 ms (CPU, softirqs, NIC and disk counters, pressure)
 /// every tick; the rest every second; filesystems and host identity every 5 s.
-pub fn specs() -> [SourceSpec; 18] {
+pub fn specs() -> [SourceSpec; 19] {
     [
         spec("proc_stat", "/proc/stat", 100, proc_stat::METRICS),
         spec("proc_softirqs", "/proc/softirqs", 100, softirqs::METRICS),
@@ -76,6 +77,7 @@ pub fn specs() -> [SourceSpec; 18] {
         spec("proc_vmstat", "/proc/vmstat", 1000, vmstat::METRICS),
         spec("proc_loadavg", "/proc/loadavg", 1000, loadavg::METRICS),
         spec("proc_pid", "Processes and threads", 1000, processes::METRICS),
+        spec("qdisc", "Queueing disciplines (netlink)", 1000, qdisc::METRICS),
         spec("proc_mounts", "Mounted filesystems", 5000, mounts::METRICS),
         spec("host", "Host", 5000, host::METRICS),
         spec("lsvmi", "The agent itself", 1000, self_metrics::METRICS),
