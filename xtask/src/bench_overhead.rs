@@ -154,6 +154,7 @@ pub fn floor_loop(seconds: u64, mounts: &[String]) -> anyhow::Result<()> {
                 pread_all(f, &mut buf);
             }
             read_tasks(&mut small);
+            dump_qdiscs(&mut buf);
         }
         if n.is_multiple_of(50) {
             pread_all(&mountinfo, &mut buf);
@@ -227,5 +228,53 @@ fn statfs_mounts(mounts: &[String]) {
             let mut st: libc::statvfs = std::mem::zeroed();
             libc::statvfs(c.as_ptr(), &mut st);
         }
+    }
+}
+
+/// The qdisc source's read: one RTM_GETQDISC dump over netlink, received to the end.
+fn dump_qdiscs(buf: &mut [u8]) {
+    const NLMSG_DONE: u16 = 3;
+    const RTM_GETQDISC: u16 = 38;
+    // SAFETY: plain socket syscalls on a descriptor we own and close; buffers are ours.
+    unsafe {
+        let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
+        if fd < 0 {
+            return;
+        }
+        // nlmsghdr (16 bytes) + tcmsg (20 bytes), zeroed but for length, type and flags.
+        let mut req = [0u8; 36];
+        req[0..4].copy_from_slice(&36u32.to_ne_bytes());
+        req[4..6].copy_from_slice(&RTM_GETQDISC.to_ne_bytes());
+        req[6..8].copy_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+        addr.nl_family = libc::AF_NETLINK as u16;
+        let sent = libc::sendto(
+            fd,
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&raw const addr).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        );
+        if sent <= 0 {
+            libc::close(fd);
+            return;
+        }
+        'recv: loop {
+            let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+            if n <= 0 {
+                break;
+            }
+            let mut off = 0usize;
+            while off + 16 <= n as usize {
+                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+                let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                if kind == NLMSG_DONE || len == 0 {
+                    break 'recv;
+                }
+                off += (len + 3) & !3;
+            }
+        }
+        libc::close(fd);
     }
 }

@@ -37,12 +37,19 @@ pub struct Encoder {
     /// on first use and refreshed when the registry reuses the id.
     label_cache: LabelCache,
     protobuf: Vec<u8>,
+    /// Compression scratch, reused; the queued body is an exact-size copy of it.
+    compressed: Vec<u8>,
     snappy: snap::raw::Encoder,
 }
 
 impl Default for Encoder {
     fn default() -> Self {
-        Encoder { label_cache: Vec::new(), protobuf: Vec::new(), snappy: snap::raw::Encoder::new() }
+        Encoder {
+            label_cache: Vec::new(),
+            protobuf: Vec::new(),
+            compressed: Vec::new(),
+            snappy: snap::raw::Encoder::new(),
+        }
     }
 }
 
@@ -86,11 +93,10 @@ impl Encoder {
     pub fn encode(&mut self, registry: &Registry, samples: &mut [Sample]) -> Result<EncodedBatch, snap::Error> {
         let sample_count = samples.len();
         let series = self.fill(registry, samples);
-        let mut compressed = vec![0; snap::raw::max_compress_len(self.protobuf.len())];
-        let n = self.snappy.compress(&self.protobuf, &mut compressed)?;
-        compressed.truncate(n);
+        self.compressed.resize(snap::raw::max_compress_len(self.protobuf.len()), 0);
+        let n = self.snappy.compress(&self.protobuf, &mut self.compressed)?;
         Ok(EncodedBatch {
-            body: compressed.into(),
+            body: bytes::Bytes::copy_from_slice(&self.compressed[..n]),
             samples: sample_count,
             series,
             uncompressed_len: self.protobuf.len(),
