@@ -134,6 +134,10 @@ mod tests {
         assert_eq!(after.len(), 32);
         assert_eq!(after.iter().filter(|s| s.value.to_bits() == STALE_NAN_BITS).count(), 16);
         assert_eq!(cycle(format!("{header}{}{}", line("lo"), line("veth0"))).len(), 32);
+        // A counter going backwards (driver reset, counter wrap) is sent as read:
+        // the sink's rate() treats a decrease as a reset; the agent does not guess.
+        let back = cycle(format!("{header}lo: 0 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n"));
+        assert_eq!(back[0].value, 0.0);
     }
 
     #[test]
