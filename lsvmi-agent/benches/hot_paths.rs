@@ -96,7 +96,10 @@ fn with_prost(reg: &Registry, samples: &[Sample]) -> Vec<u8> {
             labels: reg
                 .get(run[0].series)
                 .map(|s| {
-                    s.labels.iter().map(|l| proto::Label { name: l.name.clone(), value: l.value.clone() }).collect()
+                    s.labels
+                        .iter()
+                        .map(|l| proto::Label { name: l.name.to_string(), value: l.value.to_string() })
+                        .collect()
                 })
                 .unwrap_or_default(),
             samples: run.iter().map(|s| proto::Sample { value: s.value, timestamp: s.ts_ms }).collect(),

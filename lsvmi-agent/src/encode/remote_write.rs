@@ -122,10 +122,10 @@ fn cached_labels<'c>(cache: &'c mut LabelCache, registry: &Registry, id: SeriesI
 fn encode_labels(labels: &[Label]) -> Vec<u8> {
     let mut out = Vec::new();
     for l in labels {
-        let len = str_field_len(&l.name) + str_field_len(&l.value);
+        let len = str_field_len(l.name) + str_field_len(&l.value);
         out.push(KEY_LABELS);
         encode_varint(len as u64, &mut out);
-        for (key, s) in [(KEY_LABEL_NAME, &l.name), (KEY_LABEL_VALUE, &l.value)] {
+        for (key, s) in [(KEY_LABEL_NAME, l.name), (KEY_LABEL_VALUE, &*l.value)] {
             if !s.is_empty() {
                 out.push(key);
                 encode_varint(s.len() as u64, &mut out);
@@ -190,7 +190,7 @@ mod tests {
                     .unwrap()
                     .labels
                     .iter()
-                    .map(|l| proto::Label { name: l.name.clone(), value: l.value.clone() })
+                    .map(|l| proto::Label { name: l.name.to_string(), value: l.value.to_string() })
                     .collect(),
                 samples: samples
                     .iter()

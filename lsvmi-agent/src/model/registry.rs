@@ -12,11 +12,14 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 
 use super::{MetricDesc, SeriesId};
 
-/// A label of a registered series.
+/// A label of a registered series. Names are static (declared with the metric, or host
+/// label names leaked once at start-up) and values are interned: a host has thousands of
+/// series whose label values mostly repeat (`instance`, `pid`, `comm`, `mode`), and the
+/// label sets are most of the agent's heap.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Label {
-    pub name: String,
-    pub value: String,
+    pub name: &'static str,
+    pub value: Arc<str>,
 }
 
 /// A registered series: its metric and its full, sorted label set (with `__name__`).
@@ -50,13 +53,19 @@ pub struct Registry {
     hasher: DefaultHashBuilder,
     /// Retired ids, oldest first, with the instant they were retired.
     free: VecDeque<(SeriesId, Instant)>,
+    /// Every label value in use, once.
+    values: hashbrown::HashSet<Arc<str>>,
 }
 
 impl Registry {
     /// `host_labels` are put on every series (a source's own label of the same name wins).
     pub fn new(host_labels: impl IntoIterator<Item = (String, String)>) -> Self {
-        let host_labels =
-            host_labels.into_iter().filter(|(_, v)| !v.is_empty()).map(|(name, value)| Label { name, value }).collect();
+        let host_labels = host_labels
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            // Leaked once per configured host label: they live as long as the process.
+            .map(|(name, value)| Label { name: Box::leak(name.into_boxed_str()), value: Arc::from(value) })
+            .collect();
         Registry { host_labels, ..Default::default() }
     }
 
@@ -66,12 +75,13 @@ impl Registry {
 
     /// The id of the series `desc{labels}`, registering it on first sight.
     /// Labels with empty values are dropped (remote-write forbids them).
-    pub fn register(&mut self, desc: &'static MetricDesc, labels: &[(&str, &str)]) -> SeriesId {
+    pub fn register(&mut self, desc: &'static MetricDesc, labels: &[(&'static str, &str)]) -> SeriesId {
         let mut set: Vec<Label> = Vec::with_capacity(1 + labels.len() + self.host_labels.len());
-        set.push(Label { name: "__name__".into(), value: desc.name.into() });
+        set.push(Label { name: "__name__", value: self.intern(desc.name) });
         for (name, value) in labels {
             if !value.is_empty() {
-                set.push(Label { name: (*name).into(), value: (*value).into() });
+                let value = self.intern(value);
+                set.push(Label { name, value });
             }
         }
         for host in &self.host_labels {
@@ -91,7 +101,14 @@ impl Registry {
             Some(&(id, retired)) if retired.elapsed() >= REUSE_AFTER => {
                 self.free.pop_front();
                 let slot = &mut self.series[id.index()];
-                *slot = Series { desc, labels: set, generation: slot.generation.wrapping_add(1) };
+                let old =
+                    std::mem::replace(slot, Series { desc, labels: set, generation: slot.generation.wrapping_add(1) });
+                // Values only the retired series used leave the pool.
+                for label in old.labels {
+                    if Arc::strong_count(&label.value) == 2 {
+                        self.values.remove(&*label.value);
+                    }
+                }
                 id
             }
             _ => {
@@ -104,6 +121,15 @@ impl Registry {
         let (series, hasher) = (&self.series, &self.hasher);
         self.index.insert_unique(hash, id, |id| hasher.hash_one(&series[id.index()].labels));
         id
+    }
+
+    fn intern(&mut self, value: &str) -> Arc<str> {
+        if let Some(v) = self.values.get(value) {
+            return v.clone();
+        }
+        let v: Arc<str> = Arc::from(value);
+        self.values.insert(v.clone());
+        v
     }
 
     /// The series has ended (process exited, interface removed). Its labels stay readable
@@ -152,7 +178,7 @@ mod tests {
     };
 
     fn names(r: &Registry, id: SeriesId) -> Vec<(String, String)> {
-        r.get(id).unwrap().labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect()
+        r.get(id).unwrap().labels.iter().map(|l| (l.name.to_string(), l.value.to_string())).collect()
     }
 
     #[test]
@@ -191,6 +217,12 @@ mod tests {
         assert_eq!(r.get(c).unwrap().generation, 1);
         assert!(names(&r, c).contains(&("cpu".into(), "2".into())));
         assert_eq!(r.live(), 2);
+        // Label values are shared, and those only the retired series used are dropped.
+        assert!(!r.values.contains("0"));
+        let d = r.register(&DESC, &[("cpu", "2"), ("mode", "user")]);
+        let (lc, ld) = (&r.get(c).unwrap().labels, &r.get(d).unwrap().labels);
+        let cpu = |l: &Vec<Label>| l.iter().find(|l| l.name == "cpu").unwrap().value.clone();
+        assert!(Arc::ptr_eq(&cpu(lc), &cpu(ld)));
     }
 
     #[test]

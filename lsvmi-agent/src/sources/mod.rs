@@ -213,7 +213,7 @@ impl<'a> Collector<'a> {
     }
 
     /// Register (or look up) a series; sources call this once per series, not per cycle.
-    pub fn series(&mut self, desc: &'static MetricDesc, labels: &[(&str, &str)]) -> SeriesId {
+    pub fn series(&mut self, desc: &'static MetricDesc, labels: &[(&'static str, &str)]) -> SeriesId {
         self.registry.register(desc, labels)
     }
 
