@@ -1,55 +1,104 @@
-//! Scheduler events from BPF: context switches per CPU, counted in the kernel by
-//! `tp_btf/sched_switch` (`lsvmi-ebpf/src/sched.rs`) into a per-CPU array that this
-//! source reads on the sampling tick. No ring buffer, no wake-up per event.
+//! Scheduler events from BPF, counted in the kernel per CPU by `tp_btf/sched_switch`
+//! and `tp_btf/sched_migrate_task` (`lsvmi-ebpf/src/sched.rs`) into a per-CPU array that
+//! this source reads on the sampling tick. No ring buffer, no wake-up per event.
 
 use aya::{
     maps::{MapData, PerCpuArray},
     programs::BtfTracePoint,
 };
-use lsvmi_common::sched::{COUNTERS_MAP, PROG_SCHED_SWITCH, SLOT_CONTEXT_SWITCHES};
+use lsvmi_common::sched::{
+    COUNTERS_MAP, PROG_SCHED_MIGRATE, PROG_SCHED_SWITCH, SLOT_CONTEXT_SWITCHES, SLOT_INVOLUNTARY, SLOT_MIGRATIONS,
+    SLOT_VOLUNTARY,
+};
+use tracing::warn;
 
 use super::{Collector, Source, SourceError};
 use crate::{
     bpf::{Bpf, BpfError},
-    model::{MetricDesc, MetricKind, SeriesId, now_ms},
+    model::{MetricDesc, SeriesId, now_ms},
 };
 
-pub static CONTEXT_SWITCHES: MetricDesc = MetricDesc {
-    name: "sched_context_switches_total",
-    kind: MetricKind::Counter,
-    unit: "",
-    help: "Context switches on each CPU since the agent started, counted in the kernel at every \
-           sched_switch. Exact per CPU, unlike /proc/stat's ctxt which is host-wide.",
-    labels: &["cpu"],
-    source: "BPF tp_btf/sched_switch",
-};
+metric!(
+    CONTEXT_SWITCHES,
+    "sched_context_switches_total",
+    Counter,
+    "",
+    ["cpu"],
+    "BPF tp_btf/sched_switch",
+    "Context switches on each CPU since the agent started, counted in the kernel at every sched_switch. \
+     Exact per CPU, unlike /proc/stat's ctxt which is host-wide."
+);
+metric!(
+    SWITCHES_BY_KIND,
+    "sched_task_switches_total",
+    Counter,
+    "",
+    ["cpu", "kind"],
+    "BPF tp_btf/sched_switch",
+    "Switches away from a task (the idle task excluded), kind=voluntary (it blocked) or involuntary \
+     (preempted or still runnable) — the kernel's nvcsw/nivcsw, per CPU. Involuntary switches on a core \
+     that runs one busy-polling thread mean something else was scheduled there."
+);
+metric!(
+    MIGRATIONS,
+    "sched_migrations_total",
+    Counter,
+    "",
+    ["cpu"],
+    "BPF tp_btf/sched_migrate_task",
+    "Task migrations started on each CPU (the CPU that moved the task)."
+);
 
-pub static METRICS: &[&MetricDesc] = &[&CONTEXT_SWITCHES];
+pub static METRICS: &[&MetricDesc] = &[&CONTEXT_SWITCHES, &SWITCHES_BY_KIND, &MIGRATIONS];
+
+/// (slot, metric, kind label) read each tick.
+const SLOTS: [(u32, &MetricDesc, &str); 4] = [
+    (SLOT_CONTEXT_SWITCHES, &CONTEXT_SWITCHES, ""),
+    (SLOT_VOLUNTARY, &SWITCHES_BY_KIND, "voluntary"),
+    (SLOT_INVOLUNTARY, &SWITCHES_BY_KIND, "involuntary"),
+    (SLOT_MIGRATIONS, &MIGRATIONS, ""),
+];
 
 pub struct SchedSource {
     counters: PerCpuArray<MapData, u64>,
-    /// Indexed by CPU number.
-    series: Vec<SeriesId>,
+    /// Which of SLOTS have an attached program behind them.
+    live: [bool; 4],
+    /// Per slot, indexed by CPU number.
+    series: [Vec<SeriesId>; 4],
+}
+
+/// Load and attach one `tp_btf` program.
+fn attach_one(bpf: &mut Bpf, name: &str) -> Result<(), BpfError> {
+    let what = format!("tp_btf/{name}");
+    let prog: &mut BtfTracePoint = bpf
+        .ebpf
+        .program_mut(name)
+        .ok_or_else(|| BpfError::Kernel { what: what.clone(), cause: "program missing from the object".into() })?
+        .try_into()
+        .map_err(|e| BpfError::kernel(&what, &e))?;
+    prog.load(name, &bpf.btf).map_err(|e| BpfError::kernel(format!("loading {what}"), &e))?;
+    prog.attach().map_err(|e| BpfError::kernel(format!("attaching {what}"), &e))?;
+    Ok(())
 }
 
 impl SchedSource {
-    /// Load and attach the scheduler programs and take their maps.
+    /// Load and attach the scheduler programs and take their map. sched_switch is
+    /// required; a migrate program that fails is one warning and its series are left out.
     pub fn attach(bpf: &mut Bpf) -> Result<Self, BpfError> {
-        let what = format!("tp_btf/{PROG_SCHED_SWITCH}");
-        let prog: &mut BtfTracePoint = bpf
-            .ebpf
-            .program_mut(PROG_SCHED_SWITCH)
-            .ok_or_else(|| BpfError::Kernel { what: what.clone(), cause: "program missing from the object".into() })?
-            .try_into()
-            .map_err(|e| BpfError::kernel(&what, &e))?;
-        prog.load(PROG_SCHED_SWITCH, &bpf.btf).map_err(|e| BpfError::kernel(format!("loading {what}"), &e))?;
-        prog.attach().map_err(|e| BpfError::kernel(format!("attaching {what}"), &e))?;
+        attach_one(bpf, PROG_SCHED_SWITCH)?;
+        let migrations = match attach_one(bpf, PROG_SCHED_MIGRATE) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!("eBPF migration counter disabled: {e}; the other scheduler counters continue");
+                false
+            }
+        };
         let map = bpf.ebpf.take_map(COUNTERS_MAP).ok_or_else(|| BpfError::Kernel {
             what: COUNTERS_MAP.into(),
             cause: "map missing from the object".into(),
         })?;
         let counters = PerCpuArray::try_from(map).map_err(|e| BpfError::kernel(COUNTERS_MAP, &e))?;
-        Ok(SchedSource { counters, series: Vec::new() })
+        Ok(SchedSource { counters, live: [true, true, true, migrations], series: Default::default() })
     }
 }
 
@@ -59,17 +108,20 @@ impl Source for SchedSource {
     }
 
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
-        let values = self
-            .counters
-            .get(&SLOT_CONTEXT_SWITCHES, 0)
-            .map_err(|source| SourceError::Map { map: COUNTERS_MAP, source })?;
-        let ts = now_ms();
-        for (cpu, value) in values.iter().enumerate() {
-            if self.series.len() <= cpu {
-                let label = cpu.to_string();
-                self.series.push(out.series(&CONTEXT_SWITCHES, &[("cpu", &label)]));
+        for (i, (slot, desc, kind)) in SLOTS.iter().enumerate() {
+            if !self.live[i] {
+                continue;
             }
-            out.push(self.series[cpu], ts, *value as f64);
+            let values = self.counters.get(slot, 0).map_err(|source| SourceError::Map { map: COUNTERS_MAP, source })?;
+            let ts = now_ms();
+            let series = &mut self.series[i];
+            for (cpu, value) in values.iter().enumerate() {
+                if series.len() <= cpu {
+                    let label = cpu.to_string();
+                    series.push(out.series(desc, &[("cpu", &label), ("kind", kind)]));
+                }
+                out.push(series[cpu], ts, *value as f64);
+            }
         }
         Ok(())
     }
