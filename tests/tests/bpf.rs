@@ -5,11 +5,10 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     os::unix::net::UnixStream,
-    process::{Command, Stdio},
     time::Duration,
 };
 
-use lsvmi_tests::{agent_bin, is_root};
+use lsvmi_tests::{is_root, run_agent};
 
 /// Per series (the full line before the value), the first and last value printed.
 fn first_last(stdout: &str, metric: &str) -> BTreeMap<String, (f64, f64)> {
@@ -49,18 +48,13 @@ fn pipe_ping_pong_moves_the_switch_counters() {
         return;
     }
     const N: usize = 5000;
-    let child = Command::new(agent_bin())
-        .args(["--dry-run", "--duration", "3", "--cpus", "all"])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn agent");
-    // Let the programs attach and the first samples be taken, then load.
-    std::thread::sleep(Duration::from_millis(1000));
-    ping_pong(N);
-    let out = child.wait_with_output().expect("agent output");
+    // Load starts once the programs are attached and the first samples are taken.
+    let load = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(1000));
+        ping_pong(N);
+    });
+    let out = run_agent(&["--dry-run", "--duration", "3", "--cpus", "all"], Duration::from_secs(30));
+    load.join().expect("load thread");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
