@@ -5,9 +5,11 @@
 //! - `run` does set-up, builds the agent, starts a VictoriaMetrics on 127.0.0.1 and
 //!   runs the agent against it until Ctrl-C.
 //! - `test` does set-up and runs every test (unit, fixture, BPF-in-kernel, end-to-end).
+//! - `bench-bpf` measures each BPF program's ns per event (see `bench_bpf.rs`).
 //! - `bench-overhead` measures the agent's CPU and memory against the floor of only
 //!   reading the same files (see `bench_overhead.rs`).
 
+mod bench_bpf;
 mod bench_overhead;
 mod setup;
 mod vm;
@@ -53,6 +55,13 @@ enum Cmd {
         #[arg(last = true)]
         agent_args: Vec<String>,
     },
+    /// Measure ns per event of each BPF program under scheduler and TCP load
+    /// (kernel.bpf_stats_enabled, bpftool), and print them
+    BenchBpf {
+        /// Load time
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// (internal) the floor loop of bench-overhead
     #[command(hide = true)]
     FloorLoop {
@@ -71,6 +80,7 @@ fn main() -> ExitCode {
         Cmd::Run { agent_args } => run(&agent_args),
         Cmd::Test { cargo_args } => test(&cargo_args),
         Cmd::BenchOverhead { seconds, agent_args } => bench_overhead::run(seconds, &agent_args),
+        Cmd::BenchBpf { seconds } => bench_bpf::run(seconds),
         Cmd::FloorLoop { seconds, mounts } => bench_overhead::floor_loop(seconds, &mounts),
     };
     match result {

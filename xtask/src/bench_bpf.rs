@@ -1,0 +1,147 @@
+//! `cargo xtask bench-bpf`: what each BPF program costs per event, measured by the kernel.
+//!
+//! With `kernel.bpf_stats_enabled=1` the kernel times every program run (`run_time_ns`,
+//! `run_cnt`, shown by `bpftool prog show`). This starts the release agent (`--dry-run`:
+//! no sink needed), drives scheduler load (`perf bench sched pipe`, or a socket
+//! ping-pong when perf is missing, plus a loopback TCP stream), and prints ns per event
+//! for each lsvmi program from the difference of two snapshots. The sysctl is restored
+//! afterwards. Timing adds a little to each run itself, so these are upper bounds.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cargo, status, workspace_root};
+
+const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+/// Names of lsvmi's programs (bpftool shows the full name from BTF).
+const PROGRAMS: &[&str] = &["sched_switch", "sched_migrate_task"];
+
+/// (run_time_ns, run_cnt) per program name.
+type Snapshot = BTreeMap<String, (u64, u64)>;
+
+pub fn run(seconds: u64) -> anyhow::Result<()> {
+    crate::setup::ensure()?;
+    if Command::new("bpftool").arg("version").stdout(Stdio::null()).status().is_err() {
+        bail!("bpftool not found: apt-get install bpftool");
+    }
+    status(cargo().args(["build", "--release", "-p", "lsvmi-agent"]))?;
+    let before_sysctl = std::fs::read_to_string(STATS_SYSCTL).context("reading bpf_stats_enabled (root?)")?;
+    std::fs::write(STATS_SYSCTL, "1").context("enabling kernel.bpf_stats_enabled (root?)")?;
+    let result = measure(seconds);
+    let _ = std::fs::write(STATS_SYSCTL, before_sysctl.trim());
+    result
+}
+
+fn measure(seconds: u64) -> anyhow::Result<()> {
+    let agent = workspace_root().join("target/release/lsvmi");
+    let mut child = Command::new(&agent)
+        .args(["--dry-run", "--cpus", "all"])
+        .stdout(Stdio::null())
+        .stderr(File::create(workspace_root().join("target/bench-bpf-agent.log"))?)
+        .spawn()
+        .with_context(|| format!("starting {}", agent.display()))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let first = snapshot()?;
+    let t0 = Instant::now();
+    drive_load(Duration::from_secs(seconds));
+    let elapsed = t0.elapsed().as_secs_f64();
+    let second = snapshot()?;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = child.wait();
+
+    println!("\n| program | events | events/s | ns/event |");
+    println!("|---|---|---|---|");
+    let mut any = false;
+    for name in PROGRAMS {
+        let (Some(a), Some(b)) = (first.get(*name), second.get(*name)) else { continue };
+        let (ns, cnt) = (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1));
+        if cnt == 0 {
+            continue;
+        }
+        any = true;
+        println!("| {name} | {cnt} | {:.0} | {:.1} |", cnt as f64 / elapsed, ns as f64 / cnt as f64);
+    }
+    if !any {
+        bail!("no lsvmi program ran; see target/bench-bpf-agent.log");
+    }
+    println!("\nsched_switch is the only lsvmi program on the context-switch path: its ns/event is the total there.");
+    Ok(())
+}
+
+/// `bpftool prog show`: the plain-text form has `name X` and `run_time_ns N run_cnt M`.
+fn snapshot() -> anyhow::Result<Snapshot> {
+    let out = Command::new("bpftool").args(["prog", "show"]).output().context("running bpftool")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut snap = Snapshot::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let field = |key: &str| words.iter().position(|w| *w == key).and_then(|i| words.get(i + 1)).copied();
+        let (Some(name), Some(ns), Some(cnt)) = (field("name"), field("run_time_ns"), field("run_cnt")) else {
+            continue;
+        };
+        if let (Ok(ns), Ok(cnt)) = (ns.parse::<u64>(), cnt.parse::<u64>()) {
+            let e = snap.entry(name.to_string()).or_insert((0, 0));
+            e.0 += ns;
+            e.1 += cnt;
+        }
+    }
+    Ok(snap)
+}
+
+/// Scheduler load (perf's pipe benchmark, or a socket ping-pong) and a loopback TCP stream.
+fn drive_load(dur: Duration) {
+    let tcp = std::thread::spawn(move || tcp_stream(dur));
+    let perf = Command::new("perf")
+        .args(["bench", "sched", "pipe", "-l", "100000000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    match perf {
+        Ok(mut p) => {
+            std::thread::sleep(dur);
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        Err(_) => ping_pong(dur),
+    }
+    let _ = tcp.join();
+}
+
+fn ping_pong(dur: Duration) {
+    let Ok((mut a, mut b)) = std::os::unix::net::UnixStream::pair() else { return };
+    let echo = std::thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        while b.read_exact(&mut byte).is_ok() && b.write_all(&byte).is_ok() {}
+    });
+    let t0 = Instant::now();
+    let mut byte = [1u8; 1];
+    while t0.elapsed() < dur && a.write_all(&byte).is_ok() && a.read_exact(&mut byte).is_ok() {}
+    drop(a);
+    let _ = echo.join();
+}
+
+fn tcp_stream(dur: Duration) {
+    let Ok(listener) = TcpListener::bind("127.0.0.1:0") else { return };
+    let Ok(addr) = listener.local_addr() else { return };
+    let sink = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = vec![0u8; 64 * 1024];
+            while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
+        }
+    });
+    if let Ok(mut s) = TcpStream::connect(addr) {
+        let buf = vec![0u8; 64 * 1024];
+        let t0 = Instant::now();
+        while t0.elapsed() < dur && s.write_all(&buf).is_ok() {}
+    }
+    let _ = sink.join();
+}
