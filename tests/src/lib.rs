@@ -143,7 +143,6 @@ impl Exported {
     }
 }
 
-/// Run the agent with `args`; kill it if it has not exited after `timeout`.
 /// A config file in a temp dir (kept alive by the returned guard).
 pub fn write_config(yaml: &str) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -153,6 +152,7 @@ pub fn write_config(yaml: &str) -> (tempfile::TempDir, String) {
     (dir, p)
 }
 
+/// Run the agent with `args`; kill it if it has not exited after `timeout`.
 pub fn run_agent(args: &[&str], timeout: Duration) -> Output {
     run_command(Command::new(agent_bin()).args(args), timeout)
 }

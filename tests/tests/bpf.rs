@@ -5,10 +5,11 @@ use std::{
     collections::BTreeMap,
     io::{Read as _, Write as _},
     os::unix::net::UnixStream,
-    time::Duration,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
 };
 
-use lsvmi_tests::{is_root, run_agent};
+use lsvmi_tests::{agent_bin, is_root, run_agent};
 
 /// Per series (the full line before the value), the first and last value printed.
 fn first_last(stdout: &str, metric: &str) -> BTreeMap<String, (f64, f64)> {
@@ -68,4 +69,64 @@ fn pipe_ping_pong_moves_the_switch_counters() {
     assert!(all >= 2.0 * N as f64, "context switches grew by {all}, want >= {}", 2 * N);
     assert!(voluntary >= 2.0 * N as f64, "voluntary switches grew by {voluntary}, want >= {}", 2 * N);
     assert!(!first_last(&stdout, "sched_migrations_total").is_empty(), "no migration counters\n{stderr}");
+}
+
+/// Context switches of all of `pid`'s threads so far.
+fn task_switches(pid: u32) -> u64 {
+    let mut total = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir").flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+/// Host-wide context switches so far (/proc/stat ctxt).
+fn host_switches() -> u64 {
+    let text = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    text.lines().find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok()).expect("ctxt")
+}
+
+/// (agent switches/s, host switches/s) over `f`.
+fn rates(pid: u32, f: impl FnOnce()) -> (f64, f64) {
+    let (a0, h0, t0) = (task_switches(pid), host_switches(), Instant::now());
+    f();
+    let secs = t0.elapsed().as_secs_f64();
+    ((task_switches(pid) - a0) as f64 / secs, (host_switches() - h0) as f64 / secs)
+}
+
+/// The toolchain notes' trap: a reader woken per event causes switches that are events.
+/// The agent reads per-CPU maps on its tick, so its own switches follow its tick, not
+/// the host's switch rate: a hundredfold more switches on the host leave it unchanged.
+#[test]
+fn the_agent_does_not_feed_on_the_switches_it_counts() {
+    if !is_root() {
+        eprintln!("skipping: BPF needs root");
+        return;
+    }
+    let mut child = Command::new(agent_bin())
+        .args(["--dry-run", "--cpus", "all"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agent");
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (agent_idle, host_idle) = rates(pid, || std::thread::sleep(Duration::from_secs(2)));
+    let (agent_busy, host_busy) = rates(pid, || ping_pong(40_000));
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!(
+        "agent {agent_idle:.1}/s idle, {agent_busy:.1}/s busy; host {host_idle:.0}/s idle, {host_busy:.0}/s busy"
+    );
+    assert!(host_busy > 5.0 * host_idle, "the load did not raise the host's switch rate: {host_idle} → {host_busy}");
+    // A 100 ms tick wakes the agent ~10 times a second, plus the 1 s batch and stdout.
+    assert!(agent_idle < 60.0, "agent switches {agent_idle}/s on an idle host");
+    assert!(agent_busy < 2.0 * agent_idle + 20.0, "agent switches follow the host's: {agent_idle}/s → {agent_busy}/s");
 }
