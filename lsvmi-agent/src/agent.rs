@@ -41,7 +41,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry = Registry::new(config.host_labels.clone()).shared();
     let mut sources = procfs_sources(&config);
     // Held until the end: dropping it detaches the programs.
-    let _bpf = if config.bpf && config.enabled("sched") { start_bpf(&mut sources) } else { None };
+    let _bpf = if config.bpf && config.enabled("sched") { start_bpf(&mut sources, &config.bpf_disable) } else { None };
     if !config.bpf {
         info!("eBPF off (--no-bpf or `bpf: false`): procfs sources only");
     }
@@ -148,7 +148,7 @@ fn procfs_sources(config: &Config) -> Vec<Box<dyn Source>> {
 }
 
 /// Load the BPF object and attach each program group; failures are one warning line each.
-fn start_bpf(sources: &mut Vec<Box<dyn Source>>) -> Option<aya::Ebpf> {
+fn start_bpf(sources: &mut Vec<Box<dyn Source>>, disabled: &[String]) -> Option<aya::Ebpf> {
     let mut loaded = match bpf::load() {
         Ok(b) => b,
         Err(e) => {
@@ -156,7 +156,7 @@ fn start_bpf(sources: &mut Vec<Box<dyn Source>>) -> Option<aya::Ebpf> {
             return None;
         }
     };
-    match SchedSource::attach(&mut loaded) {
+    match SchedSource::attach(&mut loaded, disabled) {
         Ok(s) => sources.push(Box::new(s)),
         Err(e) => warn!("eBPF scheduler source disabled: {e}; other sources continue"),
     }

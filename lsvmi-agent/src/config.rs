@@ -55,6 +55,9 @@ pub struct FileConfig {
     pub sysfs_root: Option<PathBuf>,
     pub os_release: Option<PathBuf>,
     pub bpf: Option<bool>,
+    /// BPF programs not to load, by name (`sched_migrate_task`).
+    #[serde(default)]
+    pub bpf_disable: Vec<String>,
     pub cpus: Option<String>,
     pub full_refresh_every: Option<u32>,
     #[serde(default)]
@@ -113,6 +116,8 @@ pub struct Config {
     pub sysfs_root: PathBuf,
     pub os_release: PathBuf,
     pub bpf: bool,
+    /// BPF programs not to load.
+    pub bpf_disable: Vec<String>,
     pub cpus: CpuChoice,
     /// Every source, enabled or not, in poll order.
     pub sources: Vec<SourceSettings>,
@@ -203,6 +208,12 @@ impl Config {
             },
         };
         let default_refresh = file.full_refresh_every.unwrap_or(DEFAULT_FULL_REFRESH_EVERY);
+        if let Some(bad) = file.bpf_disable.iter().find(|p| !crate::sources::sched::PROGRAMS.contains(&p.as_str())) {
+            return Err(ConfigError::Invalid {
+                key: "bpf_disable",
+                reason: format!("unknown program {bad:?}; known: {}", crate::sources::sched::PROGRAMS.join(", ")),
+            });
+        }
         let (sources, threads, exclude_fs_types) = resolve_sources(file.sources, interval, default_refresh)?;
         Ok(Config {
             endpoint,
@@ -217,6 +228,7 @@ impl Config {
             sysfs_root: cli.sysfs_root.clone().or(file.sysfs_root).unwrap_or_else(|| PathBuf::from("/sys")),
             os_release: file.os_release.unwrap_or_else(|| PathBuf::from("/etc/os-release")),
             bpf: !cli.no_bpf && file.bpf.unwrap_or(true),
+            bpf_disable: file.bpf_disable,
             cpus,
             sources,
             threads,
@@ -392,6 +404,7 @@ mod tests {
             ("sources: {proc_stat: {threads: false}}\n", "proc_pid only"),
             ("sources: {proc_stat: {intervl: 1s}}\n", "intervl"),
             ("cpus: 3-1\n", "cpus"),
+            ("bpf_disable: [sched_nope]\n", "bpf_disable"),
         ] {
             let e = from_yaml(&[], yaml).unwrap_err().to_string();
             assert!(e.contains(key), "{yaml}: {e}");

@@ -51,6 +51,9 @@ metric!(
 
 pub static METRICS: &[&MetricDesc] = &[&CONTEXT_SWITCHES, &SWITCHES_BY_KIND, &MIGRATIONS];
 
+/// The programs this source attaches (config `bpf_disable` takes these names).
+pub const PROGRAMS: &[&str] = &[PROG_SCHED_SWITCH, PROG_SCHED_MIGRATE];
+
 /// (slot, metric, kind label) read each tick.
 const SLOTS: [(u32, &MetricDesc, &str); 4] = [
     (SLOT_CONTEXT_SWITCHES, &CONTEXT_SWITCHES, ""),
@@ -82,23 +85,35 @@ fn attach_one(bpf: &mut Bpf, name: &str) -> Result<(), BpfError> {
 }
 
 impl SchedSource {
-    /// Load and attach the scheduler programs and take their map. sched_switch is
-    /// required; a migrate program that fails is one warning and its series are left out.
-    pub fn attach(bpf: &mut Bpf) -> Result<Self, BpfError> {
-        attach_one(bpf, PROG_SCHED_SWITCH)?;
-        let migrations = match attach_one(bpf, PROG_SCHED_MIGRATE) {
-            Ok(()) => true,
-            Err(e) => {
-                warn!("eBPF migration counter disabled: {e}; the other scheduler counters continue");
-                false
+    /// Load and attach the scheduler programs not in `disabled`, and take their map. A
+    /// program that fails is one warning and its series are left out; `Err` only when
+    /// nothing could be attached.
+    pub fn attach(bpf: &mut Bpf, disabled: &[String]) -> Result<Self, BpfError> {
+        let mut attached = |name: &str| -> Result<bool, BpfError> {
+            if disabled.iter().any(|d| d == name) {
+                return Ok(false);
+            }
+            match attach_one(bpf, name) {
+                Ok(()) => Ok(true),
+                // Without sched_switch there is little left: report it as the source's failure.
+                Err(e) if name == PROG_SCHED_SWITCH => Err(e),
+                Err(e) => {
+                    warn!("eBPF program {name} disabled: {e}; the other scheduler counters continue");
+                    Ok(false)
+                }
             }
         };
+        let switch = attached(PROG_SCHED_SWITCH)?;
+        let migrate = attached(PROG_SCHED_MIGRATE)?;
+        if !switch && !migrate {
+            return Err(BpfError::Kernel { what: "scheduler programs".into(), cause: "all disabled in config".into() });
+        }
         let map = bpf.ebpf.take_map(COUNTERS_MAP).ok_or_else(|| BpfError::Kernel {
             what: COUNTERS_MAP.into(),
             cause: "map missing from the object".into(),
         })?;
         let counters = PerCpuArray::try_from(map).map_err(|e| BpfError::kernel(COUNTERS_MAP, &e))?;
-        Ok(SchedSource { counters, live: [true, true, true, migrations], series: Default::default() })
+        Ok(SchedSource { counters, live: [switch, switch, switch, migrate], series: Default::default() })
     }
 }
 
