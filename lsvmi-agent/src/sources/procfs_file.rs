@@ -32,24 +32,19 @@ impl ProcFile {
     /// The whole current content. On error the file is closed, so the next call
     /// re-opens it (a source that disappears and comes back recovers by itself).
     pub fn read(&mut self) -> io::Result<&[u8]> {
-        match self.read_inner() {
-            Ok(len) => Ok(&self.buf[..len]),
-            Err(e) => {
-                self.file = None;
-                Err(e)
-            }
-        }
+        let len = self.fill()?;
+        Ok(&self.buf[..len])
     }
 
     /// [`read`](Self::read), with the error a source reports.
     pub fn contents(&mut self) -> Result<&[u8], super::SourceError> {
-        match self.read_inner() {
-            Ok(len) => Ok(&self.buf[..len]),
-            Err(e) => {
-                self.file = None;
-                Err(super::SourceError::read(&self.path, e))
-            }
-        }
+        let len = self.fill().map_err(|e| super::SourceError::read(&self.path, e))?;
+        Ok(&self.buf[..len])
+    }
+
+    /// Read into the buffer; close the file on error.
+    fn fill(&mut self) -> io::Result<usize> {
+        self.read_inner().inspect_err(|_| self.file = None)
     }
 
     fn read_inner(&mut self) -> io::Result<usize> {

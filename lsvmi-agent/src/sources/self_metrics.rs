@@ -4,114 +4,111 @@ use std::sync::{Arc, atomic::Ordering::Relaxed};
 
 use super::{Collector, Source, SourceError};
 use crate::{
-    model::{MetricDesc, MetricKind, SeriesId, now_ms},
+    model::{MetricDesc, SeriesId, now_ms},
     stats::{DropReason, Stats},
 };
 
 const SOURCE: &str = "lsvmi agent";
 
-macro_rules! self_metric {
-    ($ident:ident, $name:literal, $kind:ident, $unit:literal, $labels:expr, $help:literal) => {
-        pub static $ident: MetricDesc = MetricDesc {
-            name: $name,
-            kind: MetricKind::$kind,
-            unit: $unit,
-            help: $help,
-            labels: $labels,
-            source: SOURCE,
-        };
-    };
-}
-
-self_metric!(COLLECTED, "lsvmi_samples_collected_total", Counter, "", &[], "Samples produced by all sources.");
-self_metric!(SENT, "lsvmi_samples_sent_total", Counter, "", &[], "Samples accepted by the sink (2xx).");
-self_metric!(
+metric!(COLLECTED, "lsvmi_samples_collected_total", Counter, "", [], SOURCE, "Samples produced by all sources.");
+metric!(SENT, "lsvmi_samples_sent_total", Counter, "", [], SOURCE, "Samples accepted by the sink (2xx).");
+metric!(
     DROPPED,
     "lsvmi_samples_dropped_total",
     Counter,
     "",
-    &["reason"],
+    ["reason"],
+    SOURCE,
     "Samples given up, by reason: queue_full (the sink is down or slow and the queue is at its bound), \
      rejected (the sink answered 4xx), shutdown (still queued at the shutdown deadline)."
 );
-self_metric!(BATCHES, "lsvmi_batches_sent_total", Counter, "", &[], "Remote-write requests accepted by the sink.");
-self_metric!(
+metric!(BATCHES, "lsvmi_batches_sent_total", Counter, "", [], SOURCE, "Remote-write requests accepted by the sink.");
+metric!(
     FAILURES,
     "lsvmi_send_failures_total",
     Counter,
     "",
-    &[],
+    [],
+    SOURCE,
     "Remote-write attempts that failed (5xx, 429, timeout, connection error) and were retried."
 );
-self_metric!(
+metric!(
     BYTES,
     "lsvmi_sent_bytes_total",
     Counter,
     "bytes",
-    &["encoding"],
+    ["encoding"],
+    SOURCE,
     "Bytes of accepted requests: protobuf before compression (encoding=protobuf) and on the wire (encoding=snappy)."
 );
-self_metric!(QUEUED, "lsvmi_queued_bytes", Gauge, "bytes", &[], "Compressed bytes waiting to be sent.");
-self_metric!(SERIES, "lsvmi_series", Gauge, "", &[], "Series registered since start.");
-self_metric!(CYCLES, "lsvmi_source_cycles_total", Counter, "", &["source"], "Collection cycles run, per source.");
-self_metric!(
+metric!(QUEUED, "lsvmi_queued_bytes", Gauge, "bytes", [], SOURCE, "Compressed bytes waiting to be sent.");
+metric!(SERIES, "lsvmi_series", Gauge, "", [], SOURCE, "Series registered since start.");
+metric!(CYCLES, "lsvmi_source_cycles_total", Counter, "", ["source"], SOURCE, "Collection cycles run, per source.");
+metric!(
     SOURCE_ERRORS,
     "lsvmi_source_errors_total",
     Counter,
     "",
-    &["source"],
+    ["source"],
+    SOURCE,
     "Cycles in which a source could not be read at all (file missing or unreadable, map unreadable)."
 );
-self_metric!(
+metric!(
     PARSE_ERRORS,
     "lsvmi_source_parse_errors_total",
     Counter,
     "",
-    &["source"],
+    ["source"],
+    SOURCE,
     "Malformed lines skipped by a source's parser; the rest of the input was used."
 );
 
-self_metric!(
+metric!(
     OVERRUNS,
     "lsvmi_source_overruns_total",
     Counter,
     "",
-    &["source"],
+    ["source"],
+    SOURCE,
     "Cycles in which a source took longer than its interval."
 );
-self_metric!(
+metric!(
     BUSY,
     "lsvmi_source_busy_seconds_total",
     Counter,
     "seconds",
-    &["source"],
+    ["source"],
+    SOURCE,
     "Time spent collecting, per source (its rate is the share of one CPU the source costs)."
 );
-self_metric!(
+metric!(
     UNCHANGED,
     "lsvmi_samples_unchanged_total",
     Counter,
     "",
-    &["source"],
+    ["source"],
+    SOURCE,
     "Samples not sent because their value had not changed since the last one sent (change-only output)."
 );
-self_metric!(
+metric!(
     MISSED_TICKS,
     "lsvmi_sampler_missed_ticks_total",
     Counter,
     "",
-    &[],
+    [],
+    SOURCE,
     "Base ticks the sampler could not run on time because the previous one ran long."
 );
-self_metric!(
+metric!(
     CPU,
     "lsvmi_cpu_seconds_total",
     Counter,
     "seconds",
-    &["mode"],
+    ["mode"],
+    SOURCE,
     "CPU time of the agent, mode=user or system."
 );
-self_metric!(RSS, "lsvmi_resident_memory_bytes", Gauge, "bytes", &[], "Resident memory of the agent.");
+metric!(RSS, "lsvmi_resident_memory_bytes", Gauge, "bytes", [], SOURCE, "Resident memory of the agent.");
 
 pub static METRICS: &[&MetricDesc] = &[
     &COLLECTED,

@@ -148,14 +148,6 @@ impl<V: SeriesIds> Tracked<V> {
         v
     }
 
-    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
-        let cycle = self.cycle;
-        self.map.get_mut(key).map(|(v, seen)| {
-            *seen = cycle;
-            v
-        })
-    }
-
     /// End the series of everything not seen since the previous sweep.
     pub fn sweep(&mut self, out: &mut Collector<'_>, ts_ms: i64) {
         let cycle = self.cycle;

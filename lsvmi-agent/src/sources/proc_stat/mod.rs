@@ -145,10 +145,7 @@ impl Source for ProcStatSource {
     }
 
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
-        let buf = match self.file.read() {
-            Ok(buf) => buf,
-            Err(source) => return Err(SourceError::Read { path: self.file.path().display().to_string(), source }),
-        };
+        let buf = self.file.contents()?;
         // The instant the kernel produced these numbers, as near as we can tell.
         let ts = now_ms();
         let report = parse::parse(buf, &mut self.parsed);
