@@ -22,10 +22,25 @@ use crate::{
         queue::SendQueue,
     },
     sources::{
-        Source, diskstats::DiskstatsSource, host::HostSource, interrupts::InterruptsSource, loadavg::LoadavgSource,
-        meminfo, mounts::MountsSource, net_dev::NetDevSource, net_snmp, net_snmp6, pressure::PressureSource,
-        proc_stat::ProcStatSource, processes::ProcessesSource, sched::SchedSource, self_metrics::SelfMetrics,
-        softirqs::SoftirqsSource, softnet::SoftnetSource, vmstat,
+        Source,
+        diskstats::DiskstatsSource,
+        host::HostSource,
+        interrupts::InterruptsSource,
+        loadavg::LoadavgSource,
+        meminfo,
+        mounts::MountsSource,
+        net_dev::NetDevSource,
+        net_events::NetEventsSource,
+        net_snmp, net_snmp6,
+        pressure::PressureSource,
+        proc_stat::ProcStatSource,
+        processes::ProcessesSource,
+        sched::{SchedSource, tasks::SchedTasksSource},
+        self_metrics::SelfMetrics,
+        softirq_time::SoftirqTimeSource,
+        softirqs::SoftirqsSource,
+        softnet::SoftnetSource,
+        vmstat,
     },
     stats::{DropReason, Stats},
 };
@@ -41,7 +56,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry = Registry::new(config.host_labels.clone()).shared();
     let mut sources = procfs_sources(&config);
     // Held until the end: dropping it detaches the programs.
-    let _bpf = if config.bpf && config.enabled("sched") { start_bpf(&mut sources, &config.bpf_disable) } else { None };
+    let _bpf = if config.bpf && BPF_SOURCES.iter().any(|s| config.enabled(s)) {
+        start_bpf(&mut sources, &config)
+    } else {
+        None
+    };
     if !config.bpf {
         info!("eBPF off (--no-bpf or `bpf: false`): procfs sources only");
     }
@@ -147,18 +166,50 @@ fn procfs_sources(config: &Config) -> Vec<Box<dyn Source>> {
     sources
 }
 
-/// Load the BPF object and attach each program group; failures are one warning line each.
-fn start_bpf(sources: &mut Vec<Box<dyn Source>>, disabled: &[String]) -> Option<aya::Ebpf> {
-    let mut loaded = match bpf::load() {
+/// The sources that run BPF programs.
+const BPF_SOURCES: [&str; 4] = ["sched", "sched_tasks", "softirq_time", "net_events"];
+
+/// Load the BPF object and attach each enabled source's programs; failures are one
+/// warning line each, and the other sources go on.
+fn start_bpf(sources: &mut Vec<Box<dyn Source>>, config: &Config) -> Option<aya::Ebpf> {
+    let options = bpf::LoadOptions { task_stats: config.enabled("sched_tasks") && config.enabled("sched") };
+    let mut loaded = match bpf::load(options) {
         Ok(b) => b,
         Err(e) => {
             warn!("eBPF disabled: {e}; continuing with procfs sources");
             return None;
         }
     };
-    match SchedSource::attach(&mut loaded, disabled) {
-        Ok(s) => sources.push(Box::new(s)),
-        Err(e) => warn!("eBPF scheduler source disabled: {e}; other sources continue"),
+    let disabled = &config.bpf_disable;
+    let mut sched_running = false;
+    if config.enabled("sched") {
+        match SchedSource::attach(&mut loaded, disabled) {
+            Ok(s) => {
+                sched_running = true;
+                sources.push(Box::new(s));
+            }
+            Err(e) => warn!("eBPF source sched disabled: {e}; other sources continue"),
+        }
+    }
+    if options.task_stats && sched_running {
+        match SchedTasksSource::attach(&mut loaded) {
+            Ok(s) => sources.push(Box::new(s)),
+            Err(e) => warn!("eBPF source sched_tasks disabled: {e}; other sources continue"),
+        }
+    } else if config.enabled("sched_tasks") {
+        warn!("eBPF source sched_tasks needs source sched and its sched_switch program; it stays off");
+    }
+    if config.enabled("softirq_time") {
+        match SoftirqTimeSource::attach(&mut loaded, disabled) {
+            Ok(s) => sources.push(Box::new(s)),
+            Err(e) => warn!("eBPF source softirq_time disabled: {e}; other sources continue"),
+        }
+    }
+    if config.enabled("net_events") {
+        match NetEventsSource::attach(&mut loaded, disabled) {
+            Ok(s) => sources.push(Box::new(s)),
+            Err(e) => warn!("eBPF source net_events disabled: {e}; other sources continue"),
+        }
     }
     Some(loaded.finish_loading())
 }

@@ -12,9 +12,17 @@ use crate::{
 pub fn sources() -> Vec<(&'static str, String, &'static [&'static MetricDesc])> {
     specs()
         .into_iter()
-        .map(|SourceSpec { name, title, default_interval, metrics }| {
+        .map(|SourceSpec { name, title, default_interval, default_enabled, metrics }| {
             let every = humantime::format_duration(default_interval);
-            (title, format!("Source `{name}` (config `sources.{name}`), every {every} by default."), metrics)
+            let when = if default_enabled {
+                format!("Source `{name}` (config `sources.{name}`), every {every} by default.")
+            } else {
+                format!(
+                    "Source `{name}`, off by default: turn it on with `sources: {{{name}: {{enabled: true}}}}`; \
+                     then every {every}."
+                )
+            };
+            (title, when, metrics)
         })
         .collect()
 }
@@ -69,6 +77,8 @@ mod tests {
                     && !m.name.starts_with(|c: char| c.is_ascii_digit());
                 assert!(valid, "{}", m.name);
                 assert_eq!(m.kind == MetricKind::Counter, m.name.ends_with("_total"), "{}", m.name);
+                let histogram_part = ["_bucket", "_sum", "_count"].iter().any(|s| m.name.ends_with(s));
+                assert_eq!(m.kind == MetricKind::Histogram, histogram_part, "{}", m.name);
                 if !m.unit.is_empty() {
                     assert!(m.name.contains(&format!("_{}", m.unit)), "{} lacks its unit {}", m.name, m.unit);
                 }

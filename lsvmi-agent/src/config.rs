@@ -208,10 +208,11 @@ impl Config {
             },
         };
         let default_refresh = file.full_refresh_every.unwrap_or(DEFAULT_FULL_REFRESH_EVERY);
-        if let Some(bad) = file.bpf_disable.iter().find(|p| !crate::sources::sched::PROGRAMS.contains(&p.as_str())) {
+        let programs = crate::bpf::program_names();
+        if let Some(bad) = file.bpf_disable.iter().find(|p| !programs.contains(&p.as_str())) {
             return Err(ConfigError::Invalid {
                 key: "bpf_disable",
-                reason: format!("unknown program {bad:?}; known: {}", crate::sources::sched::PROGRAMS.join(", ")),
+                reason: format!("unknown program {bad:?}; known: {}", programs.join(", ")),
             });
         }
         let (sources, threads, exclude_fs_types) = resolve_sources(file.sources, interval, default_refresh)?;
@@ -291,7 +292,7 @@ fn resolve_sources(
         }
         out.push(SourceSettings {
             name: spec.name,
-            enabled: c.enabled.unwrap_or(true),
+            enabled: c.enabled.unwrap_or(spec.default_enabled),
             interval,
             every_ticks: u32::try_from(ratio.max(1)).unwrap_or(u32::MAX),
             full_refresh_every: c.full_refresh_every.unwrap_or(default_refresh),

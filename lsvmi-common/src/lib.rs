@@ -1,25 +1,350 @@
 //! What crosses the kernel boundary between `lsvmi-ebpf` (the BPF programs) and
-//! `lsvmi-agent` (the daemon that reads their maps): map names, slot numbers and
-//! `#[repr(C)]` records. Nothing else lives here, so both sides agree by construction.
-#![no_std]
+//! `lsvmi-agent` (the daemon that reads their maps): map and program names, `#[repr(C)]`
+//! map values and records, the globals the agent fills in at load time, and the
+//! histogram bucketing both sides must agree on. Nothing else lives here, so both sides
+//! agree by construction.
+#![cfg_attr(not(test), no_std)]
+
+/// Log-linear histogram buckets, computed in the kernel with a few shifts per event.
+///
+/// Values (nanoseconds) below `2^MIN_POW` fall in bucket 0; each power of two from
+/// `2^MIN_POW` to `2^MAX_POW` is split into `SUB` equal buckets; values from `2^MAX_POW`
+/// up fall in the last bucket (`+Inf`). With `SUB = 4` a bucket is at most 25 % wide, so
+/// a quantile read from it is within 25 % of the truth — the precision HdrHistogram-style
+/// tools (Rezolus, bcc's runqlat with its power-of-two buckets is coarser) give.
+pub mod hist {
+    /// log2 of the number of sub-buckets per power of two.
+    pub const GROUPING: u32 = 2;
+    /// Sub-buckets per power of two.
+    pub const SUB: u32 = 1 << GROUPING;
+    /// Values below `2^MIN_POW` ns (1.024 µs) share bucket 0.
+    pub const MIN_POW: u32 = 10;
+    /// Values from `2^MAX_POW` ns (17.2 s) up share the last bucket.
+    pub const MAX_POW: u32 = 34;
+    /// Number of buckets.
+    pub const BUCKETS: usize = (2 + (MAX_POW - MIN_POW) * SUB) as usize;
+
+    /// The bucket of `v`.
+    #[inline(always)]
+    pub fn index(v: u64) -> usize {
+        if v < 1 << MIN_POW {
+            return 0;
+        }
+        if v >= 1 << MAX_POW {
+            return BUCKETS - 1;
+        }
+        let high = 63 - v.leading_zeros();
+        let sub = ((v >> (high - GROUPING)) as u32) & (SUB - 1);
+        (1 + (high - MIN_POW) * SUB + sub) as usize
+    }
+
+    /// The exclusive upper bound of bucket `i` in ns; `u64::MAX` for the last bucket.
+    pub fn upper_bound(i: usize) -> u64 {
+        if i == 0 {
+            return 1 << MIN_POW;
+        }
+        if i >= BUCKETS - 1 {
+            return u64::MAX;
+        }
+        let i = i as u32 - 1;
+        let high = MIN_POW + i / SUB;
+        (u64::from(SUB + i % SUB) + 1) << (high - GROUPING)
+    }
+
+    /// A histogram as a map value: bucket counts, their sum (ns) and count.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct Histogram {
+        pub buckets: [u64; BUCKETS],
+        pub sum_ns: u64,
+        pub count: u64,
+    }
+
+    impl Histogram {
+        /// Record one value (the kernel side; preemption is off, the map is per-CPU).
+        #[inline(always)]
+        pub fn record(&mut self, v: u64) {
+            let i = index(v);
+            if let Some(b) = self.buckets.get_mut(i) {
+                *b += 1;
+            }
+            self.sum_ns += v;
+            self.count += 1;
+        }
+    }
+}
 
 /// Scheduler programs (`lsvmi-ebpf/src/sched.rs`).
 pub mod sched {
-    /// Name of the per-CPU array of scheduler counters.
-    pub const COUNTERS_MAP: &str = "SCHED_COUNTERS";
-    /// Slot of `SCHED_COUNTERS`: context switches seen by `tp_btf/sched_switch`.
-    pub const SLOT_CONTEXT_SWITCHES: u32 = 0;
-    /// Slot of `SCHED_COUNTERS`: switches away from a task that blocked (voluntary).
-    pub const SLOT_VOLUNTARY: u32 = 1;
-    /// Slot of `SCHED_COUNTERS`: switches away from a task that was still runnable
-    /// (preempted, or yielded): involuntary.
-    pub const SLOT_INVOLUNTARY: u32 = 2;
-    /// Slot of `SCHED_COUNTERS`: task migrations started on this CPU.
-    pub const SLOT_MIGRATIONS: u32 = 3;
-    /// Number of slots in `SCHED_COUNTERS` (spare slots are reserved for later counters).
-    pub const COUNTER_SLOTS: u32 = 8;
+    use crate::hist::Histogram;
+
+    /// Per-CPU array (one entry) of [`CpuSched`].
+    pub const CPU_MAP: &str = "SCHED_CPU";
+    /// LRU hash: task_struct address → the instant it became runnable (ns).
+    pub const RUNNABLE_MAP: &str = "SCHED_RUNNABLE";
+    /// LRU hash: thread id → [`TaskTimes`] (filled only when `SCHED_TASK_STATS` is set).
+    /// Entries are never deleted, so one that disappears was evicted.
+    pub const TASKS_MAP: &str = "SCHED_TASKS";
+    /// Capacity of `SCHED_RUNNABLE`: tasks runnable at one instant; more than any host has.
+    pub const RUNNABLE_ENTRIES: u32 = 32768;
+    /// Capacity of `SCHED_TASKS`: threads tracked at once (least recently run evicted).
+    pub const TASK_ENTRIES: u32 = 4096;
+
+    /// Global (u32): offset of `pid` in `struct task_struct`, read from the kernel's BTF.
+    /// The agent does not attach `sched_switch` when BTF does not give it (the program
+    /// would take every task for the idle task).
+    pub const GLOBAL_PID_OFFSET: &str = "SCHED_PID_OFFSET";
+    /// Global (u32): non-zero to keep per-task times in `SCHED_TASKS`.
+    pub const GLOBAL_TASK_STATS: &str = "SCHED_TASK_STATS";
+
+    /// One CPU's scheduler state and counters.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct CpuSched {
+        /// Context switches.
+        pub switches: u64,
+        /// Switches away from a task that blocked.
+        pub voluntary: u64,
+        /// Switches away from a task still runnable (preempted or yielded).
+        pub involuntary: u64,
+        /// Task migrations started on this CPU.
+        pub migrations: u64,
+        /// On-CPU time of non-idle tasks up to `last_switch_ns` (ns).
+        pub busy_ns: u64,
+        /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last switch; 0 before the first.
+        pub last_switch_ns: u64,
+        /// pid of the task on the CPU since the last switch (0: idle). The agent adds
+        /// `now - last_switch_ns` to `busy_ns` when it is not 0, so a CPU busy with one
+        /// thread that never switches still reads as busy.
+        pub running_pid: u64,
+        /// Run-queue wait of the task on the CPU, for per-task accounting at switch-out.
+        pub running_wait_ns: u64,
+        /// Run-queue latency: from becoming runnable (wakeup, new task, preemption) to
+        /// running on this CPU.
+        pub runq: Histogram,
+    }
+
+    /// A thread's times, accumulated while it runs (per-task stats).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct TaskTimes {
+        /// On-CPU time (ns).
+        pub oncpu_ns: u64,
+        /// Run-queue wait (ns).
+        pub runq_ns: u64,
+        /// Times it was switched out.
+        pub switches: u64,
+        /// `bpf_ktime_get_ns()` at its last switch-out.
+        pub last_ns: u64,
+        /// Process id (thread group).
+        pub tgid: u32,
+        pub _pad: u32,
+        /// Thread name at its first switch-out.
+        pub comm: [u8; 16],
+    }
+
     /// Name of the program attached to `tp_btf/sched_switch`.
-    pub const PROG_SCHED_SWITCH: &str = "sched_switch";
+    pub const PROG_SWITCH: &str = "sched_switch";
+    /// Name of the program attached to `tp_btf/sched_wakeup`.
+    pub const PROG_WAKEUP: &str = "sched_wakeup";
+    /// Name of the program attached to `tp_btf/sched_wakeup_new`.
+    pub const PROG_WAKEUP_NEW: &str = "sched_wakeup_new";
     /// Name of the program attached to `tp_btf/sched_migrate_task`.
-    pub const PROG_SCHED_MIGRATE: &str = "sched_migrate_task";
+    pub const PROG_MIGRATE: &str = "sched_migrate_task";
+}
+
+/// Network programs (`lsvmi-ebpf/src/net.rs`), on classic tracepoints whose field
+/// offsets the agent reads from tracefs `format` files and passes in [`NetOffsets`].
+pub mod net {
+    use crate::hist::Histogram;
+
+    /// Per-CPU array (one entry) of [`CpuNet`].
+    pub const CPU_MAP: &str = "NET_CPU";
+    /// Ring buffer of [`NetEvent`] records.
+    pub const EVENTS_MAP: &str = "NET_EVENTS";
+    /// Size of `NET_EVENTS` in bytes: ~4,000 records, drained every 100 ms.
+    pub const EVENTS_BYTES: u32 = 512 * 1024;
+    /// Global of type [`NetOffsets`].
+    pub const GLOBAL_OFFSETS: &str = "NET_OFFSETS";
+
+    /// TCP states are 1..=13 in Linux (TCP_ESTABLISHED..TCP_BOUND_INACTIVE); slot 0 and
+    /// anything out of range is counted in slot 0.
+    pub const TCP_STATES: usize = 16;
+    /// Drop reasons counted individually; larger values land in the last slot.
+    pub const DROP_REASONS: usize = 256;
+
+    /// One CPU's network counters.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct CpuNet {
+        /// Retransmitted segments by the socket's TCP state.
+        pub retransmits: [u64; TCP_STATES],
+        /// Resets sent, by the socket's TCP state (0 when sent without a socket).
+        pub resets_sent: [u64; TCP_STATES],
+        /// Resets received.
+        pub resets_received: u64,
+        /// TCP state transitions, `[from * TCP_STATES + to]`.
+        pub transitions: [u64; TCP_STATES * TCP_STATES],
+        /// Packets freed as dropped, by the kernel's drop reason.
+        pub drops: [u64; DROP_REASONS],
+        /// Ring-buffer records lost because the buffer was full.
+        pub events_lost: u64,
+        /// Smoothed RTT of TCP sockets, sampled at each tcp_probe (ns).
+        pub srtt: Histogram,
+    }
+
+    /// Where the fields of one tracepoint are (byte offsets in its record); `ABSENT`
+    /// when this kernel's tracepoint lacks the field.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct TpFields {
+        pub state: u16,
+        pub sport: u16,
+        pub dport: u16,
+        pub family: u16,
+        /// IPv4 address, 4 bytes.
+        pub saddr: u16,
+        pub daddr: u16,
+        /// IPv6 address, 16 bytes.
+        pub saddr_v6: u16,
+        pub daddr_v6: u16,
+        /// A whole `sockaddr_in`/`sockaddr_in6` (28 bytes), as tcp_send_reset and
+        /// tcp_probe carry them.
+        pub ssockaddr: u16,
+        pub dsockaddr: u16,
+        /// tcp_probe: smoothed RTT (µs); kfree_skb: drop reason; inet_sock_set_state:
+        /// the new state (old state in `state`); softirq: vec.
+        pub value: u16,
+        /// inet_sock_set_state: protocol.
+        pub protocol: u16,
+    }
+
+    /// Field offset not present in this kernel's tracepoint.
+    pub const ABSENT: u16 = u16::MAX;
+
+    impl TpFields {
+        pub const NONE: TpFields = TpFields {
+            state: ABSENT,
+            sport: ABSENT,
+            dport: ABSENT,
+            family: ABSENT,
+            saddr: ABSENT,
+            daddr: ABSENT,
+            saddr_v6: ABSENT,
+            daddr_v6: ABSENT,
+            ssockaddr: ABSENT,
+            dsockaddr: ABSENT,
+            value: ABSENT,
+            protocol: ABSENT,
+        };
+    }
+
+    /// The offsets of every network tracepoint, filled by the agent before load.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct NetOffsets {
+        pub retransmit: TpFields,
+        pub send_reset: TpFields,
+        pub receive_reset: TpFields,
+        pub set_state: TpFields,
+        pub probe: TpFields,
+        pub kfree_skb: TpFields,
+    }
+
+    impl NetOffsets {
+        pub const NONE: NetOffsets = NetOffsets {
+            retransmit: TpFields::NONE,
+            send_reset: TpFields::NONE,
+            receive_reset: TpFields::NONE,
+            set_state: TpFields::NONE,
+            probe: TpFields::NONE,
+            kfree_skb: TpFields::NONE,
+        };
+    }
+
+    /// Kind of a [`NetEvent`].
+    pub const EVENT_RETRANSMIT: u16 = 1;
+    pub const EVENT_SEND_RESET: u16 = 2;
+    pub const EVENT_RECEIVE_RESET: u16 = 3;
+    pub const EVENT_DROP: u16 = 4;
+
+    /// A discrete, low-rate event, written to `NET_EVENTS` without waking the agent.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct NetEvent {
+        /// `bpf_ktime_get_ns()`.
+        pub ts_ns: u64,
+        pub kind: u16,
+        /// AF_INET (2) or AF_INET6 (10); 0 when the event has no socket address.
+        pub family: u16,
+        /// Host byte order.
+        pub sport: u16,
+        pub dport: u16,
+        pub cpu: u32,
+        /// Thread running when it happened (often unrelated to the socket in softirq).
+        pub pid: u32,
+        /// TCP state (retransmit, send reset) or drop reason.
+        pub detail: u32,
+        /// Drop: the skb's protocol (ETH_P_*); otherwise 0.
+        pub protocol: u32,
+        /// IPv4 in the first 4 bytes, or IPv6.
+        pub saddr: [u8; 16],
+        pub daddr: [u8; 16],
+        pub comm: [u8; 16],
+    }
+
+    pub const PROG_RETRANSMIT: &str = "tcp_retransmit_skb";
+    pub const PROG_SEND_RESET: &str = "tcp_send_reset";
+    pub const PROG_RECEIVE_RESET: &str = "tcp_receive_reset";
+    pub const PROG_SET_STATE: &str = "inet_sock_set_state";
+    pub const PROG_PROBE: &str = "tcp_probe";
+    pub const PROG_KFREE_SKB: &str = "kfree_skb";
+}
+
+/// Softirq time (`lsvmi-ebpf/src/softirq.rs`).
+pub mod softirq {
+    /// Softirq vectors (HI..RCU); NR_SOFTIRQS is 10.
+    pub const VECTORS: usize = 10;
+    /// Per-CPU array (one entry) of [`CpuSoftirq`].
+    pub const CPU_MAP: &str = "SOFTIRQ_CPU";
+    /// Global (u32): offset of `vec` in the softirq_entry/exit record.
+    pub const GLOBAL_VEC_OFFSET: &str = "SOFTIRQ_VEC_OFFSET";
+
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct CpuSoftirq {
+        /// Entry instant of the running softirq per vector (0: not running).
+        pub entered_ns: [u64; VECTORS],
+        /// Time spent per vector (ns).
+        pub time_ns: [u64; VECTORS],
+        /// Completed runs per vector.
+        pub count: [u64; VECTORS],
+    }
+
+    pub const PROG_ENTRY: &str = "softirq_entry";
+    pub const PROG_EXIT: &str = "softirq_exit";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hist::*;
+
+    #[test]
+    fn buckets_are_contiguous_and_cover_their_bounds() {
+        let mut lower = 0u64;
+        for i in 0..BUCKETS - 1 {
+            let upper = upper_bound(i);
+            assert!(upper > lower, "bucket {i}");
+            assert_eq!(index(lower), i, "lower bound of {i}");
+            assert_eq!(index(upper - 1), i, "upper bound of {i}");
+            assert_eq!(index(upper), i + 1, "next after {i}");
+            // At most 25 % wide (relative to the lower bound) above the first bucket.
+            if i > 0 {
+                assert!((upper - lower) * 4 <= lower, "bucket {i} too wide");
+            }
+            lower = upper;
+        }
+        assert_eq!(index(u64::MAX), BUCKETS - 1);
+        assert_eq!(upper_bound(BUCKETS - 1), u64::MAX);
+    }
 }

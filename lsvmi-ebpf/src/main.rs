@@ -5,7 +5,9 @@
 #![no_std]
 #![no_main]
 
+mod net;
 mod sched;
+mod softirq;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,10 +1,51 @@
 //! Loading the embedded BPF object. Each source under `sources/` that reads BPF maps
 //! attaches its own programs from the loaded object, so one program failing to attach
 //! does not take the others down.
+//!
+//! Before loading, the kernel is asked where the fields the programs read are: struct
+//! members from its BTF ([`btf`]), tracepoint record fields from tracefs ([`tracefs`]).
+//! They reach the programs as read-only globals, which the verifier treats as constants.
 
-use std::io;
+pub mod btf;
+pub mod tracefs;
+
+use std::{io, path::PathBuf};
 
 use aya::{Btf, Ebpf, EbpfLoader};
+use lsvmi_common::{net::NetOffsets, sched, softirq};
+
+use crate::sources::{net_events, softirq_time};
+
+/// Every program name, for `bpf_disable` (checked when the config is read).
+pub fn program_names() -> Vec<&'static str> {
+    let sources = [crate::sources::sched::PROGRAMS, net_events::PROGRAMS, softirq_time::PROGRAMS];
+    sources.iter().flat_map(|p| p.iter().copied()).collect()
+}
+
+/// A map value or global as plain bytes for aya. `T` is a `#[repr(C)]` type of
+/// `lsvmi-common` made of integers only, so any bit pattern is valid.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+pub struct Plain<T>(pub T);
+
+// SAFETY: each type below is #[repr(C)], Copy, and holds only integers and arrays of
+// integers, laid out without padding.
+unsafe impl aya::Pod for Plain<sched::CpuSched> {}
+// SAFETY: as above (the explicit `_pad` field fills the gap).
+unsafe impl aya::Pod for Plain<sched::TaskTimes> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Plain<NetOffsets> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Plain<lsvmi_common::net::CpuNet> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Plain<softirq::CpuSoftirq> {}
+
+/// What the agent asks of the programs at load time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Keep per-task run-queue wait and on-CPU time (source `sched_tasks`).
+    pub task_stats: bool,
+}
 
 /// Built by build.rs from `lsvmi-ebpf/` (empty when built with LSVMI_NO_BPF_BUILD=1).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lsvmi-ebpf.o"));
@@ -30,10 +71,18 @@ impl BpfError {
     }
 }
 
-/// The loaded object plus the kernel's BTF, for sources to attach programs from.
+/// The loaded object plus what the sources need to attach their programs.
 pub struct Bpf {
     pub ebpf: Ebpf,
     pub btf: Btf,
+    /// `task_struct.pid`'s offset, or why it is unknown.
+    pub pid_offset: Result<u32, String>,
+    /// Where tracefs is, or why it is not there.
+    pub tracefs: Result<PathBuf, String>,
+    /// Field names and enum names of the network tracepoints (None without tracefs).
+    pub net: Option<net_events::Layout>,
+    /// Softirq vector names (None without tracefs).
+    pub softirq: Option<softirq_time::Layout>,
 }
 
 impl Bpf {
@@ -51,15 +100,39 @@ impl Bpf {
     }
 }
 
-/// Load the embedded object into the kernel (maps created, programs not yet loaded).
-pub fn load() -> Result<Bpf, BpfError> {
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Load the embedded object into the kernel (maps created, programs not yet loaded),
+/// with the globals each program needs filled in from this kernel's BTF and tracefs.
+pub fn load(options: LoadOptions) -> Result<Bpf, BpfError> {
     if OBJECT.is_empty() {
         return Err(BpfError::NotBuiltIn);
     }
+    let raw = std::fs::read(VMLINUX_BTF).map_err(|e| BpfError::NoBtf(e.to_string()))?;
+    let pid_offset =
+        btf::Btf::parse(&raw).and_then(|b| b.member_offset("task_struct", "pid")).map_err(|e| e.to_string());
+    drop(raw);
     let btf = Btf::from_sys_fs().map_err(|e| BpfError::NoBtf(describe(&e)))?;
-    let ebpf =
-        EbpfLoader::new().btf(Some(&btf)).load(OBJECT).map_err(|e| BpfError::kernel("loading the BPF object", &e))?;
-    Ok(Bpf { ebpf, btf })
+
+    let tracefs = tracefs::ensure_mounted();
+    let (net, softirq) = match &tracefs {
+        Ok(root) => (Some(net_events::Layout::discover(root)), softirq_time::Layout::discover(root)),
+        Err(_) => (None, None),
+    };
+
+    let task_stats = u32::from(options.task_stats);
+    let pid = *pid_offset.as_ref().unwrap_or(&0);
+    let net_offsets = Plain(net.as_ref().map_or(NetOffsets::NONE, |n| n.offsets));
+    let vec_offset = softirq.as_ref().map_or(0, |s| s.vec_offset);
+    let mut loader = EbpfLoader::new();
+    loader
+        .btf(Some(&btf))
+        .override_global(sched::GLOBAL_PID_OFFSET, &pid, true)
+        .override_global(sched::GLOBAL_TASK_STATS, &task_stats, true)
+        .override_global(lsvmi_common::net::GLOBAL_OFFSETS, &net_offsets, true)
+        .override_global(softirq::GLOBAL_VEC_OFFSET, &vec_offset, true);
+    let ebpf = loader.load(OBJECT).map_err(|e| BpfError::kernel("loading the BPF object", &e))?;
+    Ok(Bpf { ebpf, btf, pid_offset, tracefs, net, softirq })
 }
 
 /// One line for an error chain: each cause's first line, joined, with a hint when the
@@ -67,13 +140,26 @@ pub fn load() -> Result<Bpf, BpfError> {
 pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut denied = false;
+    let mut verifier = false;
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         let text = e.to_string();
-        // Verifier logs are many lines; the first says what failed.
-        let first = text.lines().next().unwrap_or("").trim().to_string();
+        // Verifier logs are many lines: the first says what failed, the last lines why.
+        // The whole log goes to the debug level.
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        let first = lines.next().unwrap_or("").to_string();
         if !first.is_empty() && !parts.iter().any(|p| p.contains(&first)) {
             parts.push(first);
+        }
+        if text.contains("Verifier output") {
+            verifier = true;
+            tracing::debug!("verifier log: {text}");
+            let reason = lines
+                .rev()
+                .find(|l| !["processed ", "verification time", "stack depth"].iter().any(|p| l.starts_with(p)));
+            if let Some(reason) = reason {
+                parts.push(format!("verifier: {reason}"));
+            }
         }
         if let Some(io) = e.downcast_ref::<io::Error>() {
             denied |= matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES));
@@ -81,8 +167,81 @@ pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
         cur = e.source();
     }
     let mut line = parts.join(": ");
-    if denied {
+    if denied && !verifier {
         line.push_str(" (operation not permitted: run as root, or grant CAP_BPF and CAP_PERFMON)");
     }
     line
+}
+
+/// Where a program attaches.
+#[derive(Clone, Copy)]
+pub enum Hook {
+    /// `tp_btf/<program name>`.
+    TpBtf,
+    /// Classic tracepoint `<category>/<program name>`.
+    Tracepoint(&'static str),
+}
+
+impl Bpf {
+    /// Load and attach one program.
+    pub fn attach(&mut self, name: &str, hook: Hook) -> Result<(), BpfError> {
+        use aya::programs::{BtfTracePoint, TracePoint};
+        let prog = self.ebpf.program_mut(name).ok_or_else(|| BpfError::Kernel {
+            what: name.to_string(),
+            cause: "program missing from the object".into(),
+        })?;
+        match hook {
+            Hook::TpBtf => {
+                let what = format!("tp_btf/{name}");
+                let p: &mut BtfTracePoint = prog.try_into().map_err(|e| BpfError::kernel(&what, &e))?;
+                p.load(name, &self.btf).map_err(|e| BpfError::kernel(format!("loading {what}"), &e))?;
+                p.attach().map_err(|e| BpfError::kernel(format!("attaching {what}"), &e))?;
+            }
+            Hook::Tracepoint(category) => {
+                let what = format!("tracepoint {category}/{name}");
+                if let Err(e) = &self.tracefs {
+                    return Err(BpfError::Kernel { what, cause: e.clone() });
+                }
+                let p: &mut TracePoint = prog.try_into().map_err(|e| BpfError::kernel(&what, &e))?;
+                p.load().map_err(|e| BpfError::kernel(format!("loading {what}"), &e))?;
+                p.attach(category, name).map_err(|e| BpfError::kernel(format!("attaching {what}"), &e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Attach each program not in `disabled`. A failure is one warning line naming the
+    /// program and the cause; the others go on. Returns, per program, whether it runs.
+    pub fn attach_each(&mut self, source: &str, programs: &[(&str, Hook)], disabled: &[String]) -> Vec<bool> {
+        programs
+            .iter()
+            .map(|&(name, hook)| {
+                if disabled.iter().any(|d| d == name) {
+                    return false;
+                }
+                match self.attach(name, hook) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!("eBPF program {name} ({source}) not running: {e}; the rest continue");
+                        false
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Take a map out of the object for a source to own.
+    pub fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map, BpfError> {
+        self.ebpf
+            .take_map(name)
+            .ok_or_else(|| BpfError::Kernel { what: name.into(), cause: "map missing from the object".into() })
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -8,6 +8,9 @@ pub enum MetricKind {
     Counter,
     /// Any value at the instant of collection.
     Gauge,
+    /// One of a histogram's series families: `_bucket{le}`, `_sum`, `_count`
+    /// (cumulative, like counters).
+    Histogram,
 }
 
 impl MetricKind {
@@ -15,6 +18,7 @@ impl MetricKind {
         match self {
             MetricKind::Counter => "counter",
             MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
         }
     }
 }

@@ -16,6 +16,9 @@ macro_rules! metric {
     };
 }
 
+#[macro_use]
+pub mod histogram;
+
 pub mod cpu_table;
 pub mod diskstats;
 pub mod host;
@@ -25,6 +28,7 @@ pub mod loadavg;
 pub mod meminfo;
 pub mod mounts;
 pub mod net_dev;
+pub mod net_events;
 pub mod net_snmp;
 pub mod net_snmp6;
 pub mod pressure;
@@ -34,6 +38,7 @@ pub mod procfs_file;
 pub mod qdisc;
 pub mod sched;
 pub mod self_metrics;
+pub mod softirq_time;
 pub mod softirqs;
 pub mod softnet;
 pub mod text;
@@ -50,17 +55,28 @@ pub struct SourceSpec {
     /// Section title in docs/metrics.md.
     pub title: &'static str,
     pub default_interval: Duration,
+    /// Off unless the config turns it on (costly or high-cardinality sources).
+    pub default_enabled: bool,
     pub metrics: &'static [&'static MetricDesc],
 }
 
 const fn spec(name: &'static str, title: &'static str, ms: u64, metrics: &'static [&'static MetricDesc]) -> SourceSpec {
-    SourceSpec { name, title, default_interval: Duration::from_millis(ms), metrics }
+    SourceSpec { name, title, default_interval: Duration::from_millis(ms), default_enabled: true, metrics }
+}
+
+const fn spec_off(
+    name: &'static str,
+    title: &'static str,
+    ms: u64,
+    metrics: &'static [&'static MetricDesc],
+) -> SourceSpec {
+    SourceSpec { default_enabled: false, ..spec(name, title, ms, metrics) }
 }
 
 /// Every source, in the order they are polled within a tick. Default intervals: what
 /// moves fast and matters at 100 ms (CPU, softirqs, NIC and disk counters, pressure)
 /// every tick; the rest every second; filesystems and host identity every 5 s.
-pub fn specs() -> [SourceSpec; 19] {
+pub fn specs() -> [SourceSpec; 22] {
     [
         spec("proc_stat", "/proc/stat", 100, proc_stat::METRICS),
         spec("proc_softirqs", "/proc/softirqs", 100, softirqs::METRICS),
@@ -68,6 +84,9 @@ pub fn specs() -> [SourceSpec; 19] {
         spec("proc_diskstats", "/proc/diskstats", 100, diskstats::METRICS),
         spec("proc_pressure", "/proc/pressure (PSI)", 100, pressure::METRICS),
         spec("sched", "Scheduler (eBPF)", 100, sched::METRICS),
+        spec("softirq_time", "Softirq time (eBPF)", 100, softirq_time::METRICS),
+        spec("net_events", "TCP and packet drops (eBPF)", 100, net_events::METRICS),
+        spec_off("sched_tasks", "Per-thread scheduler times (eBPF, off by default)", 1000, sched::tasks::METRICS),
         spec("proc_interrupts", "/proc/interrupts", 1000, interrupts::METRICS),
         spec("proc_net_snmp", "/proc/net/snmp", 1000, net_snmp::SNMP_METRICS),
         spec("proc_net_snmp6", "/proc/net/snmp6", 1000, net_snmp6::METRICS),

@@ -1,22 +1,19 @@
-//! Scheduler events from BPF, counted in the kernel per CPU by `tp_btf/sched_switch`
-//! and `tp_btf/sched_migrate_task` (`lsvmi-ebpf/src/sched.rs`) into a per-CPU array that
-//! this source reads on the sampling tick. No ring buffer, no wake-up per event.
+//! Scheduler events from BPF (`lsvmi-ebpf/src/sched.rs`): each CPU's counters, busy
+//! time and run-queue latency histogram live in one per-CPU map value that this source
+//! copies on the sampling tick. No ring buffer, no wake-up per event.
 
-use aya::{
-    maps::{MapData, PerCpuArray},
-    programs::BtfTracePoint,
-};
-use lsvmi_common::sched::{
-    COUNTERS_MAP, PROG_SCHED_MIGRATE, PROG_SCHED_SWITCH, SLOT_CONTEXT_SWITCHES, SLOT_INVOLUNTARY, SLOT_MIGRATIONS,
-    SLOT_VOLUNTARY,
-};
-use tracing::warn;
+use aya::maps::{MapData, PerCpuArray};
+use lsvmi_common::sched::{CPU_MAP, CpuSched, PROG_MIGRATE, PROG_SWITCH, PROG_WAKEUP, PROG_WAKEUP_NEW};
 
-use super::{Collector, Source, SourceError};
+use super::{Collector, Source, SourceError, histogram::HistogramFamily};
 use crate::{
-    bpf::{Bpf, BpfError},
+    bpf::{Bpf, BpfError, Hook, Plain, monotonic_ns},
     model::{MetricDesc, SeriesId, now_ms},
 };
+
+pub mod tasks;
+
+const SOURCE: &str = "BPF tp_btf/sched_switch";
 
 metric!(
     CONTEXT_SWITCHES,
@@ -24,7 +21,7 @@ metric!(
     Counter,
     "",
     ["cpu"],
-    "BPF tp_btf/sched_switch",
+    SOURCE,
     "Context switches on each CPU since the agent started, counted in the kernel at every sched_switch. \
      Exact per CPU, unlike /proc/stat's ctxt which is host-wide."
 );
@@ -34,7 +31,7 @@ metric!(
     Counter,
     "",
     ["cpu", "kind"],
-    "BPF tp_btf/sched_switch",
+    SOURCE,
     "Switches away from a task (the idle task excluded), kind=voluntary (it blocked) or involuntary \
      (preempted or still runnable) — the kernel's nvcsw/nivcsw, per CPU. Involuntary switches on a core \
      that runs one busy-polling thread mean something else was scheduled there."
@@ -48,72 +45,86 @@ metric!(
     "BPF tp_btf/sched_migrate_task",
     "Task migrations started on each CPU (the CPU that moved the task)."
 );
+metric!(
+    BUSY,
+    "sched_cpu_busy_seconds_total",
+    Counter,
+    "seconds",
+    ["cpu"],
+    SOURCE,
+    "Time each CPU ran a task other than its idle task, in ns resolution: timestamps at every switch, plus \
+     the running stretch up to the read. /proc/stat counts in 10 ms ticks, so one 100 ms sample of it has \
+     10 % resolution; this one is exact."
+);
+histogram!(
+    RUNQ_LATENCY,
+    "sched_runq_latency_seconds",
+    ["cpu"],
+    "BPF tp_btf/sched_wakeup, sched_wakeup_new, sched_switch",
+    "Run-queue latency on each CPU: from a task becoming runnable (woken, created, or preempted while \
+     runnable) to it running on this CPU. Log-linear buckets, at most 25 % wide."
+);
 
-pub static METRICS: &[&MetricDesc] = &[&CONTEXT_SWITCHES, &SWITCHES_BY_KIND, &MIGRATIONS];
-
-/// The programs this source attaches (config `bpf_disable` takes these names).
-pub const PROGRAMS: &[&str] = &[PROG_SCHED_SWITCH, PROG_SCHED_MIGRATE];
-
-/// (slot, metric, kind label) read each tick.
-const SLOTS: [(u32, &MetricDesc, &str); 4] = [
-    (SLOT_CONTEXT_SWITCHES, &CONTEXT_SWITCHES, ""),
-    (SLOT_VOLUNTARY, &SWITCHES_BY_KIND, "voluntary"),
-    (SLOT_INVOLUNTARY, &SWITCHES_BY_KIND, "involuntary"),
-    (SLOT_MIGRATIONS, &MIGRATIONS, ""),
+pub static METRICS: &[&MetricDesc] = &[
+    &CONTEXT_SWITCHES,
+    &SWITCHES_BY_KIND,
+    &MIGRATIONS,
+    &BUSY,
+    &RUNQ_LATENCY.bucket,
+    &RUNQ_LATENCY.sum,
+    &RUNQ_LATENCY.count,
 ];
 
-pub struct SchedSource {
-    counters: PerCpuArray<MapData, u64>,
-    /// Which of SLOTS have an attached program behind them.
-    live: [bool; 4],
-    /// Per slot, indexed by CPU number.
-    series: [Vec<SeriesId>; 4],
+/// The programs this source attaches (config `bpf_disable` takes these names).
+pub const PROGRAMS: &[&str] = &[PROG_SWITCH, PROG_WAKEUP, PROG_WAKEUP_NEW, PROG_MIGRATE];
+
+/// Series of one CPU.
+struct CpuSeries {
+    switches: SeriesId,
+    voluntary: SeriesId,
+    involuntary: SeriesId,
+    migrations: SeriesId,
+    busy: SeriesId,
+    /// Busy seconds last exported: a counter must not step back when a read races a
+    /// switch on that CPU.
+    last_busy: f64,
 }
 
-/// Load and attach one `tp_btf` program.
-fn attach_one(bpf: &mut Bpf, name: &str) -> Result<(), BpfError> {
-    let what = format!("tp_btf/{name}");
-    let prog: &mut BtfTracePoint = bpf
-        .ebpf
-        .program_mut(name)
-        .ok_or_else(|| BpfError::Kernel { what: what.clone(), cause: "program missing from the object".into() })?
-        .try_into()
-        .map_err(|e| BpfError::kernel(&what, &e))?;
-    prog.load(name, &bpf.btf).map_err(|e| BpfError::kernel(format!("loading {what}"), &e))?;
-    prog.attach().map_err(|e| BpfError::kernel(format!("attaching {what}"), &e))?;
-    Ok(())
+pub struct SchedSource {
+    map: PerCpuArray<MapData, Plain<CpuSched>>,
+    switch: bool,
+    wakeup: bool,
+    migrate: bool,
+    cpus: Vec<CpuSeries>,
+    runq: HistogramFamily,
 }
 
 impl SchedSource {
-    /// Load and attach the scheduler programs not in `disabled`, and take their map. A
-    /// program that fails is one warning and its series are left out; `Err` only when
-    /// nothing could be attached.
+    /// Attach the scheduler programs not in `disabled` and take their map. A program
+    /// that fails is one warning and its series are left out; `Err` when sched_switch,
+    /// which everything but migrations needs, cannot run and neither can migrations.
     pub fn attach(bpf: &mut Bpf, disabled: &[String]) -> Result<Self, BpfError> {
-        let mut attached = |name: &str| -> Result<bool, BpfError> {
-            if disabled.iter().any(|d| d == name) {
-                return Ok(false);
-            }
-            match attach_one(bpf, name) {
-                Ok(()) => Ok(true),
-                // Without sched_switch there is little left: report it as the source's failure.
-                Err(e) if name == PROG_SCHED_SWITCH => Err(e),
-                Err(e) => {
-                    warn!("eBPF program {name} disabled: {e}; the other scheduler counters continue");
-                    Ok(false)
-                }
-            }
-        };
-        let switch = attached(PROG_SCHED_SWITCH)?;
-        let migrate = attached(PROG_SCHED_MIGRATE)?;
-        if !switch && !migrate {
-            return Err(BpfError::Kernel { what: "scheduler programs".into(), cause: "all disabled in config".into() });
+        if let Err(e) = &bpf.pid_offset {
+            // Without the pid offset sched_switch would take every task for idle.
+            return Err(BpfError::Kernel { what: "task_struct.pid offset from BTF".into(), cause: e.clone() });
         }
-        let map = bpf.ebpf.take_map(COUNTERS_MAP).ok_or_else(|| BpfError::Kernel {
-            what: COUNTERS_MAP.into(),
-            cause: "map missing from the object".into(),
-        })?;
-        let counters = PerCpuArray::try_from(map).map_err(|e| BpfError::kernel(COUNTERS_MAP, &e))?;
-        Ok(SchedSource { counters, live: [switch, switch, switch, migrate], series: Default::default() })
+        let hooks = [
+            (PROG_SWITCH, Hook::TpBtf),
+            (PROG_WAKEUP, Hook::TpBtf),
+            (PROG_WAKEUP_NEW, Hook::TpBtf),
+            (PROG_MIGRATE, Hook::TpBtf),
+        ];
+        let on = bpf.attach_each("sched", &hooks, disabled);
+        let (switch, wakeup, migrate) = (on[0], on[1] && on[2], on[3]);
+        if !switch && !migrate {
+            return Err(BpfError::Kernel {
+                what: "scheduler programs".into(),
+                cause: "neither sched_switch nor sched_migrate_task is running".into(),
+            });
+        }
+        let map = bpf.take_map(CPU_MAP)?;
+        let map = PerCpuArray::try_from(map).map_err(|e| BpfError::kernel(CPU_MAP, &e))?;
+        Ok(SchedSource { map, switch, wakeup, migrate, cpus: Vec::new(), runq: HistogramFamily::new(&RUNQ_LATENCY) })
     }
 }
 
@@ -123,19 +134,44 @@ impl Source for SchedSource {
     }
 
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
-        for (i, (slot, desc, kind)) in SLOTS.iter().enumerate() {
-            if !self.live[i] {
-                continue;
+        let values = self.map.get(&0, 0).map_err(|source| SourceError::Map { map: CPU_MAP, source })?;
+        let now_ns = monotonic_ns();
+        let ts = now_ms();
+        while self.cpus.len() < values.len() {
+            let cpu = self.cpus.len().to_string();
+            let one = |out: &mut Collector<'_>, desc, kind: &str| out.series(desc, &[("cpu", &cpu), ("kind", kind)]);
+            let series = CpuSeries {
+                switches: one(out, &CONTEXT_SWITCHES, ""),
+                voluntary: one(out, &SWITCHES_BY_KIND, "voluntary"),
+                involuntary: one(out, &SWITCHES_BY_KIND, "involuntary"),
+                migrations: one(out, &MIGRATIONS, ""),
+                busy: one(out, &BUSY, ""),
+                last_busy: 0.0,
+            };
+            self.cpus.push(series);
+        }
+        if self.wakeup {
+            values.iter().for_each(|Plain(v)| self.runq.observe_range(&v.runq));
+        }
+        for (cpu, (Plain(v), series)) in values.iter().zip(self.cpus.iter_mut()).enumerate() {
+            if self.switch {
+                out.push(series.switches, ts, v.switches as f64);
+                out.push(series.voluntary, ts, v.voluntary as f64);
+                out.push(series.involuntary, ts, v.involuntary as f64);
+                let running = if v.running_pid != 0 && v.last_switch_ns != 0 {
+                    now_ns.saturating_sub(v.last_switch_ns)
+                } else {
+                    0
+                };
+                let busy = ((v.busy_ns + running) as f64 / 1e9).max(series.last_busy);
+                series.last_busy = busy;
+                out.push(series.busy, ts, busy);
             }
-            let values = self.counters.get(slot, 0).map_err(|source| SourceError::Map { map: COUNTERS_MAP, source })?;
-            let ts = now_ms();
-            let series = &mut self.series[i];
-            for (cpu, value) in values.iter().enumerate() {
-                if series.len() <= cpu {
-                    let label = cpu.to_string();
-                    series.push(out.series(desc, &[("cpu", &label), ("kind", kind)]));
-                }
-                out.push(series[cpu], ts, *value as f64);
+            if self.migrate {
+                out.push(series.migrations, ts, v.migrations as f64);
+            }
+            if self.switch && self.wakeup {
+                self.runq.push(out, cpu, || vec![("cpu", cpu.to_string())], ts, &v.runq);
             }
         }
         Ok(())
