@@ -3,6 +3,7 @@
 //! the one that matters in production: no panic, whatever the kernel (or a broken
 //! capture) hands us. Runs in `cargo xtask test`; PROPTEST_CASES raises the count.
 
+use lsvmi::bpf::{btf, tracefs};
 use lsvmi::sources::{
     cpu_table, diskstats, host, keyed, loadavg, mounts, net_dev, net_snmp, pressure,
     proc_stat::parse::{self as proc_stat, ProcStat},
@@ -34,10 +35,19 @@ fn all_parsers(buf: &[u8]) {
     let _ = task::parse_cmdline(buf, 16);
     let _ = task::parse_cgroup(buf);
     let _ = host::parse_cpu_list(&String::from_utf8_lossy(buf));
+    // Kernel self-descriptions read before loading BPF: tracefs formats and BTF.
+    let format = tracefs::Format::parse(&String::from_utf8_lossy(buf));
+    let _ = format.symbols("reason");
+    let _ = format.offset("state");
+    if let Ok(btf) = btf::Btf::parse(buf) {
+        let _ = btf.member_offset("task_struct", "pid");
+    }
 }
 
 /// Real captures to damage.
 const SEEDS: &[&str] = &[
+    include_str!("../../testdata/tracefs/debian12-6.18/events/skb/kfree_skb/format"),
+    include_str!("../../testdata/tracefs/debian12-6.18/events/tcp/tcp_send_reset/format"),
     include_str!("../../testdata/proc/debian12-6.18-2cpu/stat"),
     include_str!("../../testdata/proc/debian12-6.18-2cpu/interrupts"),
     include_str!("../../testdata/proc/debian12-6.18-2cpu/softirqs"),

@@ -103,6 +103,13 @@ impl Vm {
             .collect()
     }
 
+    /// The first value of an instant query at `time_s`, if the result is not empty.
+    pub fn query(&self, promql: &str, time_s: i64) -> Option<f64> {
+        let body = self.get(&format!("/api/v1/query?query={}&time={time_s}", percent_encode(promql))).ok()?;
+        let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+        json["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    }
+
     /// Sum of all lines of `/metrics` for `name` whose labels contain `label_filter`.
     pub fn self_metric(&self, name: &str, label_filter: &str) -> f64 {
         let text = self.get("/metrics").expect("/metrics");
@@ -227,4 +234,88 @@ fn percent_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Known load for the BPF tests: each function causes a known minimum of kernel events.
+pub mod load {
+    use std::{
+        io::{Read as _, Write as _},
+        net::{TcpListener, TcpStream},
+        os::unix::net::UnixStream,
+        process::Command,
+        time::Duration,
+    };
+
+    /// N round trips between two threads over a socket pair: each side blocks on every
+    /// read, so each round trip is at least two voluntary switches.
+    pub fn ping_pong(n: usize) {
+        let (mut a, mut b) = UnixStream::pair().expect("socketpair");
+        let echo = std::thread::spawn(move || {
+            let mut byte = [0u8; 1];
+            for _ in 0..n {
+                b.read_exact(&mut byte).expect("read");
+                b.write_all(&byte).expect("write");
+            }
+        });
+        let mut byte = [7u8; 1];
+        for _ in 0..n {
+            a.write_all(&byte).expect("write");
+            a.read_exact(&mut byte).expect("read");
+        }
+        echo.join().expect("echo thread");
+    }
+
+    /// Run `f` on a thread in a new network namespace (only that thread moves) with lo up;
+    /// commands it spawns run in the namespace too.
+    pub fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            // SAFETY: unshare has no memory-safety preconditions; it moves this thread only.
+            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+            sh("ip", &["link", "set", "lo", "up"]);
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    }
+
+    pub fn sh(cmd: &str, args: &[&str]) {
+        let st = Command::new(cmd)
+            .args(args)
+            .status()
+            .unwrap_or_else(|e| panic!("{cmd}: {e} (cargo xtask setup installs it)"));
+        assert!(st.success(), "{cmd} {args:?}: {st}");
+    }
+
+    /// K loopback connections, a refused one, then one whose packets an nftables rule drops for 1.5 s:
+    /// the sender retransmits until the rule goes, then the data arrives.
+    pub fn tcp_load(k: usize) {
+        in_new_netns(move || {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            for _ in 0..k {
+                let mut c = TcpStream::connect(addr).expect("connect");
+                let (mut s, _) = listener.accept().expect("accept");
+                c.write_all(b"ping").expect("write");
+                let mut buf = [0u8; 4];
+                s.read_exact(&mut buf).expect("read");
+            }
+            // A closed port answers with a reset, counted as sent, received and as a
+            // NO_SOCKET drop of the SYN.
+            let closed = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port");
+            assert!(TcpStream::connect(closed).is_err(), "nothing listens on {closed}");
+            let mut client = TcpStream::connect(addr).expect("connect");
+            let (mut server, _) = listener.accept().expect("accept");
+            let port = addr.port().to_string();
+            sh("nft", &["add", "table", "inet", "lsvmi_test"]);
+            sh("nft", &["add chain inet lsvmi_test input { type filter hook input priority 0 ; }"]);
+            sh("nft", &["add", "rule", "inet", "lsvmi_test", "input", "tcp", "dport", &port, "drop"]);
+            client.write_all(&[1u8; 1000]).expect("write");
+            std::thread::sleep(Duration::from_millis(1500));
+            sh("nft", &["delete", "table", "inet", "lsvmi_test"]);
+            server.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            let mut buf = [0u8; 1000];
+            server.read_exact(&mut buf).expect("the data arrives once the rule is gone");
+        });
+    }
 }

@@ -3,13 +3,15 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    os::unix::net::UnixStream,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use lsvmi_tests::{agent_bin, is_root, run_agent, write_config};
+use lsvmi_tests::{
+    agent_bin, is_root,
+    load::{ping_pong, tcp_load},
+    run_agent, write_config,
+};
 
 /// Per series (the full line before the value), the first and last value printed.
 fn first_last(stdout: &str, metric: &str) -> BTreeMap<String, (f64, f64)> {
@@ -23,27 +25,27 @@ fn first_last(stdout: &str, metric: &str) -> BTreeMap<String, (f64, f64)> {
     out
 }
 
-/// N round trips between two threads over a socket pair: each side blocks on every
-/// read, so each round trip is at least two voluntary switches.
-fn ping_pong(n: usize) {
-    let (mut a, mut b) = UnixStream::pair().expect("socketpair");
-    let echo = std::thread::spawn(move || {
-        let mut byte = [0u8; 1];
-        for _ in 0..n {
-            b.read_exact(&mut byte).expect("read");
-            b.write_all(&byte).expect("write");
-        }
-    });
-    let mut byte = [7u8; 1];
-    for _ in 0..n {
-        a.write_all(&byte).expect("write");
-        a.read_exact(&mut byte).expect("read");
+/// Growth of the sum of `metric`'s series whose labels contain `filter`.
+fn growth(stdout: &str, metric: &str, filter: &str) -> f64 {
+    first_last(stdout, metric).iter().filter(|(k, _)| k.contains(filter)).map(|(_, (a, b))| b - a).sum()
+}
+
+/// Sum of the last values of `metric`'s series whose labels contain `filter`. The BPF
+/// counters start at zero with the agent, and a network series is only created once its
+/// count is non-zero, so its last value is everything since the agent started.
+fn total(stdout: &str, metric: &str, filter: &str) -> f64 {
+    first_last(stdout, metric).iter().filter(|(k, _)| k.contains(filter)).map(|(_, (_, b))| b).sum()
+}
+
+/// Every program attached: no "not running" or "disabled" line.
+fn assert_all_attached(stderr: &str) {
+    for bad in ["eBPF disabled", "disabled:", "not running", "stays off"] {
+        assert!(!stderr.contains(bad), "a program did not load ({bad}):\n{stderr}");
     }
-    echo.join().expect("echo thread");
 }
 
 #[test]
-fn pipe_ping_pong_moves_the_switch_counters() {
+fn pipe_ping_pong_moves_the_scheduler_counters() {
     if !is_root() {
         eprintln!("skipping: BPF needs root");
         return;
@@ -54,21 +56,81 @@ fn pipe_ping_pong_moves_the_switch_counters() {
         std::thread::sleep(Duration::from_millis(1000));
         ping_pong(N);
     });
-    let out = run_agent(&["--dry-run", "--duration", "3", "--cpus", "all"], Duration::from_secs(30));
+    let (_dir, config) = write_config("sources:\n  sched_tasks: {enabled: true}\n");
+    let out =
+        run_agent(&["--dry-run", "--duration", "3", "--cpus", "all", "--config", &config], Duration::from_secs(30));
     load.join().expect("load thread");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(!stderr.contains("eBPF disabled") && !stderr.contains("disabled:"), "a program did not load:\n{stderr}");
+    assert_all_attached(&stderr);
 
-    let growth = |metric: &str, filter: &str| -> f64 {
-        first_last(&stdout, metric).iter().filter(|(k, _)| k.contains(filter)).map(|(_, (a, b))| b - a).sum()
-    };
-    let all = growth("sched_context_switches_total", "");
-    let voluntary = growth("sched_task_switches_total", "kind=\"voluntary\"");
+    let all = growth(&stdout, "sched_context_switches_total", "");
+    let voluntary = growth(&stdout, "sched_task_switches_total", "kind=\"voluntary\"");
     assert!(all >= 2.0 * N as f64, "context switches grew by {all}, want >= {}", 2 * N);
     assert!(voluntary >= 2.0 * N as f64, "voluntary switches grew by {voluntary}, want >= {}", 2 * N);
     assert!(!first_last(&stdout, "sched_migrations_total").is_empty(), "no migration counters\n{stderr}");
+
+    // Each round trip wakes both sides: at least N run-queue latency observations.
+    let observed = growth(&stdout, "sched_runq_latency_seconds_count", "");
+    assert!(observed >= N as f64, "run-queue latency observations grew by {observed}, want >= {N}");
+    let inf = growth(&stdout, "sched_runq_latency_seconds_bucket", "le=\"+Inf\"");
+    assert_eq!(inf, observed, "the +Inf bucket counts every observation");
+
+    // Busy time: positive, and no more than wall time on every CPU.
+    let busy = growth(&stdout, "sched_cpu_busy_seconds_total", "");
+    let cpus = first_last(&stdout, "sched_cpu_busy_seconds_total").len() as f64;
+    assert!(busy > 0.0 && busy <= 3.5 * cpus, "busy seconds grew by {busy} on {cpus} CPUs in ~3 s");
+
+    // Per-task times: this test process's threads ran and waited.
+    let me = format!("pid=\"{}\"", std::process::id());
+    let oncpu = growth(&stdout, "sched_task_oncpu_seconds_total", &me);
+    assert!(oncpu > 0.0, "no on-CPU time for this process ({me})");
+    assert!(
+        first_last(&stdout, "sched_task_runq_wait_seconds_total").keys().any(|k| k.contains(&me)),
+        "no run-queue wait series for this process"
+    );
+}
+
+#[test]
+fn tcp_connections_and_forced_drops_move_the_network_counters() {
+    if !is_root() {
+        eprintln!("skipping: BPF needs root");
+        return;
+    }
+    const K: usize = 20;
+    let load = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(1000));
+        tcp_load(K);
+    });
+    let out = run_agent(&["--dry-run", "--duration", "5", "--cpus", "all"], Duration::from_secs(30));
+    load.join().expect("load thread");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_all_attached(&stderr);
+
+    // Client (SYN_SENT) and server (SYN_RECV) sides both reach ESTABLISHED.
+    let established = total(&stdout, "net_tcp_state_transitions_total", "to=\"ESTABLISHED\"");
+    assert!(established >= K as f64, "transitions to ESTABLISHED grew by {established}, want >= {K}");
+    let resets = total(&stdout, "net_tcp_resets_sent_total", "");
+    assert!(resets >= 1.0, "no reset sent for the refused connection\n{}", grep(&stdout, "net_"));
+    assert!(total(&stdout, "net_tcp_resets_received_total", "") >= 1.0, "no reset received");
+    let retransmits = total(&stdout, "net_tcp_retransmits_total", "");
+    assert!(retransmits >= 1.0, "no retransmit counted while packets were dropped");
+    let dropped = total(&stdout, "net_skb_drops_total", "reason=\"NETFILTER_DROP\"");
+    assert!(dropped >= 1.0, "no NETFILTER_DROP drop counted\n{}", grep(&stdout, "net_skb_drops_total"));
+    let records = total(&stdout, "net_events_total", "event=\"retransmit\"");
+    assert!(records >= 1.0, "no retransmit record drained from the ring buffer");
+    assert!(total(&stdout, "net_tcp_srtt_seconds_count", "") > 0.0, "no smoothed RTT sampled");
+    let net_rx = growth(&stdout, "softirq_time_seconds_total", "type=\"NET_RX\"");
+    assert!(net_rx > 0.0, "no NET_RX softirq time under loopback traffic");
+    let lost = first_last(&stdout, "net_events_lost_total");
+    assert!(lost.values().all(|(_, last)| *last == 0.0), "records lost at this low rate: {lost:?}");
+}
+
+fn grep(stdout: &str, metric: &str) -> String {
+    stdout.lines().filter(|l| l.starts_with(metric)).collect::<Vec<_>>().join("\n")
 }
 
 /// Voluntary context switches of all of `pid`'s threads so far: its wake-ups. (Being

@@ -3,7 +3,11 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use lsvmi_tests::{Exported, Vm, is_root, now_ms, read_proc_stat_cpus, run_agent, write_config};
+use lsvmi_tests::{
+    Exported, Vm, is_root,
+    load::{ping_pong, tcp_load},
+    now_ms, read_proc_stat_cpus, run_agent, write_config,
+};
 
 const MODES: [&str; 8] = ["user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal"];
 const USER_HZ: f64 = 100.0;
@@ -179,4 +183,69 @@ fn every_procfs_family_arrives_and_is_sane() {
 
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(vm.self_metric("vm_rows_ignored_total", ""), ignored_before, "VictoriaMetrics ignored rows");
+}
+
+/// Every BPF family reaches VictoriaMetrics under known load, and `histogram_quantile`
+/// works on the kernel histograms there.
+#[test]
+fn every_bpf_family_arrives_and_histogram_quantile_works() {
+    if !is_root() {
+        eprintln!("skipping: BPF needs root");
+        return;
+    }
+    let vm = Vm::start();
+    let load = std::thread::spawn(|| {
+        std::thread::sleep(Duration::from_millis(1000));
+        ping_pong(2000);
+        tcp_load(5);
+    });
+    let (_dir, config) = write_config("sources:\n  sched_tasks: {enabled: true}\n");
+    let args = ["--endpoint", &vm.write_url(), "--duration", "5", "--cpus", "all", "--config", &config];
+    let out = run_agent(&args, Duration::from_secs(30));
+    load.join().expect("load");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "agent failed: {}\n{stderr}", out.status);
+    vm.force_flush();
+
+    let families = [
+        "sched_context_switches_total",
+        "sched_task_switches_total",
+        "sched_migrations_total",
+        "sched_cpu_busy_seconds_total",
+        "sched_runq_latency_seconds_bucket",
+        "sched_runq_latency_seconds_sum",
+        "sched_runq_latency_seconds_count",
+        "sched_task_runq_wait_seconds_total",
+        "sched_task_oncpu_seconds_total",
+        "sched_task_evictions_total",
+        "sched_tasks_tracked",
+        "softirq_time_seconds_total",
+        "softirq_runs_total",
+        "net_tcp_retransmits_total",
+        "net_tcp_resets_sent_total",
+        "net_tcp_resets_received_total",
+        "net_tcp_state_transitions_total",
+        "net_skb_drops_total",
+        "net_tcp_srtt_seconds_bucket",
+        "net_tcp_srtt_seconds_sum",
+        "net_tcp_srtt_seconds_count",
+        "net_events_total",
+        "net_events_lost_total",
+    ];
+    let missing: Vec<&str> =
+        families.into_iter().filter(|f| vm.export(&format!(r#"{{__name__="{f}"}}"#)).is_empty()).collect();
+    assert!(missing.is_empty(), "families missing: {missing:?}\nagent stderr:\n{stderr}");
+
+    // The last sample is at most a second old; query there, over the whole run.
+    let at = now_ms() / 1000;
+    for (q, what) in [
+        (0.5, "sched_runq_latency_seconds_bucket"),
+        (0.99, "sched_runq_latency_seconds_bucket"),
+        (0.5, "net_tcp_srtt_seconds_bucket"),
+    ] {
+        let promql = format!("histogram_quantile({q}, sum by (le) (increase({what}[10s])))");
+        let v = vm.query(&promql, at).unwrap_or_else(|| panic!("no result for {promql}"));
+        eprintln!("{promql} = {v}");
+        assert!(v.is_finite() && v > 0.0 && v < 10.0, "{promql} = {v}");
+    }
 }

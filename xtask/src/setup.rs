@@ -9,7 +9,8 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// Debian packages: Debian's rustc/cargo with a prebuilt BPF core, LLVM 22 for
-/// bpf-linker, and the real sinks the tests and `xtask run` start.
+/// bpf-linker, the real sinks the tests and `xtask run` start, and iproute2 and
+/// nftables for the BPF tests' network namespace with a drop rule.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -18,6 +19,8 @@ const PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "libzstd-dev",
     "victoria-metrics",
+    "iproute2",
+    "nftables",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

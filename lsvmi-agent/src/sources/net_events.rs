@@ -420,3 +420,48 @@ fn add(a: &mut CpuNet, b: &CpuNet) {
     a.events_lost += b.events_lost;
     super::histogram::merge(&mut a.srtt, &b.srtt);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn fixture() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/tracefs/debian12-6.18")
+    }
+
+    #[test]
+    fn layout_from_a_captured_tracefs() {
+        let l = Layout::discover(&fixture());
+        let o = l.offsets;
+        // tcp_retransmit_skb keeps separate v4/v6 address fields.
+        assert_eq!((o.retransmit.state, o.retransmit.sport, o.retransmit.saddr), (24, 28, 34));
+        assert_eq!((o.retransmit.saddr_v6, o.retransmit.ssockaddr), (42, ABSENT));
+        // tcp_send_reset carries whole sockaddrs and no ports of its own.
+        assert_eq!((o.send_reset.ssockaddr, o.send_reset.dsockaddr, o.send_reset.sport), (32, 60, ABSENT));
+        assert_eq!((o.set_state.state, o.set_state.value, o.set_state.protocol), (16, 20, 30));
+        assert_eq!(o.probe.value, 100);
+        assert_eq!(o.kfree_skb.value, 36);
+        assert_eq!(&l.states[..3], ["NONE", "ESTABLISHED", "SYN_SENT"]);
+        assert_eq!(l.drop_reasons[2], "NOT_SPECIFIED");
+        assert_eq!(l.drop_reasons[DROP_REASONS - 1], format!("{}_or_more", DROP_REASONS - 1));
+    }
+
+    #[test]
+    fn a_missing_tracefs_leaves_every_field_absent() {
+        let l = Layout::discover(Path::new("/nonexistent"));
+        assert_eq!(l.offsets.kfree_skb.value, ABSENT);
+        assert_eq!(l.states[1], "ESTABLISHED");
+        assert_eq!(l.drop_reasons[2], "2");
+    }
+
+    #[test]
+    fn addresses_print_like_ss() {
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        assert_eq!(address(2, &[127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 80), "127.0.0.1:80");
+        assert_eq!(address(10, &v6, 443), "[::1]:443");
+        assert_eq!(address(0, &v6, 0), "-");
+    }
+}

@@ -112,3 +112,20 @@ impl Source for SoftirqTimeSource {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_names_from_a_captured_tracefs() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tracefs/debian12-6.18");
+        let l = Layout::discover(&root).expect("layout");
+        assert_eq!(l.vec_offset, 8);
+        assert_eq!(
+            l.names,
+            ["HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED", "HRTIMER", "RCU"]
+        );
+        assert!(Layout::discover(Path::new("/nonexistent")).is_none());
+    }
+}
