@@ -80,22 +80,41 @@ pub mod sched {
 
     /// Per-CPU array (one entry) of [`CpuSched`].
     pub const CPU_MAP: &str = "SCHED_CPU";
-    /// LRU hash: task_struct address → the instant it became runnable (ns).
-    pub const RUNNABLE_MAP: &str = "SCHED_RUNNABLE";
     /// LRU hash: thread id → [`TaskTimes`] (filled only when `SCHED_TASK_STATS` is set).
     /// Entries are never deleted, so one that disappears was evicted.
     pub const TASKS_MAP: &str = "SCHED_TASKS";
-    /// Capacity of `SCHED_RUNNABLE`: tasks runnable at one instant; more than any host has.
-    pub const RUNNABLE_ENTRIES: u32 = 32768;
     /// Capacity of `SCHED_TASKS`: threads tracked at once (least recently run evicted).
     pub const TASK_ENTRIES: u32 = 4096;
 
-    /// Global (u32): offset of `pid` in `struct task_struct`, read from the kernel's BTF.
-    /// The agent does not attach `sched_switch` when BTF does not give it (the program
-    /// would take every task for the idle task).
-    pub const GLOBAL_PID_OFFSET: &str = "SCHED_PID_OFFSET";
+    /// Global of type [`SchedOffsets`].
+    pub const GLOBAL_OFFSETS: &str = "SCHED_OFFSETS";
     /// Global (u32): non-zero to keep per-task times in `SCHED_TASKS`.
     pub const GLOBAL_TASK_STATS: &str = "SCHED_TASK_STATS";
+
+    /// Byte offsets of the kernel fields sched_switch reads, from the kernel's BTF (the
+    /// agent fills them in before load; see `lsvmi-agent/src/bpf/btf.rs`).
+    ///
+    /// Run-queue latency is the kernel's own measure: `rq->clock` (updated at the start
+    /// of `__schedule`) minus `next->sched_info.last_queued` (set when the task was
+    /// queued), both on the runqueue clock — the delta the kernel itself adds to
+    /// `run_delay` a few instructions later. The runqueue is reached through
+    /// `next->se.cfs_rq->rq`. So no wake-up hook and no map are needed.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct SchedOffsets {
+        /// `task_struct.pid`.
+        pub pid: u32,
+        /// `task_struct.sched_info.last_queued`.
+        pub last_queued: u32,
+        /// `task_struct.se.cfs_rq`.
+        pub se_cfs_rq: u32,
+        /// `cfs_rq.rq`.
+        pub cfs_rq_rq: u32,
+        /// `rq.clock`.
+        pub rq_clock: u32,
+        /// Non-zero when the four run-queue offsets above are known.
+        pub runq: u32,
+    }
 
     /// One CPU's scheduler state and counters.
     #[repr(C)]
@@ -119,8 +138,8 @@ pub mod sched {
         pub running_pid: u64,
         /// Run-queue wait of the task on the CPU, for per-task accounting at switch-out.
         pub running_wait_ns: u64,
-        /// Run-queue latency: from becoming runnable (wakeup, new task, preemption) to
-        /// running on this CPU.
+        /// Run-queue latency: from being queued (woken, new, or preempted while
+        /// runnable) to running on this CPU.
         pub runq: Histogram,
     }
 
@@ -145,10 +164,6 @@ pub mod sched {
 
     /// Name of the program attached to `tp_btf/sched_switch`.
     pub const PROG_SWITCH: &str = "sched_switch";
-    /// Name of the program attached to `tp_btf/sched_wakeup`.
-    pub const PROG_WAKEUP: &str = "sched_wakeup";
-    /// Name of the program attached to `tp_btf/sched_wakeup_new`.
-    pub const PROG_WAKEUP_NEW: &str = "sched_wakeup_new";
     /// Name of the program attached to `tp_btf/sched_migrate_task`.
     pub const PROG_MIGRATE: &str = "sched_migrate_task";
 }
@@ -307,8 +322,9 @@ pub mod softirq {
     pub const VECTORS: usize = 10;
     /// Per-CPU array (one entry) of [`CpuSoftirq`].
     pub const CPU_MAP: &str = "SOFTIRQ_CPU";
-    /// Global (u32): offset of `vec` in the softirq_entry/exit record.
-    pub const GLOBAL_VEC_OFFSET: &str = "SOFTIRQ_VEC_OFFSET";
+    /// Vector names, as /proc/softirqs and the kernel's `softirq_to_name` have them.
+    pub const NAMES: [&str; VECTORS] =
+        ["HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED", "HRTIMER", "RCU"];
 
     #[repr(C)]
     #[derive(Clone, Copy)]

@@ -1,31 +1,30 @@
 //! Scheduler programs. All state of a CPU is one per-CPU map value ([`CpuSched`]), found
-//! with one lookup per event; the agent copies it on its tick. The only shared map is
-//! `SCHED_RUNNABLE` (task → the instant it became runnable), needed because a task
-//! wakes on one CPU and runs on another.
+//! with one lookup per event; the agent copies it on its tick. Kernel fields are read
+//! with plain loads at offsets from the kernel's BTF ([`SchedOffsets`]): the verifier
+//! knows the tp_btf arguments' types and the offsets (read-only globals are constants
+//! to it), checks each load lands on a member of the right type, and makes it
+//! fault-safe. That is far cheaper than a bpf_probe_read_kernel call, and it is what
+//! keeps sched_switch — run on every context switch of every CPU — near the floor.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map},
     maps::{LruHashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
-use lsvmi_common::sched::{CpuSched, RUNNABLE_ENTRIES, TASK_ENTRIES, TaskTimes};
+use lsvmi_common::sched::{CpuSched, SchedOffsets, TASK_ENTRIES, TaskTimes};
 
 #[map]
 static SCHED_CPU: PerCpuArray<CpuSched> = PerCpuArray::with_max_entries(1, 0);
-
-/// task_struct address → when it became runnable. LRU, so a task that exits while
-/// runnable cannot leak an entry forever.
-#[map]
-static SCHED_RUNNABLE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(RUNNABLE_ENTRIES, 0);
 
 /// Thread id → its times; only written when `SCHED_TASK_STATS` is set.
 #[map]
 static SCHED_TASKS: LruHashMap<u32, TaskTimes> = LruHashMap::with_max_entries(TASK_ENTRIES, 0);
 
-/// Offset of `task_struct.pid`, from the kernel's BTF (set by the agent at load).
+/// Field offsets from the kernel's BTF (set by the agent at load).
 #[unsafe(no_mangle)]
-static SCHED_PID_OFFSET: u32 = 0;
+static SCHED_OFFSETS: SchedOffsets =
+    SchedOffsets { pid: 0, last_queued: 0, se_cfs_rq: 0, cfs_rq_rq: 0, rq_clock: 0, runq: 0 };
 
 /// Non-zero: keep per-task times (set by the agent at load; the verifier prunes the
 /// per-task code when it is 0, since globals are read-only and known at load).
@@ -33,7 +32,7 @@ static SCHED_PID_OFFSET: u32 = 0;
 static SCHED_TASK_STATS: u32 = 0;
 
 #[inline(always)]
-fn global(v: &u32) -> u32 {
+fn global<T: Copy>(v: &T) -> T {
     // SAFETY: reading a static; volatile so the compiler keeps the load the loader patches.
     unsafe { core::ptr::read_volatile(v) }
 }
@@ -45,33 +44,28 @@ fn cpu_state() -> Option<&'static mut CpuSched> {
     SCHED_CPU.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// pid of the task at `task` (a `struct task_struct *`), through the BTF offset.
+/// The `T` at `base + off`, `base` being a BTF-typed kernel pointer (see the module
+/// doc). A faulting address loads 0.
 #[inline(always)]
-fn task_pid(task: u64) -> u32 {
-    let off = global(&SCHED_PID_OFFSET) as u64;
-    // SAFETY: bpf_probe_read_kernel checks the address; a failed read gives 0.
-    unsafe { bpf_probe_read_kernel((task + off) as *const i32) }.map_or(0, |p| p as u32)
+fn field<T: Copy>(base: *const u8, off: u32) -> T {
+    // SAFETY: the verifier checks the access against BTF and makes it fault-safe.
+    unsafe { core::ptr::read_volatile(base.add(off as usize).cast::<T>()) }
 }
 
+/// Run-queue latency of `next`, on the runqueue clock, if it was queued.
 #[inline(always)]
-fn mark_runnable(task: u64) {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let _ = SCHED_RUNNABLE.insert(&task, &now, 0);
-}
-
-/// `tp_btf/sched_wakeup(p)`: `p` becomes runnable.
-#[btf_tracepoint(function = "sched_wakeup")]
-pub fn sched_wakeup(ctx: BtfTracePointContext) -> u32 {
-    mark_runnable(ctx.arg(0));
-    0
-}
-
-/// `tp_btf/sched_wakeup_new(p)`: a new task becomes runnable.
-#[btf_tracepoint(function = "sched_wakeup_new")]
-pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
-    mark_runnable(ctx.arg(0));
-    0
+fn runq_latency(next: *const u8, o: &SchedOffsets) -> Option<u64> {
+    if o.runq == 0 {
+        return None;
+    }
+    let queued: u64 = field(next, o.last_queued);
+    if queued == 0 {
+        return None;
+    }
+    let cfs_rq: *const u8 = field(next, o.se_cfs_rq);
+    let rq: *const u8 = field(cfs_rq, o.cfs_rq_rq);
+    let clock: u64 = field(rq, o.rq_clock);
+    Some(clock.saturating_sub(queued))
 }
 
 /// `tp_btf/sched_switch(bool preempt, prev, next, unsigned int prev_state)`.
@@ -79,17 +73,16 @@ pub fn sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
 /// - counts the switch, and classifies it like the kernel's nvcsw/nivcsw when `prev` is
 ///   a real task: involuntary when preempted or still runnable (`prev_state` 0);
 /// - adds the time `prev` ran to the CPU's busy time (not for the idle task, pid 0);
-/// - a preempted `prev` is runnable again from now;
-/// - `next`'s run-queue latency (now − when it became runnable) goes into the histogram.
-///
-/// `prev` is `current` here, so its pid comes from a helper; `next`'s from BTF.
+/// - records `next`'s run-queue latency in the histogram.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let Some(cpu) = cpu_state() else { return 0 };
-    // SAFETY: helpers without preconditions.
+    let o = global(&SCHED_OFFSETS);
+    // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let prev_pid = pid_tgid as u32;
+    let prev: *const u8 = ctx.arg(1);
+    let next: *const u8 = ctx.arg(2);
+    let prev_pid: i32 = field(prev, o.pid);
     cpu.switches += 1;
     let ran = if cpu.last_switch_ns != 0 { now.saturating_sub(cpu.last_switch_ns) } else { 0 };
     if prev_pid != 0 {
@@ -97,26 +90,21 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
         let prev_state: u32 = ctx.arg(3);
         if preempt != 0 || prev_state == 0 {
             cpu.involuntary += 1;
-            let prev: u64 = ctx.arg(1);
-            let _ = SCHED_RUNNABLE.insert(&prev, &now, 0);
         } else {
             cpu.voluntary += 1;
         }
         cpu.busy_ns += ran;
         if global(&SCHED_TASK_STATS) != 0 {
-            account_task(cpu, prev_pid, (pid_tgid >> 32) as u32, ran, now);
+            account_task(cpu, prev_pid as u32, (bpf_get_current_pid_tgid() >> 32) as u32, ran, now);
         }
     }
-    let next: u64 = ctx.arg(2);
-    let next_pid = task_pid(next);
+    let next_pid: i32 = field(next, o.pid);
     let mut wait = 0;
-    if next_pid != 0 {
-        // SAFETY: the value is copied out before the entry is removed.
-        if let Some(since) = unsafe { SCHED_RUNNABLE.get(&next) }.copied() {
-            let _ = SCHED_RUNNABLE.remove(&next);
-            wait = now.saturating_sub(since);
-            cpu.runq.record(wait);
-        }
+    if next_pid != 0
+        && let Some(latency) = runq_latency(next, &o)
+    {
+        wait = latency;
+        cpu.runq.record(latency);
     }
     cpu.running_pid = next_pid as u64;
     cpu.running_wait_ns = wait;

@@ -1,29 +1,22 @@
-//! Softirq time per CPU and vector, from the classic tracepoints irq:softirq_entry and
-//! irq:softirq_exit (tp_btf would do too; the classic record carries `vec` as a plain
-//! field whose offset the agent reads from tracefs).
+//! Softirq time per CPU and vector, timed between tp_btf/softirq_entry and
+//! tp_btf/softirq_exit. Their one argument, the vector number, is a scalar: no field
+//! read at all, so each event is a map lookup and a clock read.
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map},
     maps::PerCpuArray,
-    programs::TracePointContext,
+    programs::BtfTracePointContext,
 };
 use lsvmi_common::softirq::{CpuSoftirq, VECTORS};
 
 #[map]
 static SOFTIRQ_CPU: PerCpuArray<CpuSoftirq> = PerCpuArray::with_max_entries(1, 0);
 
-/// Offset of `vec` in the softirq_entry/exit record (same layout for both).
-#[unsafe(no_mangle)]
-static SOFTIRQ_VEC_OFFSET: u32 = 8;
-
-/// The vector of this event and this CPU's state, or None (bad vector, failed read).
+/// The vector of this event and this CPU's state, or None (vector out of range).
 #[inline(always)]
-fn event(ctx: &TracePointContext) -> Option<(usize, &'static mut CpuSoftirq)> {
-    // SAFETY: reading a static the loader patches.
-    let off = unsafe { core::ptr::read_volatile(&SOFTIRQ_VEC_OFFSET) } as usize;
-    // SAFETY: read_at goes through bpf_probe_read_kernel, which checks the address.
-    let vec: u32 = unsafe { ctx.read_at(off) }.ok()?;
+fn event(ctx: &BtfTracePointContext) -> Option<(usize, &'static mut CpuSoftirq)> {
+    let vec: u32 = ctx.arg(0);
     let vec = vec as usize;
     if vec >= VECTORS {
         return None;
@@ -33,8 +26,9 @@ fn event(ctx: &TracePointContext) -> Option<(usize, &'static mut CpuSoftirq)> {
     Some((vec, cpu))
 }
 
-#[tracepoint(category = "irq", name = "softirq_entry")]
-pub fn softirq_entry(ctx: TracePointContext) -> u32 {
+/// `tp_btf/softirq_entry(unsigned int vec_nr)`.
+#[btf_tracepoint(function = "softirq_entry")]
+pub fn softirq_entry(ctx: BtfTracePointContext) -> u32 {
     if let Some((vec, cpu)) = event(&ctx) {
         // SAFETY: no preconditions.
         cpu.entered_ns[vec] = unsafe { bpf_ktime_get_ns() };
@@ -42,8 +36,9 @@ pub fn softirq_entry(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint(category = "irq", name = "softirq_exit")]
-pub fn softirq_exit(ctx: TracePointContext) -> u32 {
+/// `tp_btf/softirq_exit(unsigned int vec_nr)`.
+#[btf_tracepoint(function = "softirq_exit")]
+pub fn softirq_exit(ctx: BtfTracePointContext) -> u32 {
     if let Some((vec, cpu)) = event(&ctx) {
         let entered = cpu.entered_ns[vec];
         // An exit without its entry (the program attached in between) is skipped.

@@ -22,7 +22,21 @@ use crate::{cargo, status, workspace_root};
 
 const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// Names of lsvmi's programs (bpftool shows the full name from BTF).
-const PROGRAMS: &[&str] = &["sched_switch", "sched_migrate_task"];
+const PROGRAMS: &[&str] = &[
+    "sched_switch",
+    "sched_migrate_task",
+    "softirq_entry",
+    "softirq_exit",
+    "tcp_retransmit_skb",
+    "tcp_send_reset",
+    "tcp_receive_reset",
+    "inet_sock_set_state",
+    "tcp_probe",
+    "kfree_skb",
+];
+/// Programs that run because tasks switch or move: their sum per switch is the cost of
+/// the scheduler path.
+const SCHED_PATH: &[&str] = &["sched_switch", "sched_migrate_task"];
 
 /// (run_time_ns, run_cnt) per program name.
 type Snapshot = BTreeMap<String, (u64, u64)>;
@@ -35,15 +49,23 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     status(cargo().args(["build", "--release", "-p", "lsvmi-agent"]))?;
     let before_sysctl = std::fs::read_to_string(STATS_SYSCTL).context("reading bpf_stats_enabled (root?)")?;
     std::fs::write(STATS_SYSCTL, "1").context("enabling kernel.bpf_stats_enabled (root?)")?;
-    let result = measure(seconds);
+    let tasks_config = workspace_root().join("target/bench-bpf-sched-tasks.yaml");
+    std::fs::write(&tasks_config, "sources:\n  sched_tasks: {enabled: true}\n").context("writing the config")?;
+    println!("\n### Default programs");
+    let result = measure(seconds, None).and_then(|()| {
+        println!("\n### With per-task times on (`sources: {{sched_tasks: {{enabled: true}}}}`)");
+        measure(seconds, Some(tasks_config.to_str().unwrap_or_default()))
+    });
     let _ = std::fs::write(STATS_SYSCTL, before_sysctl.trim());
     result
 }
 
-fn measure(seconds: u64) -> anyhow::Result<()> {
+fn measure(seconds: u64, config: Option<&str>) -> anyhow::Result<()> {
     let agent = workspace_root().join("target/release/lsvmi");
+    let mut args = vec!["--dry-run", "--cpus", "all"];
+    args.extend(config.iter().flat_map(|c| ["--config", c]));
     let mut child = Command::new(&agent)
-        .args(["--dry-run", "--cpus", "all"])
+        .args(&args)
         .stdout(Stdio::null())
         .stderr(File::create(workspace_root().join("target/bench-bpf-agent.log"))?)
         .spawn()
@@ -61,10 +83,21 @@ fn measure(seconds: u64) -> anyhow::Result<()> {
     println!("\n| program | events | events/s | ns/event |");
     println!("|---|---|---|---|");
     let mut any = false;
+    let (mut path_ns, mut switches) = (0, 0);
     for name in PROGRAMS {
-        let (Some(a), Some(b)) = (first.get(*name), second.get(*name)) else { continue };
+        // bpftool leaves run_time_ns out while it is 0: a program missing from a
+        // snapshot has not run yet.
+        let zero = (0, 0);
+        let (a, b) = (first.get(*name).unwrap_or(&zero), second.get(*name).unwrap_or(&zero));
         let (ns, cnt) = (b.0.saturating_sub(a.0), b.1.saturating_sub(a.1));
+        if SCHED_PATH.contains(name) {
+            path_ns += ns;
+        }
+        if *name == "sched_switch" {
+            switches = cnt;
+        }
         if cnt == 0 {
+            println!("| {name} | 0 | 0 | - |");
             continue;
         }
         any = true;
@@ -73,13 +106,19 @@ fn measure(seconds: u64) -> anyhow::Result<()> {
     if !any {
         bail!("no lsvmi program ran; see target/bench-bpf-agent.log");
     }
-    println!("\nsched_switch is the only lsvmi program on the context-switch path: its ns/event is the total there.");
+    if switches > 0 {
+        println!(
+            "\nScheduler path (sched_switch + sched_migrate_task) per context switch: {:.1} ns",
+            path_ns as f64 / switches as f64
+        );
+    }
     Ok(())
 }
 
 /// `bpftool prog show`: the plain-text form has `name X` and `run_time_ns N run_cnt M`.
 fn snapshot() -> anyhow::Result<Snapshot> {
     let out = Command::new("bpftool").args(["prog", "show"]).output().context("running bpftool")?;
+    // Lines look like `1097: tracing  name sched_switch  tag … run_time_ns 123 run_cnt 4`.
     let text = String::from_utf8_lossy(&out.stdout);
     let mut snap = Snapshot::new();
     for line in text.lines() {
@@ -100,6 +139,7 @@ fn snapshot() -> anyhow::Result<Snapshot> {
 /// Scheduler load (perf's pipe benchmark, or a socket ping-pong) and a loopback TCP stream.
 fn drive_load(dur: Duration) {
     let tcp = std::thread::spawn(move || tcp_stream(dur));
+    let refused = std::thread::spawn(move || refused_connects(dur));
     let perf = Command::new("perf")
         .args(["bench", "sched", "pipe", "-l", "100000000"])
         .stdout(Stdio::null())
@@ -114,6 +154,18 @@ fn drive_load(dur: Duration) {
         Err(_) => ping_pong(dur),
     }
     let _ = tcp.join();
+    let _ = refused.join();
+}
+
+/// About 1000 refused connections a second: resets sent and received, and a NO_SOCKET
+/// drop each, at a rate a busy server could see.
+fn refused_connects(dur: Duration) {
+    let Ok(closed) = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) else { return };
+    let t0 = Instant::now();
+    while t0.elapsed() < dur {
+        let _ = TcpStream::connect(closed);
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn ping_pong(dur: Duration) {

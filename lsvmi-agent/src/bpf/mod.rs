@@ -36,6 +36,8 @@ unsafe impl aya::Pod for Plain<sched::TaskTimes> {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Plain<NetOffsets> {}
 // SAFETY: as above.
+unsafe impl aya::Pod for Plain<sched::SchedOffsets> {}
+// SAFETY: as above.
 unsafe impl aya::Pod for Plain<lsvmi_common::net::CpuNet> {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Plain<softirq::CpuSoftirq> {}
@@ -75,14 +77,12 @@ impl BpfError {
 pub struct Bpf {
     pub ebpf: Ebpf,
     pub btf: Btf,
-    /// `task_struct.pid`'s offset, or why it is unknown.
-    pub pid_offset: Result<u32, String>,
+    /// The kernel fields sched_switch reads, or why they are unknown.
+    pub sched_offsets: Result<sched::SchedOffsets, String>,
     /// Where tracefs is, or why it is not there.
     pub tracefs: Result<PathBuf, String>,
     /// Field names and enum names of the network tracepoints (None without tracefs).
     pub net: Option<net_events::Layout>,
-    /// Softirq vector names (None without tracefs).
-    pub softirq: Option<softirq_time::Layout>,
 }
 
 impl Bpf {
@@ -109,30 +109,44 @@ pub fn load(options: LoadOptions) -> Result<Bpf, BpfError> {
         return Err(BpfError::NotBuiltIn);
     }
     let raw = std::fs::read(VMLINUX_BTF).map_err(|e| BpfError::NoBtf(e.to_string()))?;
-    let pid_offset =
-        btf::Btf::parse(&raw).and_then(|b| b.member_offset("task_struct", "pid")).map_err(|e| e.to_string());
+    let sched_offsets = btf::Btf::parse(&raw).map_err(|e| e.to_string()).and_then(|b| sched_offsets(&b));
     drop(raw);
     let btf = Btf::from_sys_fs().map_err(|e| BpfError::NoBtf(describe(&e)))?;
 
     let tracefs = tracefs::ensure_mounted();
-    let (net, softirq) = match &tracefs {
-        Ok(root) => (Some(net_events::Layout::discover(root)), softirq_time::Layout::discover(root)),
-        Err(_) => (None, None),
-    };
+    let net = tracefs.as_ref().ok().map(|root| net_events::Layout::discover(root));
 
     let task_stats = u32::from(options.task_stats);
-    let pid = *pid_offset.as_ref().unwrap_or(&0);
+    let offsets = Plain(sched_offsets.clone().unwrap_or_default());
     let net_offsets = Plain(net.as_ref().map_or(NetOffsets::NONE, |n| n.offsets));
-    let vec_offset = softirq.as_ref().map_or(0, |s| s.vec_offset);
     let mut loader = EbpfLoader::new();
     loader
         .btf(Some(&btf))
-        .override_global(sched::GLOBAL_PID_OFFSET, &pid, true)
+        .override_global(sched::GLOBAL_OFFSETS, &offsets, true)
         .override_global(sched::GLOBAL_TASK_STATS, &task_stats, true)
-        .override_global(lsvmi_common::net::GLOBAL_OFFSETS, &net_offsets, true)
-        .override_global(softirq::GLOBAL_VEC_OFFSET, &vec_offset, true);
+        .override_global(lsvmi_common::net::GLOBAL_OFFSETS, &net_offsets, true);
     let ebpf = loader.load(OBJECT).map_err(|e| BpfError::kernel("loading the BPF object", &e))?;
-    Ok(Bpf { ebpf, btf, pid_offset, tracefs, net, softirq })
+    Ok(Bpf { ebpf, btf, sched_offsets, tracefs, net })
+}
+
+/// The fields sched_switch reads. `pid` is required; the run-queue ones are optional
+/// (a kernel without CONFIG_FAIR_GROUP_SCHED or CONFIG_SCHED_INFO lacks some of them, and
+/// run-queue latency is then left out with one warning).
+fn sched_offsets(b: &btf::Btf<'_>) -> Result<sched::SchedOffsets, String> {
+    let at = |s: &str, m: &str| b.member_offset(s, m).map_err(|e| e.to_string());
+    let mut o = sched::SchedOffsets { pid: at("task_struct", "pid")?, ..Default::default() };
+    let runq = (|| -> Result<(), String> {
+        o.last_queued = at("task_struct", "sched_info")? + at("sched_info", "last_queued")?;
+        o.se_cfs_rq = at("task_struct", "se")? + at("sched_entity", "cfs_rq")?;
+        o.cfs_rq_rq = at("cfs_rq", "rq")?;
+        o.rq_clock = at("rq", "clock")?;
+        Ok(())
+    })();
+    match runq {
+        Ok(()) => o.runq = 1,
+        Err(e) => tracing::warn!("run-queue latency not measured: {e} (kernel BTF)"),
+    }
+    Ok(o)
 }
 
 /// One line for an error chain: each cause's first line, joined, with a hint when the

@@ -1,20 +1,18 @@
 //! Time spent in softirqs per CPU and type, timed in the kernel between
-//! irq:softirq_entry and irq:softirq_exit (`lsvmi-ebpf/src/softirq.rs`). /proc/softirqs
+//! tp_btf/softirq_entry and softirq_exit (`lsvmi-ebpf/src/softirq.rs`). /proc/softirqs
 //! counts how often each type ran; this says how long, which is what steals time from a
 //! latency-critical thread on the same core (NET_RX on a busy NIC queue, for instance).
 
-use std::path::Path;
-
 use aya::maps::{MapData, PerCpuArray};
-use lsvmi_common::softirq::{CPU_MAP, CpuSoftirq, PROG_ENTRY, PROG_EXIT, VECTORS};
+use lsvmi_common::softirq::{CPU_MAP, CpuSoftirq, NAMES, PROG_ENTRY, PROG_EXIT};
 
 use super::{Collector, Source, SourceError};
 use crate::{
-    bpf::{Bpf, BpfError, Hook, Plain, tracefs::Format},
+    bpf::{Bpf, BpfError, Hook, Plain},
     model::{MetricDesc, SeriesId, now_ms},
 };
 
-const SOURCE: &str = "BPF tracepoint irq:softirq_entry/exit";
+const SOURCE: &str = "BPF tp_btf/softirq_entry, softirq_exit";
 
 metric!(
     TIME,
@@ -38,48 +36,21 @@ metric!(
 pub static METRICS: &[&MetricDesc] = &[&TIME, &RUNS];
 pub const PROGRAMS: &[&str] = &[PROG_ENTRY, PROG_EXIT];
 
-/// Where `vec` is in the record, and the vectors' names.
-pub struct Layout {
-    pub vec_offset: u32,
-    pub names: Vec<String>,
-}
-
-impl Layout {
-    /// None when the tracepoint's format is not readable (the programs then stay off).
-    pub fn discover(tracefs: &Path) -> Option<Layout> {
-        let format = Format::read(tracefs, "irq", "softirq_entry").ok()?;
-        let vec_offset = u32::from(format.offset("vec")?);
-        let symbols = format.symbols("vec");
-        let names = (0..VECTORS as u64)
-            .map(|v| symbols.iter().find(|(n, _)| *n == v).map_or_else(|| v.to_string(), |(_, s)| s.clone()))
-            .collect();
-        Some(Layout { vec_offset, names })
-    }
-}
-
 pub struct SoftirqTimeSource {
     map: PerCpuArray<MapData, Plain<CpuSoftirq>>,
-    names: Vec<String>,
     /// Per CPU, per vector: (time, runs).
     series: Vec<Vec<(SeriesId, SeriesId)>>,
 }
 
 impl SoftirqTimeSource {
     pub fn attach(bpf: &mut Bpf, disabled: &[String]) -> Result<Self, BpfError> {
-        let Some(layout) = bpf.softirq.take() else {
-            let cause = match &bpf.tracefs {
-                Err(e) => e.clone(),
-                Ok(root) => format!("{}/events/irq/softirq_entry/format unreadable or without `vec`", root.display()),
-            };
-            return Err(BpfError::Kernel { what: "softirq tracepoints".into(), cause });
-        };
-        let hooks = [(PROG_ENTRY, Hook::Tracepoint("irq")), (PROG_EXIT, Hook::Tracepoint("irq"))];
+        let hooks = [(PROG_ENTRY, Hook::TpBtf), (PROG_EXIT, Hook::TpBtf)];
         let on = bpf.attach_each("softirq_time", &hooks, disabled);
         if !on.iter().all(|&o| o) {
             return Err(BpfError::Kernel { what: "softirq time".into(), cause: "needs both softirq programs".into() });
         }
         let map = PerCpuArray::try_from(bpf.take_map(CPU_MAP)?).map_err(|e| BpfError::kernel(CPU_MAP, &e))?;
-        Ok(SoftirqTimeSource { map, names: layout.names, series: Vec::new() })
+        Ok(SoftirqTimeSource { map, series: Vec::new() })
     }
 }
 
@@ -93,11 +64,10 @@ impl Source for SoftirqTimeSource {
         let ts = now_ms();
         while self.series.len() < values.len() {
             let cpu = self.series.len().to_string();
-            let per = self
-                .names
+            let per = NAMES
                 .iter()
                 .map(|name| {
-                    let labels = [("cpu", cpu.as_str()), ("type", name.as_str())];
+                    let labels = [("cpu", cpu.as_str()), ("type", *name)];
                     (out.series(&TIME, &labels), out.series(&RUNS, &labels))
                 })
                 .collect();
@@ -110,22 +80,5 @@ impl Source for SoftirqTimeSource {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vector_names_from_a_captured_tracefs() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/tracefs/debian12-6.18");
-        let l = Layout::discover(&root).expect("layout");
-        assert_eq!(l.vec_offset, 8);
-        assert_eq!(
-            l.names,
-            ["HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED", "HRTIMER", "RCU"]
-        );
-        assert!(Layout::discover(Path::new("/nonexistent")).is_none());
     }
 }

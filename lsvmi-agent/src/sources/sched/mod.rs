@@ -3,7 +3,7 @@
 //! copies on the sampling tick. No ring buffer, no wake-up per event.
 
 use aya::maps::{MapData, PerCpuArray};
-use lsvmi_common::sched::{CPU_MAP, CpuSched, PROG_MIGRATE, PROG_SWITCH, PROG_WAKEUP, PROG_WAKEUP_NEW};
+use lsvmi_common::sched::{CPU_MAP, CpuSched, PROG_MIGRATE, PROG_SWITCH};
 
 use super::{Collector, Source, SourceError, histogram::HistogramFamily};
 use crate::{
@@ -60,9 +60,10 @@ histogram!(
     RUNQ_LATENCY,
     "sched_runq_latency_seconds",
     ["cpu"],
-    "BPF tp_btf/sched_wakeup, sched_wakeup_new, sched_switch",
-    "Run-queue latency on each CPU: from a task becoming runnable (woken, created, or preempted while \
-     runnable) to it running on this CPU. Log-linear buckets, at most 25 % wide."
+    SOURCE,
+    "Run-queue latency on each CPU: from a task being queued (woken, created, or preempted while \
+     runnable) to it running on this CPU — the kernel's own per-switch run_delay, read at sched_switch. \
+     Log-linear buckets, at most 25 % wide."
 );
 
 pub static METRICS: &[&MetricDesc] = &[
@@ -76,7 +77,7 @@ pub static METRICS: &[&MetricDesc] = &[
 ];
 
 /// The programs this source attaches (config `bpf_disable` takes these names).
-pub const PROGRAMS: &[&str] = &[PROG_SWITCH, PROG_WAKEUP, PROG_WAKEUP_NEW, PROG_MIGRATE];
+pub const PROGRAMS: &[&str] = &[PROG_SWITCH, PROG_MIGRATE];
 
 /// Series of one CPU.
 struct CpuSeries {
@@ -93,10 +94,11 @@ struct CpuSeries {
 pub struct SchedSource {
     map: PerCpuArray<MapData, Plain<CpuSched>>,
     switch: bool,
-    wakeup: bool,
+    /// Run-queue latency offsets known (see `SchedOffsets`).
+    runq: bool,
     migrate: bool,
     cpus: Vec<CpuSeries>,
-    runq: HistogramFamily,
+    runq_hist: HistogramFamily,
 }
 
 impl SchedSource {
@@ -104,18 +106,16 @@ impl SchedSource {
     /// that fails is one warning and its series are left out; `Err` when sched_switch,
     /// which everything but migrations needs, cannot run and neither can migrations.
     pub fn attach(bpf: &mut Bpf, disabled: &[String]) -> Result<Self, BpfError> {
-        if let Err(e) = &bpf.pid_offset {
+        let runq = match &bpf.sched_offsets {
+            Ok(o) => o.runq != 0,
             // Without the pid offset sched_switch would take every task for idle.
-            return Err(BpfError::Kernel { what: "task_struct.pid offset from BTF".into(), cause: e.clone() });
-        }
-        let hooks = [
-            (PROG_SWITCH, Hook::TpBtf),
-            (PROG_WAKEUP, Hook::TpBtf),
-            (PROG_WAKEUP_NEW, Hook::TpBtf),
-            (PROG_MIGRATE, Hook::TpBtf),
-        ];
+            Err(e) => {
+                return Err(BpfError::Kernel { what: "task_struct.pid offset from BTF".into(), cause: e.clone() });
+            }
+        };
+        let hooks = [(PROG_SWITCH, Hook::TpBtf), (PROG_MIGRATE, Hook::TpBtf)];
         let on = bpf.attach_each("sched", &hooks, disabled);
-        let (switch, wakeup, migrate) = (on[0], on[1] && on[2], on[3]);
+        let (switch, migrate) = (on[0], on[1]);
         if !switch && !migrate {
             return Err(BpfError::Kernel {
                 what: "scheduler programs".into(),
@@ -124,7 +124,7 @@ impl SchedSource {
         }
         let map = bpf.take_map(CPU_MAP)?;
         let map = PerCpuArray::try_from(map).map_err(|e| BpfError::kernel(CPU_MAP, &e))?;
-        Ok(SchedSource { map, switch, wakeup, migrate, cpus: Vec::new(), runq: HistogramFamily::new(&RUNQ_LATENCY) })
+        Ok(SchedSource { map, switch, runq, migrate, cpus: Vec::new(), runq_hist: HistogramFamily::new(&RUNQ_LATENCY) })
     }
 }
 
@@ -150,8 +150,8 @@ impl Source for SchedSource {
             };
             self.cpus.push(series);
         }
-        if self.wakeup {
-            values.iter().for_each(|Plain(v)| self.runq.observe_range(&v.runq));
+        if self.runq {
+            values.iter().for_each(|Plain(v)| self.runq_hist.observe_range(&v.runq));
         }
         for (cpu, (Plain(v), series)) in values.iter().zip(self.cpus.iter_mut()).enumerate() {
             if self.switch {
@@ -170,8 +170,8 @@ impl Source for SchedSource {
             if self.migrate {
                 out.push(series.migrations, ts, v.migrations as f64);
             }
-            if self.switch && self.wakeup {
-                self.runq.push(out, cpu, || vec![("cpu", cpu.to_string())], ts, &v.runq);
+            if self.switch && self.runq {
+                self.runq_hist.push(out, cpu, || vec![("cpu", cpu.to_string())], ts, &v.runq);
             }
         }
         Ok(())
