@@ -211,6 +211,9 @@ fn start_bpf(sources: &mut Vec<Box<dyn Source>>, config: &Config) -> Option<aya:
             Err(e) => warn!("eBPF source net_events disabled: {e}; other sources continue"),
         }
     }
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        bpf::forward_program_logs(&mut loaded.ebpf);
+    }
     Some(loaded.finish_loading())
 }
 

@@ -11,6 +11,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
+use aya_log_ebpf::debug;
 use lsvmi_common::net::{
     ABSENT, CpuNet, DROP_REASONS, EVENT_DROP, EVENT_RECEIVE_RESET, EVENT_RETRANSMIT, EVENT_SEND_RESET, EVENTS_BYTES,
     NetEvent, NetOffsets, TCP_STATES, TpFields,
@@ -133,11 +134,13 @@ fn fill_addresses(ctx: &TracePointContext, f: &TpFields, ev: &mut NetEvent) {
     }
 }
 
-/// Queue a record without waking anyone; a full buffer is counted.
+/// Queue a record without waking anyone; a full buffer is counted (and said at debug
+/// level through aya-log, which the agent only reads when run with debug logging).
 #[inline(always)]
-fn submit(cpu: &mut CpuNet, ev: &NetEvent) {
+fn submit(ctx: &TracePointContext, cpu: &mut CpuNet, ev: &NetEvent) {
     if NET_EVENTS.output::<NetEvent>(ev, BPF_RB_NO_WAKEUP as u64).is_err() {
         cpu.events_lost += 1;
+        debug!(ctx, "NET_EVENTS full: event of kind {} lost ({} lost on this CPU)", ev.kind, cpu.events_lost);
     }
 }
 
@@ -150,7 +153,7 @@ pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
     let mut ev = new_event(EVENT_RETRANSMIT);
     ev.detail = state as u32;
     fill_addresses(&ctx, &f, &mut ev);
-    submit(cpu, &ev);
+    submit(&ctx, cpu, &ev);
     0
 }
 
@@ -163,7 +166,7 @@ pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
     let mut ev = new_event(EVENT_SEND_RESET);
     ev.detail = state as u32;
     fill_addresses(&ctx, &f, &mut ev);
-    submit(cpu, &ev);
+    submit(&ctx, cpu, &ev);
     0
 }
 
@@ -174,7 +177,7 @@ pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
     cpu.resets_received += 1;
     let mut ev = new_event(EVENT_RECEIVE_RESET);
     fill_addresses(&ctx, &f, &mut ev);
-    submit(cpu, &ev);
+    submit(&ctx, cpu, &ev);
     0
 }
 
@@ -216,6 +219,6 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
     let mut ev = new_event(EVENT_DROP);
     ev.detail = reason;
     ev.protocol = u32::from(read::<u16>(&ctx, f.protocol).unwrap_or(0));
-    submit(cpu, &ev);
+    submit(&ctx, cpu, &ev);
     0
 }

@@ -207,3 +207,18 @@ fn a_program_can_be_turned_off_in_config() {
     assert!(stdout.contains("sched_context_switches_total{"), "sched_switch should still run");
     assert!(!stdout.contains("sched_migrations_total{"), "sched_migrate_task was disabled");
 }
+
+/// aya-log output of the programs is forwarded only when the agent logs at debug level.
+#[test]
+fn program_logs_are_forwarded_at_debug_level_only() {
+    if !is_root() {
+        eprintln!("skipping: BPF needs root");
+        return;
+    }
+    let line = "forwarding BPF program logs";
+    let quiet = run_agent(&["--dry-run", "--duration", "0.3"], Duration::from_secs(20));
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains(line), "forwarded at the default level");
+    let debug = run_agent(&["--dry-run", "--duration", "0.3", "--log-level", "debug"], Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&debug.stderr);
+    assert!(debug.status.success() && stderr.contains(line), "not forwarded at debug level:\n{stderr}");
+}

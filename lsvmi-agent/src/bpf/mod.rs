@@ -259,3 +259,30 @@ pub fn monotonic_ns() -> u64 {
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
+
+/// Forward the programs' aya-log records (all at debug level: rare conditions such as a
+/// full event ring) to the agent's log, at debug level. Only called when debug logging
+/// is on. Drained every 100 ms rather than on readiness, so a program that logs a lot
+/// cannot make the agent wake per record (the feedback loop of architecture.md).
+pub fn forward_program_logs(ebpf: &mut Ebpf) {
+    let mut logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!("BPF program logs not available: {e}");
+            return;
+        }
+    };
+    tracing::debug!("forwarding BPF program logs (aya-log) at debug level");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            // aya-log panics on a record it cannot decode; losing the log is better
+            // than losing the agent.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logger.flush())).is_err() {
+                tracing::warn!("BPF program log record undecodable; program logs no longer forwarded");
+                return;
+            }
+        }
+    });
+}
