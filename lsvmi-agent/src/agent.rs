@@ -1,6 +1,11 @@
-//! Wiring: sources → sampler → batcher → queue → sender, and an orderly stop.
+//! Wiring: sources → sampler → batcher → outbox (memory, spool) → sender per
+//! destination, and an orderly stop.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::{
@@ -11,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::{
     bpf,
-    config::Config,
+    config::{Config, DeliveryMode, SpoolSettings},
     encode::{remote_write::Encoder, text::TextWriter},
     model::Registry,
     sampler::Sampler,
@@ -19,7 +24,8 @@ use crate::{
     send::{
         batcher::{Batcher, Output},
         http::{self, HttpSender},
-        queue::SendQueue,
+        outbox::Outbox,
+        spool::{Spool, SpoolConfig},
     },
     sources::{
         Source,
@@ -42,7 +48,7 @@ use crate::{
         softnet::SoftnetSource,
         vmstat,
     },
-    stats::{DropReason, Stats},
+    stats::{DropReason, EndpointStats, Stats},
 };
 
 /// Cycles' worth of sample vectors the sampler may get ahead of the batcher.
@@ -84,13 +90,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (abort_tx, abort_rx) = watch::channel(false);
 
-    let (output, sender) = if config.dry_run {
-        (Output::Text(TextWriter::new()), None)
+    let (output, senders, outboxes) = if config.dry_run {
+        (Output::Text(TextWriter::new()), Vec::new(), Vec::new())
     } else {
-        let queue = Arc::new(SendQueue::new(config.max_queued_bytes, stats.clone()));
-        let client = HttpSender::new(config.endpoint.clone(), config.http_timeout)?;
-        let sender = tokio::spawn(http::run(client, queue.clone(), stats.clone(), abort_rx));
-        (Output::Remote { encoder: Box::new(Encoder::new()), queue }, Some(sender))
+        let (outboxes, senders) = start_delivery(&config, &stats, &abort_rx)?;
+        (Output::Remote { encoder: Box::new(Encoder::new()), outboxes: outboxes.clone() }, senders, outboxes)
     };
     let batcher = Batcher {
         registry: registry.clone(),
@@ -98,13 +102,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         output,
         interval: config.batch_interval,
         max_samples: config.max_batch_samples,
+        max_bytes: config.max_batch_bytes,
     };
     let batcher = tokio::spawn(batcher.run(rx));
     let sampler = tokio::spawn(Sampler::new(scheduled, config.interval, registry, stats.clone()).run(tx, stop_rx));
 
     info!(
         sources = ?names,
-        endpoint = %if config.dry_run { "stdout (--dry-run)".to_string() } else { config.endpoint.to_string() },
+        endpoints = %if config.dry_run {
+            "stdout (--dry-run)".to_string()
+        } else {
+            config.endpoints.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(", ")
+        },
+        mode = ?config.mode,
         interval_ms = config.interval.as_millis() as u64,
         instance = %config.host_labels.get("instance").map(String::as_str).unwrap_or(""),
         "lsvmi started"
@@ -115,12 +125,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     sampler.await.context("sampler task")?;
     batcher.await.context("batcher task")?;
-    if let Some(sender) = sender {
-        let mut sender = sender;
-        if tokio::time::timeout(config.shutdown_timeout, &mut sender).await.is_err() {
-            let _ = abort_tx.send(true);
-            sender.await.context("sender task")?;
+    // Deliver what is queued within the shutdown deadline; then park the rest in the
+    // spool for the next run (or count it lost without one).
+    let all_sent = async {
+        for s in senders {
+            let _ = s.await;
         }
+    };
+    if tokio::time::timeout(config.shutdown_timeout, all_sent).await.is_err() {
+        let _ = abort_tx.send(true);
+    }
+    for outbox in outboxes {
+        http::park(outbox, &stats).await;
     }
     info!(
         collected = stats.samples_collected.load(std::sync::atomic::Ordering::Relaxed),
@@ -164,6 +180,91 @@ fn procfs_sources(config: &Config) -> Vec<Box<dyn Source>> {
         sources.push(source);
     }
     sources
+}
+
+/// One outbox per destination (one in failover mode, one per endpoint in replicate
+/// mode), each with its spool directory and its sender task.
+type Delivery = (Vec<Arc<Outbox>>, Vec<tokio::task::JoinHandle<()>>);
+
+fn start_delivery(config: &Config, stats: &Arc<Stats>, abort: &watch::Receiver<bool>) -> anyhow::Result<Delivery> {
+    let groups: Vec<(String, Vec<reqwest::Url>)> = match config.mode {
+        DeliveryMode::Failover => vec![("failover".to_string(), config.endpoints.clone())],
+        DeliveryMode::Replicate => config
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (format!("replica-{i}-{}", spool_name(u)), vec![u.clone()]))
+            .collect(),
+    };
+    let mut all_endpoint_stats = Vec::new();
+    let (mut outboxes, mut senders) = (Vec::new(), Vec::new());
+    for (name, urls) in groups {
+        let spool = config.spool.as_ref().and_then(|s| open_spool(s, &name, stats));
+        let outbox = Outbox::new(config.max_queued_bytes, spool, stats.clone());
+        let clients =
+            urls.iter().map(|u| HttpSender::new(u.clone(), config.http_timeout)).collect::<anyhow::Result<Vec<_>>>()?;
+        let endpoint_stats: Vec<Arc<EndpointStats>> =
+            urls.iter().map(|u| Arc::new(EndpointStats::new(u.to_string()))).collect();
+        all_endpoint_stats.extend(endpoint_stats.iter().cloned());
+        senders.push(tokio::spawn(http::run(clients, outbox.clone(), stats.clone(), endpoint_stats, abort.clone())));
+        outboxes.push(outbox);
+    }
+    let _ = stats.endpoints.set(all_endpoint_stats);
+    Ok((outboxes, senders))
+}
+
+/// A directory name for an endpoint: host, port and path, other characters as `_`.
+fn spool_name(url: &reqwest::Url) -> String {
+    let raw =
+        format!("{}_{}{}", url.host_str().unwrap_or("host"), url.port_or_known_default().unwrap_or(0), url.path());
+    raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect()
+}
+
+/// Open `<dir>/<name>`, locked against a second agent on the same directory. Any failure
+/// is one warning and a memory-only outbox.
+fn open_spool(settings: &SpoolSettings, name: &str, stats: &Stats) -> Option<Spool> {
+    let dir = settings.dir.join(name);
+    let cfg = SpoolConfig {
+        dir: dir.clone(),
+        max_bytes: settings.max_bytes,
+        max_age: settings.max_age,
+        fsync: settings.fsync,
+        segment_bytes: (settings.max_bytes / 8).clamp(1 << 16, 16 << 20),
+    };
+    let result = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|()| lock_dir(&dir))
+        .and_then(|lock| Spool::open(cfg).map(|(s, lost)| (s, lost, lock)));
+    match result {
+        Ok((spool, lost, lock)) => {
+            // The lock lives as long as the process.
+            std::mem::forget(lock);
+            stats.spool_corrupt_records.fetch_add(lost.corrupt_records, std::sync::atomic::Ordering::Relaxed);
+            let waiting = spool.pending_samples();
+            if waiting > 0 {
+                info!(spool = %dir.display(), samples = waiting, "spool holds samples from an earlier run: replaying them first");
+            }
+            Some(spool)
+        }
+        Err(e) => {
+            warn!(spool = %dir.display(), "spool unavailable ({e}); batches wait in memory only (bounded by max_queued_bytes)");
+            None
+        }
+    }
+}
+
+/// An exclusive flock on `<dir>/lock`: two agents must not share a spool.
+fn lock_dir(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let file =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(dir.join("lock"))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::other("in use by another lsvmi process"));
+    }
+    Ok(file)
 }
 
 /// The sources that run BPF programs.

@@ -30,9 +30,14 @@ Logs go to stderr; RUST_LOG (e.g. RUST_LOG=lsvmi=debug) overrides --log-level.";
 #[derive(Debug, Parser)]
 #[command(name = "lsvmi", version, about = ABOUT, long_about = LONG_ABOUT, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Remote-write URL [default: http://127.0.0.1:8428/api/v1/write]
+    /// Remote-write URL; repeat for several (failover in the given order, or every one
+    /// with `mode: replicate` in the config) [default: http://127.0.0.1:8428/api/v1/write]
     #[arg(long, value_name = "URL")]
-    pub endpoint: Option<String>,
+    pub endpoint: Vec<String>,
+
+    /// Disk spool for batches no endpoint takes [default: /var/lib/lsvmi/spool]
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
 
     /// YAML config file; unknown keys are an error
     #[arg(long, short = 'c', value_name = "FILE")]

@@ -38,6 +38,12 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub endpoint: Option<String>,
+    /// Several endpoints (with `endpoint`, that one comes first).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    pub mode: Option<DeliveryMode>,
+    pub spool: Option<SpoolFileConfig>,
+    pub max_batch_bytes: Option<usize>,
     pub instance: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -63,6 +69,40 @@ pub struct FileConfig {
     #[serde(default)]
     pub sources: BTreeMap<String, SourceFileConfig>,
 }
+
+/// How batches are spread over several endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryMode {
+    /// Every batch to the first healthy endpoint, in the order given.
+    #[default]
+    Failover,
+    /// Every batch to every endpoint, each with its own queue and spool.
+    Replicate,
+}
+
+/// `spool:` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolFileConfig {
+    pub enabled: Option<bool>,
+    pub dir: Option<PathBuf>,
+    pub max_bytes: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    pub fsync: Option<crate::send::spool::Fsync>,
+}
+
+/// The spool, resolved.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    pub dir: PathBuf,
+    pub max_bytes: u64,
+    pub max_age: Duration,
+    pub fsync: crate::send::spool::Fsync,
+}
+
+pub const DEFAULT_SPOOL_DIR: &str = "/var/lib/lsvmi/spool";
 
 /// `sources.<name>` in the file.
 #[derive(Debug, Default, Deserialize)]
@@ -103,7 +143,13 @@ pub enum CpuChoice {
 /// Everything the agent needs, resolved and checked.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub endpoint: reqwest::Url,
+    /// Remote-write URLs, in failover order (at least one).
+    pub endpoints: Vec<reqwest::Url>,
+    pub mode: DeliveryMode,
+    /// None: memory only.
+    pub spool: Option<SpoolSettings>,
+    /// A batch goes out early when its compressed size reaches about this.
+    pub max_batch_bytes: usize,
     /// Host labels put on every series (`instance` always among them).
     pub host_labels: BTreeMap<String, String>,
     pub interval: Duration,
@@ -140,16 +186,46 @@ impl Config {
     }
 
     fn resolve(cli: &Cli, file: FileConfig) -> Result<Self, ConfigError> {
-        let endpoint_text = cli.endpoint.clone().or(file.endpoint).unwrap_or_else(|| DEFAULT_ENDPOINT.into());
-        let endpoint = reqwest::Url::parse(&endpoint_text)
-            .map_err(|e| ConfigError::Invalid { key: "endpoint", reason: format!("{endpoint_text:?}: {e}") })?;
-        if !matches!(endpoint.scheme(), "http" | "https") {
-            return Err(ConfigError::Invalid {
-                key: "endpoint",
-                reason: format!("{endpoint_text:?}: scheme must be http or https"),
-            });
+        let texts: Vec<String> = if !cli.endpoint.is_empty() {
+            cli.endpoint.clone()
+        } else {
+            file.endpoint.iter().cloned().chain(file.endpoints.iter().cloned()).collect()
+        };
+        let texts = if texts.is_empty() { vec![DEFAULT_ENDPOINT.to_string()] } else { texts };
+        let mut endpoints = Vec::new();
+        for text in &texts {
+            let url = reqwest::Url::parse(text)
+                .map_err(|e| ConfigError::Invalid { key: "endpoint", reason: format!("{text:?}: {e}") })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ConfigError::Invalid {
+                    key: "endpoint",
+                    reason: format!("{text:?}: scheme must be http or https"),
+                });
+            }
+            if endpoints.contains(&url) {
+                return Err(ConfigError::Invalid { key: "endpoints", reason: format!("{text:?} given twice") });
+            }
+            endpoints.push(url);
         }
-
+        let spool_file = file.spool.unwrap_or_default();
+        let spool = if spool_file.enabled == Some(false) {
+            None
+        } else {
+            let max_bytes = spool_file.max_bytes.unwrap_or(1 << 30);
+            if max_bytes < 1 << 20 {
+                return Err(ConfigError::Invalid { key: "spool.max_bytes", reason: "must be at least 1048576".into() });
+            }
+            Some(SpoolSettings {
+                dir: cli.spool_dir.clone().or(spool_file.dir).unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),
+                max_bytes,
+                max_age: spool_file.max_age.unwrap_or(Duration::from_secs(24 * 3600)),
+                fsync: spool_file.fsync.unwrap_or(crate::send::spool::Fsync::Interval),
+            })
+        };
+        let max_batch_bytes = file.max_batch_bytes.unwrap_or(64 << 10);
+        if max_batch_bytes < 1024 {
+            return Err(ConfigError::Invalid { key: "max_batch_bytes", reason: "must be at least 1024".into() });
+        }
         let instance = match cli.instance.clone().or(file.instance) {
             Some(i) => i,
             None => gethostname::gethostname().to_string_lossy().into_owned(),
@@ -217,7 +293,10 @@ impl Config {
         }
         let (sources, threads, exclude_fs_types) = resolve_sources(file.sources, interval, default_refresh)?;
         Ok(Config {
-            endpoint,
+            endpoints,
+            mode: file.mode.unwrap_or_default(),
+            spool,
+            max_batch_bytes,
             host_labels,
             interval,
             batch_interval,
@@ -341,7 +420,9 @@ mod tests {
     #[test]
     fn defaults_are_the_embedded_local_victoriametrics() {
         let c = Config::from_cli(&cli(&[])).unwrap();
-        assert_eq!(c.endpoint.as_str(), DEFAULT_ENDPOINT);
+        assert_eq!(c.endpoints[0].as_str(), DEFAULT_ENDPOINT);
+        assert_eq!(c.mode, DeliveryMode::Failover);
+        assert_eq!(c.spool.as_ref().map(|s| s.dir.clone()), Some(PathBuf::from(DEFAULT_SPOOL_DIR)));
         assert_eq!(c.interval, Duration::from_millis(100));
         assert_eq!(c.batch_interval, Duration::from_secs(1));
         assert!(c.bpf && !c.dry_run);
@@ -355,7 +436,7 @@ mod tests {
             "endpoint: http://x:1/\ninstance: file\ninterval: 250ms\nlabels: {dc: ny4}\nbpf: true\n",
         )
         .unwrap();
-        assert_eq!(c.endpoint.as_str(), "http://10.0.0.1:1/w");
+        assert_eq!(c.endpoints[0].as_str(), "http://10.0.0.1:1/w");
         assert_eq!(c.host_labels["instance"], "cli");
         assert_eq!(c.host_labels["dc"], "ny4");
         assert_eq!(c.interval, Duration::from_millis(250));
@@ -385,6 +466,24 @@ mod tests {
     }
 
     #[test]
+    fn several_endpoints_and_the_spool() {
+        let yaml = "endpoint: http://a:1/w\nendpoints: [http://b:2/w]\nmode: replicate\n\
+                    spool: {dir: /tmp/s, max_bytes: 2097152, max_age: 1h, fsync: always}\n";
+        let c = from_yaml(&[], yaml).unwrap();
+        assert_eq!(c.endpoints.iter().map(|u| u.as_str()).collect::<Vec<_>>(), ["http://a:1/w", "http://b:2/w"]);
+        assert_eq!(c.mode, DeliveryMode::Replicate);
+        let s = c.spool.unwrap();
+        assert_eq!((s.dir, s.max_bytes, s.max_age), (PathBuf::from("/tmp/s"), 2 << 20, Duration::from_secs(3600)));
+        assert_eq!(s.fsync, crate::send::spool::Fsync::Always);
+        let c =
+            from_yaml(&["--endpoint", "http://c/w", "--endpoint", "http://d/w", "--spool-dir", "/x"], yaml).unwrap();
+        assert_eq!(c.endpoints.len(), 2);
+        assert_eq!(c.endpoints[0].as_str(), "http://c/w");
+        assert_eq!(c.spool.unwrap().dir, PathBuf::from("/x"));
+        assert!(from_yaml(&[], "spool: {enabled: false}\n").unwrap().spool.is_none());
+    }
+
+    #[test]
     fn unknown_key_is_named_in_one_line() {
         let e = from_yaml(&[], "endpoint: http://x/\nintervall: 1s\n").unwrap_err().to_string();
         assert!(e.contains("unknown field `intervall`"), "{e}");
@@ -406,6 +505,11 @@ mod tests {
             ("sources: {proc_stat: {intervl: 1s}}\n", "intervl"),
             ("cpus: 3-1\n", "cpus"),
             ("bpf_disable: [sched_nope]\n", "bpf_disable"),
+            ("endpoints: [http://a/w, http://a/w]\n", "endpoints"),
+            ("mode: broadcast\n", "mode"),
+            ("spool: {max_bytes: 10}\n", "spool.max_bytes"),
+            ("spool: {fsync: sometimes}\n", "fsync"),
+            ("max_batch_bytes: 10\n", "max_batch_bytes"),
         ] {
             let e = from_yaml(&[], yaml).unwrap_err().to_string();
             assert!(e.contains(key), "{yaml}: {e}");

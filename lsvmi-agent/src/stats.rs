@@ -27,19 +27,38 @@ pub enum DropReason {
     QueueFull = 0,
     /// The sink answered 4xx (other than 429): retrying would not help.
     Rejected = 1,
-    /// Still queued when the shutdown deadline passed.
+    /// Still queued when the shutdown deadline passed and no spool could keep it.
     Shutdown = 2,
+    /// The spool reached its size or age bound: its oldest batches went.
+    SpoolFull = 3,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 3] = [DropReason::QueueFull, DropReason::Rejected, DropReason::Shutdown];
+    pub const ALL: [DropReason; 4] =
+        [DropReason::QueueFull, DropReason::Rejected, DropReason::Shutdown, DropReason::SpoolFull];
 
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::QueueFull => "queue_full",
             DropReason::Rejected => "rejected",
             DropReason::Shutdown => "shutdown",
+            DropReason::SpoolFull => "spool_full",
         }
+    }
+}
+
+/// One remote-write endpoint's health, for `lsvmi_endpoint_up` and failures.
+#[derive(Debug)]
+pub struct EndpointStats {
+    pub url: String,
+    /// 1 when the last attempt succeeded (or none was made yet), 0 after a failure.
+    pub up: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+impl EndpointStats {
+    pub fn new(url: String) -> Self {
+        EndpointStats { url, up: AtomicU64::new(1), failures: zero() }
     }
 }
 
@@ -48,7 +67,7 @@ pub struct Stats {
     pub sources: Vec<SourceStats>,
     pub samples_collected: AtomicU64,
     pub samples_sent: AtomicU64,
-    samples_dropped: [AtomicU64; 3],
+    samples_dropped: [AtomicU64; 4],
     pub batches_sent: AtomicU64,
     /// Send attempts that failed and will be retried.
     pub send_failures: AtomicU64,
@@ -58,6 +77,18 @@ pub struct Stats {
     pub queued_bytes: AtomicU64,
     /// Base ticks the sampler could not run on time (the previous tick ran long).
     pub missed_ticks: AtomicU64,
+    /// Samples written to the disk spool.
+    pub samples_spooled: AtomicU64,
+    /// Spooled samples delivered (or rejected) from the spool.
+    pub samples_replayed: AtomicU64,
+    /// Spool size on disk, samples waiting in it, age of its oldest record (ms).
+    pub spool_bytes: AtomicU64,
+    pub spool_samples: AtomicU64,
+    pub spool_age_ms: AtomicU64,
+    /// Records found torn or corrupt in the spool at start.
+    pub spool_corrupt_records: AtomicU64,
+    /// Every endpoint (of every replica), set once at start.
+    pub endpoints: std::sync::OnceLock<Vec<std::sync::Arc<EndpointStats>>>,
 }
 
 impl Stats {
@@ -77,13 +108,20 @@ impl Stats {
                 .collect(),
             samples_collected: zero(),
             samples_sent: zero(),
-            samples_dropped: [zero(), zero(), zero()],
+            samples_dropped: [zero(), zero(), zero(), zero()],
             batches_sent: zero(),
             send_failures: zero(),
             bytes_uncompressed: zero(),
             bytes_compressed: zero(),
             queued_bytes: zero(),
             missed_ticks: zero(),
+            samples_spooled: zero(),
+            samples_replayed: zero(),
+            spool_bytes: zero(),
+            spool_samples: zero(),
+            spool_age_ms: zero(),
+            spool_corrupt_records: zero(),
+            endpoints: std::sync::OnceLock::new(),
         }
     }
 

@@ -160,8 +160,17 @@ pub fn write_config(yaml: &str) -> (tempfile::TempDir, String) {
 }
 
 /// Run the agent with `args`; kill it if it has not exited after `timeout`.
+///
+/// Unless `args` name one, the agent gets a spool directory of its own for this run, so
+/// tests never share (or replay into each other) the default /var/lib/lsvmi/spool.
 pub fn run_agent(args: &[&str], timeout: Duration) -> Output {
-    run_command(Command::new(agent_bin()).args(args), timeout)
+    let spool = tempfile::tempdir().expect("spool dir");
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(args);
+    if !args.contains(&"--spool-dir") {
+        cmd.arg("--spool-dir").arg(spool.path());
+    }
+    run_command(&mut cmd, timeout)
 }
 
 pub fn run_command(cmd: &mut Command, timeout: Duration) -> Output {

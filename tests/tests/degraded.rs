@@ -57,6 +57,16 @@ fn unreachable_endpoint_backs_off_and_exits_cleanly() {
     // Back-off: far fewer attempts than batches (one per second) times the 10 Hz tick.
     assert!(failures.len() < 10, "{} attempts in 3 s: no back-off?\n{err}", failures.len());
     assert!(failures[0].contains("retry_in_ms"), "{}", failures[0]);
+    assert!(err.contains("kept in the spool for the next run"), "{err}");
+
+    // Without a spool, what is left at the deadline is dropped, and said so.
+    std::fs::write(&cfg, "shutdown_timeout: 1s\nspool: {enabled: false}\n").unwrap();
+    let out = run_agent(
+        &["--endpoint", &url, "--config", cfg.to_str().unwrap(), "--duration", "2", "--no-bpf"],
+        Duration::from_secs(30),
+    );
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
     assert!(err.contains("undelivered samples dropped"), "{err}");
 }
 

@@ -48,6 +48,8 @@ pub fn run(seconds: u64, agent_args: &[String]) -> anyhow::Result<()> {
     let agent = Command::new(&agent_bin)
         .arg("--endpoint")
         .arg(format!("{}/api/v1/write", vm.base_url()))
+        .arg("--spool-dir")
+        .arg(dir.join("spool"))
         .args(agent_args)
         .stdout(Stdio::null())
         .stderr(File::create(dir.join("agent.log"))?)

@@ -144,6 +144,9 @@ fn run(agent_args: &[String]) -> anyhow::Result<()> {
     let mut child = Command::new(&agent)
         .arg("--endpoint")
         .arg(format!("{}/api/v1/write", vm.base_url()))
+        // Beside the VictoriaMetrics data it belongs to, not in /var/lib/lsvmi.
+        .arg("--spool-dir")
+        .arg(workspace_root().join("target/lsvmi-run/spool"))
         .args(agent_args)
         .spawn()
         .with_context(|| format!("starting {}", agent.display()))?;

@@ -2,7 +2,7 @@
 
 use std::{
     sync::{Arc, atomic::Ordering::Relaxed},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -11,10 +11,10 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::{
-    queue::SendQueue,
+    outbox::Outbox,
     retry::{Backoff, Verdict, classify},
 };
-use crate::stats::{DropReason, Stats};
+use crate::stats::{DropReason, EndpointStats, Stats};
 
 /// Error bodies are logged verbatim up to this many bytes.
 const MAX_LOGGED_BODY: usize = 256;
@@ -72,56 +72,109 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Send queued batches in order until the queue is closed and empty, or `abort` turns
-/// true (the shutdown deadline). A failing batch is retried before any later one, so
-/// per-series order holds.
-pub async fn run(sender: HttpSender, queue: Arc<SendQueue>, stats: Arc<Stats>, mut abort: watch::Receiver<bool>) {
-    let mut failing_since: Option<u32> = None;
-    while let Some(batch) = queue.pop().await {
-        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
+/// One endpoint's health as the sender sees it.
+struct Health {
+    healthy: bool,
+    /// When an unhealthy endpoint may be tried again with data.
+    retry_at: Instant,
+    backoff: Backoff,
+    failures: u32,
+}
+
+fn new_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(250), Duration::from_secs(30))
+}
+
+/// Send the outbox's batches in order, to the first healthy endpoint (failover), until
+/// the outbox is closed and empty or `abort` turns true (the shutdown deadline). A batch
+/// is removed from the outbox only once delivered (or rejected), so a failing batch is
+/// retried — on the next endpoint at once, or after a back-off when none is left — before
+/// any later one, and per-series order holds. While no endpoint takes data, the outbox
+/// spools. With one endpoint this is a plain retry loop (each replica in `replicate`
+/// mode runs one of these).
+pub async fn run(
+    senders: Vec<HttpSender>,
+    outbox: Arc<Outbox>,
+    stats: Arc<Stats>,
+    endpoint_stats: Vec<Arc<EndpointStats>>,
+    mut abort: watch::Receiver<bool>,
+) {
+    let now = Instant::now();
+    let mut health: Vec<Health> =
+        senders.iter().map(|_| Health { healthy: true, retry_at: now, backoff: new_backoff(), failures: 0 }).collect();
+    loop {
+        let batch = tokio::select! {
+            b = outbox.next() => match b { Some(b) => b, None => return },
+            _ = abort.wait_for(|a| *a) => return,
+        };
         loop {
-            let verdict = tokio::select! {
-                v = sender.post(batch.body.clone()) => v,
-                _ = abort.wait_for(|a| *a) => {
-                    give_up(&queue, &stats, batch.samples);
-                    return;
+            let now = Instant::now();
+            // The first healthy endpoint; else the first whose back-off has passed.
+            let pick = health.iter().position(|h| h.healthy).or_else(|| health.iter().position(|h| h.retry_at <= now));
+            let Some(i) = pick else {
+                let wake = health.iter().map(|h| h.retry_at).min().unwrap_or(now);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(wake.into()) => continue,
+                    _ = abort.wait_for(|a| *a) => return,
                 }
             };
+            let sender = &senders[i];
+            let verdict = tokio::select! {
+                v = sender.post(batch.body.clone()) => v,
+                _ = abort.wait_for(|a| *a) => return,
+            };
+            let h = &mut health[i];
             match verdict {
                 Verdict::Delivered => {
                     stats.batches_sent.fetch_add(1, Relaxed);
                     stats.samples_sent.fetch_add(batch.samples as u64, Relaxed);
                     stats.bytes_compressed.fetch_add(batch.body.len() as u64, Relaxed);
                     stats.bytes_uncompressed.fetch_add(batch.uncompressed_len as u64, Relaxed);
-                    if let Some(failures) = failing_since.take() {
-                        info!(url = %sender.url(), failures, "remote write delivering again");
+                    if !h.healthy {
+                        info!(url = %sender.url(), failures = h.failures, "remote write delivering again");
                     }
+                    *h = Health { healthy: true, retry_at: now, backoff: new_backoff(), failures: 0 };
+                    endpoint_stats[i].up.store(1, Relaxed);
+                    let ob = outbox.clone();
+                    let done = batch.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        ob.ack(&done);
+                        ob.set_failing(false);
+                    })
+                    .await;
                     break;
                 }
                 Verdict::Reject(why) => {
                     stats.dropped(DropReason::Rejected, batch.samples as u64);
                     error!(url = %sender.url(), samples = batch.samples, "remote write rejected the batch, dropped it (not retried): {why}");
+                    let ob = outbox.clone();
+                    let done = batch.clone();
+                    let _ = tokio::task::spawn_blocking(move || ob.ack(&done)).await;
                     break;
                 }
                 Verdict::Retry(why) => {
                     stats.send_failures.fetch_add(1, Relaxed);
-                    *failing_since.get_or_insert(0) += 1;
-                    let delay = backoff.next_delay();
-                    let (queued_batches, queued_bytes) = queue.len();
+                    endpoint_stats[i].failures.fetch_add(1, Relaxed);
+                    endpoint_stats[i].up.store(0, Relaxed);
+                    h.healthy = false;
+                    h.failures += 1;
+                    let delay = h.backoff.next_delay();
+                    h.retry_at = now + delay;
+                    let others = health.iter().any(|o| o.healthy);
+                    let (queued_batches, queued_bytes, spooled_samples) = outbox.len();
                     warn!(
                         url = %sender.url(),
-                        attempt = backoff.attempts,
+                        attempt = health[i].failures,
                         retry_in_ms = delay.as_millis() as u64,
+                        failover = others,
                         queued_batches,
                         queued_bytes,
+                        spooled_samples,
                         "remote write failed: {why}"
                     );
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = abort.wait_for(|a| *a) => {
-                            give_up(&queue, &stats, batch.samples);
-                            return;
-                        }
+                    if !others {
+                        let ob = outbox.clone();
+                        let _ = tokio::task::spawn_blocking(move || ob.set_failing(true)).await;
                     }
                 }
             }
@@ -129,10 +182,11 @@ pub async fn run(sender: HttpSender, queue: Arc<SendQueue>, stats: Arc<Stats>, m
     }
 }
 
-/// Shutdown deadline passed: count what is still undelivered.
-fn give_up(queue: &SendQueue, stats: &Stats, in_flight_samples: usize) {
-    let (batches, samples) = queue.drain();
-    let samples = samples + in_flight_samples;
-    stats.dropped(DropReason::Shutdown, samples as u64);
-    warn!(batches = batches + 1, samples, "shutdown deadline passed: undelivered samples dropped");
+/// Shutdown deadline passed: keep what is undelivered in the spool, or count it lost.
+pub async fn park(outbox: Arc<Outbox>, stats: &Stats) {
+    let left = tokio::task::spawn_blocking(move || outbox.park()).await.unwrap_or(0);
+    if left > 0 {
+        stats.dropped(DropReason::Shutdown, left);
+        warn!(samples = left, "shutdown deadline passed and no spool: undelivered samples dropped");
+    }
 }

@@ -109,6 +109,62 @@ metric!(
     "CPU time of the agent, mode=user or system."
 );
 metric!(RSS, "lsvmi_resident_memory_bytes", Gauge, "bytes", [], SOURCE, "Resident memory of the agent.");
+metric!(
+    SPOOLED,
+    "lsvmi_samples_spooled_total",
+    Counter,
+    "",
+    [],
+    SOURCE,
+    "Samples written to the disk spool because no endpoint took them (or memory was full)."
+);
+metric!(
+    REPLAYED,
+    "lsvmi_samples_replayed_total",
+    Counter,
+    "",
+    [],
+    SOURCE,
+    "Spooled samples delivered from the spool (including those a previous run left there)."
+);
+metric!(SPOOL_BYTES, "lsvmi_spool_bytes", Gauge, "bytes", [], SOURCE, "Size of the disk spool.");
+metric!(SPOOL_SAMPLES, "lsvmi_spool_samples", Gauge, "", [], SOURCE, "Samples waiting in the disk spool.");
+metric!(
+    SPOOL_AGE,
+    "lsvmi_spool_oldest_age_seconds",
+    Gauge,
+    "seconds",
+    [],
+    SOURCE,
+    "Age of the oldest batch waiting in the spool (0 when empty): how far behind delivery is."
+);
+metric!(
+    SPOOL_CORRUPT,
+    "lsvmi_spool_corrupt_records_total",
+    Counter,
+    "",
+    [],
+    SOURCE,
+    "Spool records found torn or corrupt at start (a kill mid-write): skipped, the rest delivered."
+);
+metric!(
+    ENDPOINT_UP,
+    "lsvmi_endpoint_up",
+    Gauge,
+    "",
+    ["endpoint"],
+    SOURCE,
+    "1 when the endpoint took the last batch sent to it (or none was sent yet), 0 after a failure."
+);
+metric!(
+    ENDPOINT_FAILURES,
+    "lsvmi_endpoint_failures_total",
+    Counter,
+    "",
+    ["endpoint"],
+    SOURCE,
+    "Failed attempts (5xx, 429, timeout, connection error) per endpoint."
+);
 
 pub static METRICS: &[&MetricDesc] = &[
     &COLLECTED,
@@ -128,6 +184,14 @@ pub static METRICS: &[&MetricDesc] = &[
     &MISSED_TICKS,
     &CPU,
     &RSS,
+    &SPOOLED,
+    &REPLAYED,
+    &SPOOL_BYTES,
+    &SPOOL_SAMPLES,
+    &SPOOL_AGE,
+    &SPOOL_CORRUPT,
+    &ENDPOINT_UP,
+    &ENDPOINT_FAILURES,
 ];
 
 pub struct SelfMetrics {
@@ -136,8 +200,10 @@ pub struct SelfMetrics {
 }
 
 struct Ids {
-    scalars: [SeriesId; 7],
-    dropped: [SeriesId; 3],
+    scalars: [SeriesId; 13],
+    dropped: [SeriesId; 4],
+    /// Per endpoint: (up, failures).
+    endpoints: Vec<(SeriesId, SeriesId)>,
     bytes: [SeriesId; 2],
     cpu: [SeriesId; 2],
     rss: SeriesId,
@@ -176,8 +242,34 @@ impl Source for SelfMetrics {
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
         let s = &*self.stats;
         let ids = self.ids.get_or_insert_with(|| Ids {
-            scalars: [&COLLECTED, &SENT, &BATCHES, &FAILURES, &QUEUED, &SERIES, &MISSED_TICKS]
-                .map(|d| out.series(d, &[])),
+            scalars: [
+                &COLLECTED,
+                &SENT,
+                &BATCHES,
+                &FAILURES,
+                &QUEUED,
+                &SERIES,
+                &MISSED_TICKS,
+                &SPOOLED,
+                &REPLAYED,
+                &SPOOL_BYTES,
+                &SPOOL_SAMPLES,
+                &SPOOL_AGE,
+                &SPOOL_CORRUPT,
+            ]
+            .map(|d| out.series(d, &[])),
+            endpoints: s
+                .endpoints
+                .get()
+                .map(|eps| {
+                    eps.iter()
+                        .map(|e| {
+                            let l = [("endpoint", e.url.as_str())];
+                            (out.series(&ENDPOINT_UP, &l), out.series(&ENDPOINT_FAILURES, &l))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             dropped: DropReason::ALL.map(|r| out.series(&DROPPED, &[("reason", r.as_str())])),
             bytes: ["protobuf", "snappy"].map(|e| out.series(&BYTES, &[("encoding", e)])),
             cpu: ["user", "system"].map(|m| out.series(&CPU, &[("mode", m)])),
@@ -201,6 +293,12 @@ impl Source for SelfMetrics {
             s.queued_bytes.load(Relaxed),
             series_count as u64,
             s.missed_ticks.load(Relaxed),
+            s.samples_spooled.load(Relaxed),
+            s.samples_replayed.load(Relaxed),
+            s.spool_bytes.load(Relaxed),
+            s.spool_samples.load(Relaxed),
+            s.spool_age_ms.load(Relaxed) / 1000,
+            s.spool_corrupt_records.load(Relaxed),
         ];
         for (id, v) in ids.scalars.iter().zip(scalars) {
             out.push(*id, ts, v as f64);
@@ -222,6 +320,12 @@ impl Source for SelfMetrics {
             ];
             for (id, v) in ids.iter().zip(values) {
                 out.push(*id, ts, v);
+            }
+        }
+        if let Some(eps) = s.endpoints.get() {
+            for ((up, failures), e) in ids.endpoints.iter().zip(eps) {
+                out.push(*up, ts, e.up.load(Relaxed) as f64);
+                out.push(*failures, ts, e.failures.load(Relaxed) as f64);
             }
         }
         let (cpu, rss) = own_usage();
