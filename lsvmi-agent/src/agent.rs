@@ -229,7 +229,7 @@ fn open_spool(settings: &SpoolSettings, name: &str, stats: &Stats) -> Option<Spo
         max_bytes: settings.max_bytes,
         max_age: settings.max_age,
         fsync: settings.fsync,
-        segment_bytes: (settings.max_bytes / 8).clamp(1 << 16, 16 << 20),
+        segment_bytes: (settings.max_bytes / 8).clamp(4 << 10, 16 << 20),
     };
     let result = std::fs::DirBuilder::new()
         .recursive(true)

@@ -212,8 +212,8 @@ impl Config {
             None
         } else {
             let max_bytes = spool_file.max_bytes.unwrap_or(1 << 30);
-            if max_bytes < 1 << 20 {
-                return Err(ConfigError::Invalid { key: "spool.max_bytes", reason: "must be at least 1048576".into() });
+            if max_bytes < 64 << 10 {
+                return Err(ConfigError::Invalid { key: "spool.max_bytes", reason: "must be at least 65536".into() });
             }
             Some(SpoolSettings {
                 dir: cli.spool_dir.clone().or(spool_file.dir).unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR)),

@@ -47,7 +47,7 @@ pub fn now_ms() -> i64 {
 
 /// A VictoriaMetrics process, stopped (by pid) when dropped.
 pub struct Vm {
-    child: Child,
+    child: Option<Child>,
     pub port: u16,
     _dir: tempfile::TempDir,
 }
@@ -56,25 +56,50 @@ impl Vm {
     pub fn start() -> Vm {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("vm.log")).expect("vm log");
+        let mut vm = Vm { child: None, port, _dir: dir };
+        vm.restart();
+        vm
+    }
+
+    /// Start (again) on the same port and data directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let dir = self._dir.path();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("vm.log")).expect("vm log");
         let child = Command::new("victoria-metrics")
-            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-            .arg(format!("-storageDataPath={}", dir.path().join("data").display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
+            .arg(format!("-storageDataPath={}", dir.join("data").display()))
             .args(["-retentionPeriod=100y", "-search.latencyOffset=1s", "-search.disableCache"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
             .expect("victoria-metrics not installed: run `cargo xtask setup`");
-        let vm = Vm { child, port, _dir: dir };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if vm.get("/health").is_ok_and(|b| b.trim() == "OK") {
-                return vm;
+            if self.get("/health").is_ok_and(|b| b.trim() == "OK") {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("VictoriaMetrics on port {port} did not become healthy");
+        panic!("VictoriaMetrics on port {} did not become healthy", self.port);
+    }
+
+    /// Stop it the way an operator would (SIGTERM: it flushes what it accepted).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     pub fn write_url(&self) -> String {
@@ -122,17 +147,7 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

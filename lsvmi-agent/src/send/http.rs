@@ -16,12 +16,17 @@ use super::{
 };
 use crate::stats::{DropReason, EndpointStats, Stats};
 
+/// How often endpoints in back-off are health-checked.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+
 /// Error bodies are logged verbatim up to this many bytes.
 const MAX_LOGGED_BODY: usize = 256;
 
 pub struct HttpSender {
     client: reqwest::Client,
     url: reqwest::Url,
+    /// `<scheme>://<host>:<port>/health`: VictoriaMetrics, vminsert and vmagent all serve it.
+    health: reqwest::Url,
 }
 
 impl HttpSender {
@@ -38,7 +43,17 @@ impl HttpSender {
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .build()
             .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
-        Ok(HttpSender { client, url })
+        let mut health = url.clone();
+        health.set_path("/health");
+        health.set_query(None);
+        Ok(HttpSender { client, url, health })
+    }
+
+    /// Is the endpoint answering at all? Any HTTP status below 500 counts (a sink
+    /// without `/health` answers 404, which still proves it is up).
+    pub async fn probe(&self) -> bool {
+        let req = self.client.get(self.health.clone()).timeout(Duration::from_secs(2));
+        matches!(req.send().await, Ok(r) if r.status().as_u16() < 500)
     }
 
     pub fn url(&self) -> &reqwest::Url {
@@ -112,11 +127,21 @@ pub async fn run(
             // The first healthy endpoint; else the first whose back-off has passed.
             let pick = health.iter().position(|h| h.healthy).or_else(|| health.iter().position(|h| h.retry_at <= now));
             let Some(i) = pick else {
-                let wake = health.iter().map(|h| h.retry_at).min().unwrap_or(now);
+                // Every endpoint is waiting out its back-off. Probe them meanwhile (every
+                // 2 s), so a sink that comes back is used within seconds, not at the end
+                // of a back-off that may have grown to 30 s.
+                let wake = health.iter().map(|h| h.retry_at).min().unwrap_or(now).min(now + HEALTH_EVERY);
                 tokio::select! {
-                    _ = tokio::time::sleep_until(wake.into()) => continue,
+                    _ = tokio::time::sleep_until(wake.into()) => {}
                     _ = abort.wait_for(|a| *a) => return,
                 }
+                for (h, sender) in health.iter_mut().zip(&senders) {
+                    if h.retry_at > Instant::now() && sender.probe().await {
+                        info!(url = %sender.url(), "endpoint answers its health check again");
+                        h.retry_at = Instant::now();
+                    }
+                }
+                continue;
             };
             let sender = &senders[i];
             let verdict = tokio::select! {
