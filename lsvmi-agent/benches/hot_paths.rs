@@ -1,7 +1,9 @@
 //! Criterion benchmarks of the hot paths, each next to the crate alternative it replaces:
 //! - /proc/stat parsing (every 100 ms): ours vs procfs-core's `KernelStats`;
 //! - remote-write encoding (every second): ours (cached label bytes) vs building prost
-//!   structs, both followed by the same snappy compression.
+//!   structs, both followed by the same snappy compression;
+//! - the disk spool: appending 64 KiB batches (what an outage costs per batch) and
+//!   replaying them (peek + acknowledge, what recovery costs).
 //!
 //! Run: `cargo bench -p lsvmi-agent --bench hot_paths`; figures in docs/performance.md.
 
@@ -130,5 +132,46 @@ fn bench_encode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_proc_stat, bench_encode);
+fn bench_spool(c: &mut Criterion) {
+    use lsvmi::{
+        encode::remote_write::EncodedBatch,
+        send::spool::{Fsync, Spool, SpoolConfig},
+    };
+    const BATCH: usize = 64 << 10;
+    const PER_ROUND: usize = 64;
+    let batch = EncodedBatch {
+        body: bytes::Bytes::from((0..BATCH).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>()),
+        samples: 20_000,
+        series: 2_000,
+        uncompressed_len: 4 * BATCH,
+    };
+    let mut group = c.benchmark_group("spool");
+    group.throughput(Throughput::Bytes((BATCH * PER_ROUND) as u64));
+    group.sample_size(10);
+    for fsync in [Fsync::Never, Fsync::Interval, Fsync::Always] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = SpoolConfig {
+            dir: dir.path().to_path_buf(),
+            max_bytes: 1 << 30,
+            max_age: std::time::Duration::from_secs(3600),
+            fsync,
+            segment_bytes: 16 << 20,
+        };
+        let (mut spool, _) = Spool::open(cfg).expect("spool");
+        group.bench_function(BenchmarkId::new("append_then_replay_64KiB", format!("{fsync:?}")), |b| {
+            b.iter(|| {
+                for _ in 0..PER_ROUND {
+                    spool.append(&batch).expect("append");
+                }
+                while let Some(b) = spool.peek().expect("peek") {
+                    black_box(b.body.len());
+                    spool.ack().expect("ack");
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_proc_stat, bench_encode, bench_spool);
 criterion_main!(benches);
