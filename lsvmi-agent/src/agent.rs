@@ -196,13 +196,26 @@ fn start_delivery(config: &Config, stats: &Arc<Stats>, abort: &watch::Receiver<b
             .map(|(i, u)| (format!("replica-{i}-{}", spool_name(u)), vec![u.clone()]))
             .collect(),
     };
+    let auth = crate::send::auth::AuthHeader::default();
+    // Checked when the config was read; read again here for the current value.
+    auth.set(config.credentials.header().map_err(|e| anyhow::anyhow!("credentials: {e}"))?);
+    if config.credentials != crate::send::auth::Credentials::None {
+        crate::send::auth::reload_on_sighup(config.credentials.clone(), auth.clone())
+            .context("installing the SIGHUP handler")?;
+    }
+    let settings = http::ClientSettings {
+        timeout: config.http_timeout,
+        tls: config.tls.clone(),
+        headers: config.headers.clone(),
+        auth,
+        limit: config.rate_limit.map(|(rate, burst)| Arc::new(crate::send::ratelimit::RateLimit::new(rate, burst))),
+    };
     let mut all_endpoint_stats = Vec::new();
     let (mut outboxes, mut senders) = (Vec::new(), Vec::new());
     for (name, urls) in groups {
         let spool = config.spool.as_ref().and_then(|s| open_spool(s, &name, stats));
         let outbox = Outbox::new(config.max_queued_bytes, spool, stats.clone());
-        let clients =
-            urls.iter().map(|u| HttpSender::new(u.clone(), config.http_timeout)).collect::<anyhow::Result<Vec<_>>>()?;
+        let clients = urls.iter().map(|u| HttpSender::new(u.clone(), &settings)).collect::<anyhow::Result<Vec<_>>>()?;
         let endpoint_stats: Vec<Arc<EndpointStats>> =
             urls.iter().map(|u| Arc::new(EndpointStats::new(u.to_string()))).collect();
         all_endpoint_stats.extend(endpoint_stats.iter().cloned());

@@ -44,6 +44,12 @@ pub struct FileConfig {
     pub mode: Option<DeliveryMode>,
     pub spool: Option<SpoolFileConfig>,
     pub max_batch_bytes: Option<usize>,
+    pub tls: Option<TlsFileConfig>,
+    pub auth: Option<AuthFileConfig>,
+    /// Extra request headers (a tenant header for vmauth, say); the protocol's cannot be set.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub rate_limit: Option<RateLimitFileConfig>,
     pub instance: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -91,6 +97,32 @@ pub struct SpoolFileConfig {
     #[serde(default, with = "humantime_serde")]
     pub max_age: Option<Duration>,
     pub fsync: Option<crate::send::spool::Fsync>,
+}
+
+/// `tls:` in the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFileConfig {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+/// `auth:` in the file: basic (username + password_file) or bearer_token_file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFileConfig {
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+/// `rate_limit:` in the file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFileConfig {
+    pub bytes_per_second: u64,
+    pub burst_bytes: Option<u64>,
 }
 
 /// The spool, resolved.
@@ -150,6 +182,11 @@ pub struct Config {
     pub spool: Option<SpoolSettings>,
     /// A batch goes out early when its compressed size reaches about this.
     pub max_batch_bytes: usize,
+    pub tls: crate::send::auth::Tls,
+    pub credentials: crate::send::auth::Credentials,
+    pub headers: Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>,
+    /// (bytes per second, burst bytes)
+    pub rate_limit: Option<(u64, u64)>,
     /// Host labels put on every series (`instance` always among them).
     pub host_labels: BTreeMap<String, String>,
     pub interval: Duration,
@@ -221,6 +258,49 @@ impl Config {
                 max_age: spool_file.max_age.unwrap_or(Duration::from_secs(24 * 3600)),
                 fsync: spool_file.fsync.unwrap_or(crate::send::spool::Fsync::Interval),
             })
+        };
+        let tls_file = file.tls.unwrap_or_default();
+        let tls = crate::send::auth::Tls {
+            ca_file: tls_file.ca_file,
+            cert_file: tls_file.cert_file,
+            key_file: tls_file.key_file,
+        };
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(ConfigError::Invalid { key: "tls", reason: "cert_file and key_file go together".into() });
+        }
+        use crate::send::auth::Credentials;
+        let credentials = match file.auth.unwrap_or_default() {
+            AuthFileConfig { username: None, password_file: None, bearer_token_file: None } => Credentials::None,
+            AuthFileConfig {
+                username: Some(username),
+                password_file: Some(password_file),
+                bearer_token_file: None,
+            } => Credentials::Basic { username, password_file },
+            AuthFileConfig { username: None, password_file: None, bearer_token_file: Some(token_file) } => {
+                Credentials::Bearer { token_file }
+            }
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "auth",
+                    reason: "give username and password_file (basic), or bearer_token_file alone".into(),
+                });
+            }
+        };
+        // Read once now, so a missing or empty file stops the agent at start, not later.
+        if let Err(reason) = credentials.header() {
+            return Err(ConfigError::Invalid { key: "auth", reason });
+        }
+        let headers = crate::send::auth::extra_headers(&file.headers)
+            .map_err(|reason| ConfigError::Invalid { key: "headers", reason })?;
+        let rate_limit = match file.rate_limit {
+            None => None,
+            Some(r) if r.bytes_per_second < 1024 => {
+                return Err(ConfigError::Invalid {
+                    key: "rate_limit",
+                    reason: "bytes_per_second must be at least 1024".into(),
+                });
+            }
+            Some(r) => Some((r.bytes_per_second, r.burst_bytes.unwrap_or(r.bytes_per_second.saturating_mul(4)))),
         };
         let max_batch_bytes = file.max_batch_bytes.unwrap_or(64 << 10);
         if max_batch_bytes < 1024 {
@@ -297,6 +377,10 @@ impl Config {
             mode: file.mode.unwrap_or_default(),
             spool,
             max_batch_bytes,
+            tls,
+            credentials,
+            headers,
+            rate_limit,
             host_labels,
             interval,
             batch_interval,
@@ -510,6 +594,11 @@ mod tests {
             ("spool: {max_bytes: 10}\n", "spool.max_bytes"),
             ("spool: {fsync: sometimes}\n", "fsync"),
             ("max_batch_bytes: 10\n", "max_batch_bytes"),
+            ("headers: {Content-Type: text/plain}\n", "headers"),
+            ("auth: {username: u}\n", "auth"),
+            ("auth: {bearer_token_file: /nonexistent/token}\n", "/nonexistent/token"),
+            ("tls: {cert_file: /x.pem}\n", "tls"),
+            ("rate_limit: {bytes_per_second: 10}\n", "rate_limit"),
         ] {
             let e = from_yaml(&[], yaml).unwrap_err().to_string();
             assert!(e.contains(key), "{yaml}: {e}");

@@ -9,8 +9,9 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// Debian packages: Debian's rustc/cargo with a prebuilt BPF core, LLVM 22 for
-/// bpf-linker, the real sinks the tests and `xtask run` start, and iproute2 and
-/// nftables for the BPF tests' network namespace with a drop rule.
+/// bpf-linker, the real sinks the tests and `xtask run` start, iproute2 and nftables for
+/// the BPF tests' network namespace with a drop rule, and openssl and curl for the TLS
+/// tests (certificates, and reading back from a TLS-only VictoriaMetrics).
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -21,6 +22,8 @@ const PACKAGES: &[&str] = &[
     "victoria-metrics",
     "iproute2",
     "nftables",
+    "openssl",
+    "curl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -22,37 +22,61 @@ const HEALTH_EVERY: Duration = Duration::from_secs(2);
 /// Error bodies are logged verbatim up to this many bytes.
 const MAX_LOGGED_BODY: usize = 256;
 
+/// What every sender shares: timeouts, TLS, credentials, headers, the egress limit.
+#[derive(Clone)]
+pub struct ClientSettings {
+    pub timeout: Duration,
+    pub tls: super::auth::Tls,
+    pub headers: Vec<(reqwest::header::HeaderName, HeaderValue)>,
+    pub auth: super::auth::AuthHeader,
+    pub limit: Option<Arc<super::ratelimit::RateLimit>>,
+}
+
 pub struct HttpSender {
     client: reqwest::Client,
     url: reqwest::Url,
+    auth: super::auth::AuthHeader,
+    limit: Option<Arc<super::ratelimit::RateLimit>>,
     /// `<scheme>://<host>:<port>/health`: VictoriaMetrics, vminsert and vmagent all serve it.
     health: reqwest::Url,
 }
 
 impl HttpSender {
-    pub fn new(url: reqwest::Url, timeout: Duration) -> anyhow::Result<Self> {
-        // The protocol's headers; set here once, they cannot be overridden per request.
+    pub fn new(url: reqwest::Url, settings: &ClientSettings) -> anyhow::Result<Self> {
+        // User headers first: the protocol's, inserted after, win (config already refuses
+        // reserved names; this keeps it so whatever the config code does).
         let mut headers = HeaderMap::new();
+        for (n, v) in &settings.headers {
+            headers.insert(n.clone(), v.clone());
+        }
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("snappy"));
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/x-protobuf"));
         headers.insert("X-Prometheus-Remote-Write-Version", HeaderValue::from_static("0.1.0"));
         headers.insert(USER_AGENT, HeaderValue::from_static(concat!("lsvmi/", env!("CARGO_PKG_VERSION"))));
-        let client = reqwest::Client::builder()
+        let timeout = settings.timeout;
+        let builder = reqwest::Client::builder()
             .default_headers(headers)
             .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .connect_timeout(timeout.min(Duration::from_secs(5)));
+        let client = settings
+            .tls
+            .apply(builder)
+            .map_err(|e| anyhow::anyhow!("TLS settings: {e}"))?
             .build()
             .map_err(|e| anyhow::anyhow!("building the HTTP client: {e}"))?;
         let mut health = url.clone();
         health.set_path("/health");
         health.set_query(None);
-        Ok(HttpSender { client, url, health })
+        Ok(HttpSender { client, url, health, auth: settings.auth.clone(), limit: settings.limit.clone() })
     }
 
     /// Is the endpoint answering at all? Any HTTP status below 500 counts (a sink
     /// without `/health` answers 404, which still proves it is up).
     pub async fn probe(&self) -> bool {
-        let req = self.client.get(self.health.clone()).timeout(Duration::from_secs(2));
+        let mut req = self.client.get(self.health.clone()).timeout(Duration::from_secs(2));
+        if let Some(auth) = self.auth.get() {
+            req = req.header(reqwest::header::AUTHORIZATION, auth);
+        }
         matches!(req.send().await, Ok(r) if r.status().as_u16() < 500)
     }
 
@@ -62,7 +86,17 @@ impl HttpSender {
 
     /// One POST of one batch.
     pub async fn post(&self, body: Bytes) -> Verdict {
-        match self.client.post(self.url.clone()).body(body).send().await {
+        if let Some(limit) = &self.limit {
+            let wait = limit.reserve(body.len());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let mut req = self.client.post(self.url.clone()).body(body);
+        if let Some(auth) = self.auth.get() {
+            req = req.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        match req.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 if resp.status().is_success() {

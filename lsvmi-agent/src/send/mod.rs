@@ -3,8 +3,10 @@
 //! (outbox.rs, spool.rs) — and POSTed to the first healthy endpoint, or to every one in
 //! `replicate` mode, with retries (http.rs, retry.rs).
 
+pub mod auth;
 pub mod batcher;
 pub mod http;
 pub mod outbox;
+pub mod ratelimit;
 pub mod retry;
 pub mod spool;
