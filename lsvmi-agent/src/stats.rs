@@ -89,6 +89,48 @@ pub struct Stats {
     pub spool_corrupt_records: AtomicU64,
     /// Every endpoint (of every replica), set once at start.
     pub endpoints: std::sync::OnceLock<Vec<std::sync::Arc<EndpointStats>>>,
+    /// Duration of remote-write requests (any outcome), log-linear buckets like the BPF
+    /// histograms.
+    pub send_latency: LatencyHistogram,
+}
+
+/// A histogram written by the sender and read by the self-metrics source.
+#[derive(Debug)]
+pub struct LatencyHistogram {
+    buckets: Vec<AtomicU64>,
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    fn new() -> Self {
+        LatencyHistogram {
+            buckets: (0..lsvmi_common::hist::BUCKETS).map(|_| zero()).collect(),
+            sum_ns: zero(),
+            count: zero(),
+        }
+    }
+
+    pub fn record(&self, d: std::time::Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(b) = self.buckets.get(lsvmi_common::hist::index(ns)) {
+            b.fetch_add(1, Relaxed);
+        }
+        self.sum_ns.fetch_add(ns, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> lsvmi_common::hist::Histogram {
+        let mut h = lsvmi_common::hist::Histogram {
+            buckets: [0; lsvmi_common::hist::BUCKETS],
+            sum_ns: self.sum_ns.load(Relaxed),
+            count: self.count.load(Relaxed),
+        };
+        for (dst, src) in h.buckets.iter_mut().zip(&self.buckets) {
+            *dst = src.load(Relaxed);
+        }
+        h
+    }
 }
 
 impl Stats {
@@ -122,6 +164,7 @@ impl Stats {
             spool_age_ms: zero(),
             spool_corrupt_records: zero(),
             endpoints: std::sync::OnceLock::new(),
+            send_latency: LatencyHistogram::new(),
         }
     }
 

@@ -147,6 +147,10 @@ fn every_procfs_family_arrives_and_is_sane() {
         "qdisc_drops_total",
         "host_cpus",
         "lsvmi_source_busy_seconds_total",
+        "lsvmi_send_duration_seconds_bucket",
+        "lsvmi_send_duration_seconds_count",
+        "lsvmi_endpoint_up",
+        "lsvmi_spool_bytes",
     ];
     let mut missing = Vec::new();
     for f in families {

@@ -178,10 +178,12 @@ pub async fn run(
                 continue;
             };
             let sender = &senders[i];
+            let started = Instant::now();
             let verdict = tokio::select! {
                 v = sender.post(batch.body.clone()) => v,
                 _ = abort.wait_for(|a| *a) => return,
             };
+            stats.send_latency.record(started.elapsed());
             let h = &mut health[i];
             match verdict {
                 Verdict::Delivered => {

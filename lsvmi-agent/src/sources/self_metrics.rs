@@ -166,6 +166,14 @@ metric!(
     "Failed attempts (5xx, 429, timeout, connection error) per endpoint."
 );
 
+histogram!(
+    SEND_LATENCY,
+    "lsvmi_send_duration_seconds",
+    [],
+    SOURCE,
+    "Duration of remote-write requests, whatever their outcome (a rate-limit wait included)."
+);
+
 pub static METRICS: &[&MetricDesc] = &[
     &COLLECTED,
     &SENT,
@@ -192,11 +200,15 @@ pub static METRICS: &[&MetricDesc] = &[
     &SPOOL_CORRUPT,
     &ENDPOINT_UP,
     &ENDPOINT_FAILURES,
+    &SEND_LATENCY.bucket,
+    &SEND_LATENCY.sum,
+    &SEND_LATENCY.count,
 ];
 
 pub struct SelfMetrics {
     stats: Arc<Stats>,
     ids: Option<Ids>,
+    send_latency: super::histogram::HistogramFamily,
 }
 
 struct Ids {
@@ -212,7 +224,7 @@ struct Ids {
 
 impl SelfMetrics {
     pub fn new(stats: Arc<Stats>) -> Self {
-        SelfMetrics { stats, ids: None }
+        SelfMetrics { stats, ids: None, send_latency: super::histogram::HistogramFamily::new(&SEND_LATENCY) }
     }
 }
 
@@ -327,6 +339,11 @@ impl Source for SelfMetrics {
                 out.push(*up, ts, e.up.load(Relaxed) as f64);
                 out.push(*failures, ts, e.failures.load(Relaxed) as f64);
             }
+        }
+        let latency = s.send_latency.snapshot();
+        if latency.count > 0 {
+            self.send_latency.observe_range(&latency);
+            self.send_latency.push(out, 0, Vec::new, ts, &latency);
         }
         let (cpu, rss) = own_usage();
         for (id, v) in ids.cpu.iter().zip(cpu) {
