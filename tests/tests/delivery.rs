@@ -265,25 +265,30 @@ fn by_series(series: &[Exported]) -> BTreeMap<String, Vec<(i64, Option<f64>)>> {
 }
 
 #[test]
-fn failover_to_the_second_endpoint_loses_nothing() {
+fn failover_to_the_second_endpoint_loses_nothing_and_returns_to_the_first() {
     let mut a = Vm::start();
     let b = Vm::start();
     let (_cfg_dir, config) = write_config(&format!("{LEAN}endpoints: [{}, {}]\n", a.write_url(), b.write_url()));
     let agent = std::thread::spawn(move || {
-        run_agent(&["--config", &config, "--no-bpf", "--duration", "8"], Duration::from_secs(60))
+        run_agent(&["--config", &config, "--no-bpf", "--duration", "12"], Duration::from_secs(60))
     });
     std::thread::sleep(Duration::from_secs(3));
     a.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    a.restart();
+    let back_ms = now_ms();
     let out = agent.join().expect("agent");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    a.restart();
     let (collected, dropped) = (stopped(&stderr, "collected"), stopped(&stderr, "dropped"));
     assert_eq!(dropped, 0, "{stderr}");
-    let (_, in_a) = all_values(&a);
+    let (in_a_series, in_a) = all_values(&a);
     let (_, in_b) = all_values(&b);
     assert!(in_a > 0 && in_b > 0, "a: {in_a}, b: {in_b}");
     assert_eq!((in_a + in_b) as u64, collected, "a {in_a} + b {in_b} != collected {collected}\n{stderr}");
+    // Health checks found the first endpoint again and failover went back to it.
+    let after: usize = in_a_series.iter().map(|s| s.timestamps.iter().filter(|t| **t > back_ms + 3000).count()).sum();
+    assert!(after > 0, "nothing went to the first endpoint after it came back\n{stderr}");
 }
 
 #[test]

@@ -105,7 +105,7 @@ impl HttpSender {
                 let text = resp.text().await.unwrap_or_default();
                 classify(status, truncate(text.trim(), MAX_LOGGED_BODY))
             }
-            Err(e) => Verdict::Retry(crate::bpf::describe(&e)),
+            Err(e) => Verdict::Unreachable(crate::bpf::describe(&e)),
         }
     }
 }
@@ -128,6 +128,23 @@ struct Health {
     retry_at: Instant,
     backoff: Backoff,
     failures: u32,
+    /// It stopped answering at all: health-check it every HEALTH_EVERY, and use it as
+    /// soon as it answers. (A sink that answers 5xx waits out its back-off instead.)
+    unreachable: bool,
+    next_probe: Instant,
+}
+
+impl Health {
+    fn new(now: Instant) -> Self {
+        Health {
+            healthy: true,
+            retry_at: now,
+            backoff: new_backoff(),
+            failures: 0,
+            unreachable: false,
+            next_probe: now,
+        }
+    }
 }
 
 fn new_backoff() -> Backoff {
@@ -149,31 +166,37 @@ pub async fn run(
     mut abort: watch::Receiver<bool>,
 ) {
     let now = Instant::now();
-    let mut health: Vec<Health> =
-        senders.iter().map(|_| Health { healthy: true, retry_at: now, backoff: new_backoff(), failures: 0 }).collect();
+    let mut health: Vec<Health> = senders.iter().map(|_| Health::new(now)).collect();
     loop {
         let batch = tokio::select! {
             b = outbox.next() => match b { Some(b) => b, None => return },
             _ = abort.wait_for(|a| *a) => return,
         };
         loop {
+            // Health checks of endpoints that stopped answering (every HEALTH_EVERY, also
+            // while another endpoint takes the data, so failover returns to the first).
+            for (h, sender) in health.iter_mut().zip(&senders) {
+                if h.unreachable && h.next_probe <= Instant::now() {
+                    if sender.probe().await {
+                        info!(url = %sender.url(), "endpoint answers its health check again");
+                        h.unreachable = false;
+                        h.retry_at = Instant::now();
+                    } else {
+                        h.next_probe = Instant::now() + HEALTH_EVERY;
+                    }
+                }
+            }
             let now = Instant::now();
-            // The first healthy endpoint; else the first whose back-off has passed.
-            let pick = health.iter().position(|h| h.healthy).or_else(|| health.iter().position(|h| h.retry_at <= now));
+            // In the order given: the first that is healthy or whose back-off has passed.
+            let pick = health.iter().position(|h| h.healthy || h.retry_at <= now);
             let Some(i) = pick else {
-                // Every endpoint is waiting out its back-off. Probe them meanwhile (every
-                // 2 s), so a sink that comes back is used within seconds, not at the end
-                // of a back-off that may have grown to 30 s.
-                let wake = health.iter().map(|h| h.retry_at).min().unwrap_or(now).min(now + HEALTH_EVERY);
+                let mut wake = health.iter().map(|h| h.retry_at).min().unwrap_or(now);
+                if let Some(probe) = health.iter().filter(|h| h.unreachable).map(|h| h.next_probe).min() {
+                    wake = wake.min(probe);
+                }
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake.into()) => {}
                     _ = abort.wait_for(|a| *a) => return,
-                }
-                for (h, sender) in health.iter_mut().zip(&senders) {
-                    if h.retry_at > Instant::now() && sender.probe().await {
-                        info!(url = %sender.url(), "endpoint answers its health check again");
-                        h.retry_at = Instant::now();
-                    }
                 }
                 continue;
             };
@@ -194,7 +217,7 @@ pub async fn run(
                     if !h.healthy {
                         info!(url = %sender.url(), failures = h.failures, "remote write delivering again");
                     }
-                    *h = Health { healthy: true, retry_at: now, backoff: new_backoff(), failures: 0 };
+                    *h = Health::new(now);
                     endpoint_stats[i].up.store(1, Relaxed);
                     let ob = outbox.clone();
                     let done = batch.clone();
@@ -213,7 +236,9 @@ pub async fn run(
                     let _ = tokio::task::spawn_blocking(move || ob.ack(&done)).await;
                     break;
                 }
-                Verdict::Retry(why) => {
+                Verdict::Retry(ref why) | Verdict::Unreachable(ref why) => {
+                    h.unreachable = matches!(verdict, Verdict::Unreachable(_));
+                    h.next_probe = now + HEALTH_EVERY;
                     stats.send_failures.fetch_add(1, Relaxed);
                     endpoint_stats[i].failures.fetch_add(1, Relaxed);
                     endpoint_stats[i].up.store(0, Relaxed);

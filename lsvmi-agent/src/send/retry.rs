@@ -8,8 +8,11 @@ use std::time::Duration;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     Delivered,
-    /// Try again after a back-off; the string says why, for the log.
+    /// The sink answered 5xx or 429: try again after a back-off; the string says why.
     Retry(String),
+    /// No answer (connection refused, timeout, DNS): try again after a back-off, or as
+    /// soon as the endpoint answers a health check.
+    Unreachable(String),
     /// Give up on this batch; the string says why.
     Reject(String),
 }
