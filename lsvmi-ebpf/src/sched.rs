@@ -52,21 +52,21 @@ fn field<T: Copy>(base: *const u8, off: u32) -> T {
     unsafe { core::ptr::read_volatile(base.add(off as usize).cast::<T>()) }
 }
 
-/// Run-queue latency of `next`, on the runqueue clock, if it was queued.
+/// This CPU's runqueue clock (`next->se.cfs_rq->rq->clock`, updated by `__schedule` just
+/// before the tracepoint), or None without the offsets or on a failed read.
 #[inline(always)]
-fn runq_latency(next: *const u8, o: &SchedOffsets) -> Option<u64> {
+fn rq_clock(next: *const u8, o: &SchedOffsets) -> Option<u64> {
     if o.runq == 0 {
-        return None;
-    }
-    let queued: u64 = field(next, o.last_queued);
-    if queued == 0 {
         return None;
     }
     let cfs_rq: *const u8 = field(next, o.se_cfs_rq);
     let rq: *const u8 = field(cfs_rq, o.cfs_rq_rq);
     let clock: u64 = field(rq, o.rq_clock);
-    Some(clock.saturating_sub(queued))
+    (clock != 0).then_some(clock)
 }
+
+/// Refresh the (runqueue clock, ktime) pair at most this often.
+const PAIR_EVERY_NS: u64 = 1_000_000;
 
 /// `tp_btf/sched_switch(bool preempt, prev, next, unsigned int prev_state)`.
 ///
@@ -78,10 +78,27 @@ fn runq_latency(next: *const u8, o: &SchedOffsets) -> Option<u64> {
 pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let Some(cpu) = cpu_state() else { return 0 };
     let o = global(&SCHED_OFFSETS);
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
+    // The CPU's clock: the runqueue clock when reachable (no helper call), else ktime.
+    let rq_now = rq_clock(next, &o);
+    let now = match rq_now {
+        Some(c) => {
+            if c.wrapping_sub(cpu.pair_rq) > PAIR_EVERY_NS {
+                // SAFETY: helper without preconditions.
+                cpu.pair_ktime = unsafe { bpf_ktime_get_ns() };
+                cpu.pair_rq = c;
+            }
+            c
+        }
+        // A failed read with the offsets known: do not mix clocks, skip the timing.
+        None if o.runq != 0 => {
+            cpu.switches += 1;
+            return 0;
+        }
+        // SAFETY: helper without preconditions.
+        None => unsafe { bpf_ktime_get_ns() },
+    };
     let prev_pid: i32 = field(prev, o.pid);
     cpu.switches += 1;
     let ran = if cpu.last_switch_ns != 0 { now.saturating_sub(cpu.last_switch_ns) } else { 0 };
@@ -101,10 +118,14 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     let next_pid: i32 = field(next, o.pid);
     let mut wait = 0;
     if next_pid != 0
-        && let Some(latency) = runq_latency(next, &o)
+        && let Some(clock) = rq_now
     {
-        wait = latency;
-        cpu.runq.record(latency);
+        // Queued: the kernel's own stamp, on the same runqueue clock.
+        let queued: u64 = field(next, o.last_queued);
+        if queued != 0 {
+            wait = clock.saturating_sub(queued);
+            cpu.runq.record(wait);
+        }
     }
     cpu.running_pid = next_pid as u64;
     cpu.running_wait_ns = wait;

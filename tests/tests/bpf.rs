@@ -222,3 +222,50 @@ fn program_logs_are_forwarded_at_debug_level_only() {
     let stderr = String::from_utf8_lossy(&debug.stderr);
     assert!(debug.status.success() && stderr.contains(line), "not forwarded at debug level:\n{stderr}");
 }
+
+/// A thread spinning on one CPU for 1.5 s, never switching out: that CPU's busy time grows
+/// by about as much (the agent adds the running stretch at every read), not by zero.
+#[test]
+fn a_cpu_busy_without_switching_reads_busy() {
+    if !is_root() {
+        eprintln!("skipping: BPF needs root");
+        return;
+    }
+    let spin = std::thread::spawn(|| {
+        // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity on this thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(1, &mut set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        let start = lsvmi_tests::now_ms();
+        let t0 = Instant::now();
+        let mut x = 0u64;
+        while t0.elapsed() < Duration::from_millis(1500) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        start
+    });
+    let out = run_agent(&["--dry-run", "--duration", "3", "--cpus", "0"], Duration::from_secs(30));
+    let start = spin.join().expect("spin");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let busy = growth(&stdout, "sched_cpu_busy_seconds_total", "cpu=\"1\"");
+    assert!(busy >= 1.3 && busy <= 3.2, "CPU 1 busy grew by {busy} s while a thread spun on it for 1.5 s");
+    // And it grows while the spin lasts, not in one step when the thread finally leaves.
+    let inside: Vec<(i64, f64)> = stdout
+        .lines()
+        .filter(|l| l.starts_with("sched_cpu_busy_seconds_total{") && l.contains("cpu=\"1\""))
+        .filter_map(|l| {
+            let mut p = l.rsplitn(3, ' ');
+            let ts: i64 = p.next()?.parse().ok()?;
+            let v: f64 = p.next()?.parse().ok()?;
+            Some((ts, v))
+        })
+        .filter(|(ts, _)| *ts > start + 300 && *ts < start + 1200)
+        .collect();
+    let (Some(first), Some(last)) = (inside.first(), inside.last()) else { panic!("no samples during the spin") };
+    let wall = (last.0 - first.0) as f64 / 1000.0;
+    assert!(wall > 0.3 && last.1 - first.1 >= 0.8 * wall, "busy {first:?} → {last:?} during the spin");
+}

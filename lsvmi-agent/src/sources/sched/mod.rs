@@ -158,8 +158,11 @@ impl Source for SchedSource {
                 out.push(series.switches, ts, v.switches as f64);
                 out.push(series.voluntary, ts, v.voluntary as f64);
                 out.push(series.involuntary, ts, v.involuntary as f64);
+                // "Now" on this CPU's clock: the runqueue clock placed by its last
+                // (rq clock, CLOCK_MONOTONIC) pair, or CLOCK_MONOTONIC itself.
+                let cpu_now = if v.pair_ktime != 0 { v.pair_rq + now_ns.saturating_sub(v.pair_ktime) } else { now_ns };
                 let running = if v.running_pid != 0 && v.last_switch_ns != 0 {
-                    now_ns.saturating_sub(v.last_switch_ns)
+                    cpu_now.saturating_sub(v.last_switch_ns)
                 } else {
                     0
                 };
