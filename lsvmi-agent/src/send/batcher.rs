@@ -101,7 +101,9 @@ impl Batcher {
                     for outbox in outboxes {
                         // The outbox may write to the spool: file I/O off the runtime thread.
                         let (o, b) = (outbox.clone(), batch.clone());
-                        if let Err(e) = tokio::task::spawn_blocking(move || o.push(b)).await {
+                        if !o.on_disk() {
+                            o.push(b);
+                        } else if let Err(e) = tokio::task::spawn_blocking(move || o.push(b)).await {
                             error!("outbox task failed: {e}");
                         }
                     }

@@ -219,13 +219,16 @@ pub async fn run(
                     }
                     *h = Health::new(now);
                     endpoint_stats[i].up.store(1, Relaxed);
-                    let ob = outbox.clone();
-                    let done = batch.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        ob.ack(&done);
-                        ob.set_failing(false);
-                    })
-                    .await;
+                    if outbox.on_disk() {
+                        let (ob, done) = (outbox.clone(), batch.clone());
+                        let _ = tokio::task::spawn_blocking(move || {
+                            ob.ack(&done);
+                            ob.set_failing(false);
+                        })
+                        .await;
+                    } else {
+                        outbox.ack(&batch);
+                    }
                     break;
                 }
                 Verdict::Reject(why) => {

@@ -97,6 +97,14 @@ impl Outbox {
         }
     }
 
+    /// Whether the next operation may touch the disk (the spool holds batches, or the
+    /// sink is failing so new ones will go there). When not, callers skip the hop to the
+    /// blocking thread pool: the common case costs no extra thread wake-up.
+    pub fn on_disk(&self) -> bool {
+        let q = self.lock();
+        q.spool.as_ref().is_some_and(|s| q.failing || !s.is_empty())
+    }
+
     /// Queue a batch. Blocking file I/O when it goes to the spool.
     pub fn push(&self, batch: EncodedBatch) {
         let mut q = self.lock();
@@ -164,7 +172,12 @@ impl Outbox {
         loop {
             let me = self.clone();
             let notified = self.notify.notified();
-            match tokio::task::spawn_blocking(move || me.peek_now()).await {
+            let peeked = if self.on_disk() {
+                tokio::task::spawn_blocking(move || me.peek_now()).await
+            } else {
+                Ok(me.peek_now())
+            };
+            match peeked {
                 Ok(Ok(Some(b))) => return Some(b),
                 Ok(Err(true)) => return None,
                 Ok(_) => {}
