@@ -343,3 +343,36 @@ pub mod load {
         });
     }
 }
+
+/// One HTTP/1.1 request read off a kept-alive connection: the head (lower-cased) and the
+/// body (by Content-Length). `buf` carries bytes read past this request to the next call.
+/// `None` when the peer closed or the read failed. For the tests' own receivers.
+pub fn read_request(conn: &mut impl std::io::Read, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+    let mut chunk = [0u8; 8192];
+    let mut fill = |buf: &mut Vec<u8>| match conn.read(&mut chunk) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+    };
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if !fill(buf) {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok())).unwrap_or(0);
+    while buf.len() < end + len {
+        if !fill(buf) {
+            return None;
+        }
+    }
+    let body = buf[end..end + len].to_vec();
+    buf.drain(..end + len);
+    Some((head, body))
+}

@@ -4,14 +4,14 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{Read as _, Write as _},
+    io::Write as _,
     net::{TcpListener, TcpStream},
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use lsvmi_tests::{Exported, Vm, agent_bin, free_port, now_ms, run_agent, write_config};
+use lsvmi_tests::{Exported, Vm, agent_bin, free_port, now_ms, read_request, run_agent, write_config};
 
 /// `key=value` of the agent's last "lsvmi stopped" line.
 fn stopped(stderr: &str, key: &str) -> u64 {
@@ -163,31 +163,7 @@ type Script = Mutex<std::vec::IntoIter<u16>>;
 
 fn serve(mut conn: TcpStream, log: &RequestLog, script: &Script, delay: Duration) {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        // Headers.
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0);
-        while buf.len() < head_end + len {
-            match conn.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body = buf[head_end..head_end + len].to_vec();
-        buf.drain(..head_end + len);
+    while let Some((_, body)) = read_request(&mut conn, &mut buf) {
         let status = script.lock().unwrap().next().unwrap_or(204);
         std::thread::sleep(delay);
         log.lock().unwrap().push((status, body, Instant::now()));

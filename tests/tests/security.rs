@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lsvmi_tests::{agent_bin, free_port, run_agent, write_config};
+use lsvmi_tests::{agent_bin, free_port, read_request, run_agent, write_config};
 
 fn sh(cmd: &mut Command) {
     let st = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().expect("spawn (cargo xtask setup installs it)");
@@ -154,30 +154,8 @@ fn receiver() -> (String, Seen) {
             std::thread::spawn(move || {
                 let mut conn = conn;
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else {
-                        match conn.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase().strip_prefix("content-length:").and_then(|v| v.trim().parse().ok())
-                        })
-                        .unwrap_or(0);
-                    while buf.len() < end + len {
-                        match conn.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..end + len);
-                    s.lock().unwrap().push((head, len));
+                while let Some((head, body)) = read_request(&mut conn, &mut buf) {
+                    s.lock().unwrap().push((head, body.len()));
                     if conn.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").is_err() {
                         return;
                     }
@@ -219,13 +197,12 @@ fn bearer_token_is_re_read_on_sighup_never_logged_and_headers_are_added() {
     assert!(stderr.contains("SIGHUP: credentials re-read"), "{stderr}");
     assert!(!stderr.contains("tok-FIRST") && !stderr.contains("tok-SECOND"), "a token was logged");
     let seen = seen.lock().unwrap();
-    let auth: Vec<&str> = seen
-        .iter()
-        .filter_map(|(h, _)| h.lines().find(|l| l.to_ascii_lowercase().starts_with("authorization:")))
-        .collect();
+    let auth: Vec<&str> =
+        seen.iter().filter_map(|(h, _)| h.lines().find(|l| l.starts_with("authorization:"))).collect();
     assert_eq!(auth.len(), seen.len(), "a request without Authorization");
-    assert!(auth.first().is_some_and(|a| a.ends_with("Bearer tok-FIRST-9c1")), "{auth:?}");
-    assert!(auth.last().is_some_and(|a| a.ends_with("Bearer tok-SECOND-4e7")), "{auth:?}");
+    // Heads come lower-cased from read_request.
+    assert!(auth.first().is_some_and(|a| a.ends_with("bearer tok-first-9c1")), "{auth:?}");
+    assert!(auth.last().is_some_and(|a| a.ends_with("bearer tok-second-4e7")), "{auth:?}");
     assert!(seen.iter().all(|(h, _)| h.contains("x-scope-orgid: tenant-42")), "extra header missing");
     assert!(seen.iter().all(|(h, _)| h.contains("content-encoding: snappy")), "protocol header missing");
 }
@@ -275,33 +252,10 @@ fn mtls_server(dir: &Path) -> (u16, Arc<Mutex<usize>>) {
                 let Ok(conn) = rustls::ServerConnection::new(config) else { return };
                 let mut tls = rustls::StreamOwned::new(conn, tcp);
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else {
-                        match tls.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
-                        .unwrap_or(0);
-                    while buf.len() < end + len {
-                        match tls.read(&mut chunk) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..end + len);
+                while read_request(&mut tls, &mut buf).is_some() {
                     *count.lock().unwrap() += 1;
-                    if tls
-                        .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
-                        .and_then(|()| tls.flush())
-                        .is_err()
-                    {
+                    let ok = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n";
+                    if tls.write_all(ok).and_then(|()| tls.flush()).is_err() {
                         return;
                     }
                 }

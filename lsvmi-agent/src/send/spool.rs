@@ -496,21 +496,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_torn_last_record_is_skipped_and_everything_before_it_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut s, _) = Spool::open(SpoolConfig { segment_bytes: 1 << 20, ..cfg(dir.path()) }).unwrap();
+    /// A one-segment spool holding batches 1, 2, 3, closed; returns its segment file.
+    fn three_records(dir: &Path) -> PathBuf {
+        let (mut s, _) = Spool::open(SpoolConfig { segment_bytes: 1 << 20, ..cfg(dir) }).unwrap();
         for n in 1..=3 {
             s.append(&batch(n)).unwrap();
         }
         drop(s);
-        // Cut the last record in half, as a SIGKILL mid-write would.
-        let seg = fs::read_dir(dir.path())
+        fs::read_dir(dir)
             .unwrap()
             .flatten()
-            .find(|e| e.path().extension().is_some_and(|x| x == "seg"))
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
             .unwrap()
-            .path();
+    }
+
+    #[test]
+    fn a_torn_last_record_is_skipped_and_everything_before_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = three_records(dir.path());
+        // Cut the last record in half, as a SIGKILL mid-write would.
         let len = fs::metadata(&seg).unwrap().len();
         OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 50).unwrap();
         let (mut s, lost) = Spool::open(SpoolConfig { segment_bytes: 1 << 20, ..cfg(dir.path()) }).unwrap();
@@ -522,17 +527,7 @@ mod tests {
     #[test]
     fn a_flipped_bit_fails_the_checksum() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut s, _) = Spool::open(SpoolConfig { segment_bytes: 1 << 20, ..cfg(dir.path()) }).unwrap();
-        for n in 1..=3 {
-            s.append(&batch(n)).unwrap();
-        }
-        drop(s);
-        let seg = fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .find(|e| e.path().extension().is_some_and(|x| x == "seg"))
-            .unwrap()
-            .path();
+        let seg = three_records(dir.path());
         let mut bytes = fs::read(&seg).unwrap();
         let second = bytes.len() / 3 + 40;
         bytes[second] ^= 0x10;
