@@ -144,29 +144,32 @@ fn submit(ctx: &TracePointContext, cpu: &mut CpuNet, ev: &NetEvent) {
     }
 }
 
+/// A socket event counted by its TCP state, with a record: retransmit, reset sent.
+#[inline(always)]
+fn by_state(
+    ctx: &TracePointContext,
+    f: &TpFields,
+    kind: u16,
+    counters: impl FnOnce(&mut CpuNet) -> &mut [u64; TCP_STATES],
+) {
+    let Some(cpu) = cpu_state() else { return };
+    let state: i32 = read(ctx, f.state).unwrap_or(0);
+    counters(cpu)[state_slot(state)] += 1;
+    let mut ev = new_event(kind);
+    ev.detail = state as u32;
+    fill_addresses(ctx, f, &mut ev);
+    submit(ctx, cpu, &ev);
+}
+
 #[tracepoint(category = "tcp", name = "tcp_retransmit_skb")]
 pub fn tcp_retransmit_skb(ctx: TracePointContext) -> u32 {
-    let Some(cpu) = cpu_state() else { return 0 };
-    let f = fields!(retransmit);
-    let state: i32 = read(&ctx, f.state).unwrap_or(0);
-    cpu.retransmits[state_slot(state)] += 1;
-    let mut ev = new_event(EVENT_RETRANSMIT);
-    ev.detail = state as u32;
-    fill_addresses(&ctx, &f, &mut ev);
-    submit(&ctx, cpu, &ev);
+    by_state(&ctx, &fields!(retransmit), EVENT_RETRANSMIT, |c| &mut c.retransmits);
     0
 }
 
 #[tracepoint(category = "tcp", name = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    let Some(cpu) = cpu_state() else { return 0 };
-    let f = fields!(send_reset);
-    let state: i32 = read(&ctx, f.state).unwrap_or(0);
-    cpu.resets_sent[state_slot(state)] += 1;
-    let mut ev = new_event(EVENT_SEND_RESET);
-    ev.detail = state as u32;
-    fill_addresses(&ctx, &f, &mut ev);
-    submit(&ctx, cpu, &ev);
+    by_state(&ctx, &fields!(send_reset), EVENT_SEND_RESET, |c| &mut c.resets_sent);
     0
 }
 
