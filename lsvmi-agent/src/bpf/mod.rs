@@ -244,11 +244,16 @@ impl Bpf {
             .collect()
     }
 
-    /// Take a map out of the object for a source to own.
-    pub fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map, BpfError> {
-        self.ebpf
+    /// Take a map out of the object for a source to own, as its typed aya map.
+    pub fn take_map<T>(&mut self, name: &'static str) -> Result<T, BpfError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = self
+            .ebpf
             .take_map(name)
-            .ok_or_else(|| BpfError::Kernel { what: name.into(), cause: "map missing from the object".into() })
+            .ok_or_else(|| BpfError::Kernel { what: name.into(), cause: "map missing from the object".into() })?;
+        T::try_from(map).map_err(|e| BpfError::kernel(name, &e))
     }
 }
 

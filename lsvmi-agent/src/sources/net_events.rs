@@ -263,11 +263,8 @@ impl NetEventsSource {
         if !on.iter().any(|&o| o) {
             return Err(BpfError::Kernel { what: "network programs".into(), cause: "none is running".into() });
         }
-        let map = PerCpuArray::try_from(bpf.take_map(CPU_MAP)?).map_err(|e| BpfError::kernel(CPU_MAP, &e))?;
-        let ring = match bpf
-            .take_map(EVENTS_MAP)
-            .and_then(|m| RingBuf::try_from(m).map_err(|e| BpfError::kernel(EVENTS_MAP, &e)))
-        {
+        let map = bpf.take_map(CPU_MAP)?;
+        let ring = match bpf.take_map::<RingBuf<MapData>>(EVENTS_MAP) {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::warn!("network event records unavailable: {e}; the counters continue");

@@ -49,7 +49,7 @@ impl SoftirqTimeSource {
         if !on.iter().all(|&o| o) {
             return Err(BpfError::Kernel { what: "softirq time".into(), cause: "needs both softirq programs".into() });
         }
-        let map = PerCpuArray::try_from(bpf.take_map(CPU_MAP)?).map_err(|e| BpfError::kernel(CPU_MAP, &e))?;
+        let map = bpf.take_map(CPU_MAP)?;
         Ok(SoftirqTimeSource { map, series: Vec::new() })
     }
 }

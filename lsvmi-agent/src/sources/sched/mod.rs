@@ -123,7 +123,6 @@ impl SchedSource {
             });
         }
         let map = bpf.take_map(CPU_MAP)?;
-        let map = PerCpuArray::try_from(map).map_err(|e| BpfError::kernel(CPU_MAP, &e))?;
         Ok(SchedSource { map, switch, runq, migrate, cpus: Vec::new(), runq_hist: HistogramFamily::new(&RUNQ_LATENCY) })
     }
 }

@@ -76,7 +76,6 @@ impl SchedTasksSource {
     /// (`LoadOptions::task_stats`); this source only reads.
     pub fn attach(bpf: &mut Bpf) -> Result<Self, BpfError> {
         let map = bpf.take_map(TASKS_MAP)?;
-        let map = BpfHashMap::try_from(map).map_err(|e| BpfError::kernel(TASKS_MAP, &e))?;
         Ok(SchedTasksSource {
             map,
             known: HashMap::new(),
