@@ -193,17 +193,19 @@ impl Outbox {
     /// `batch` (from [`next`](Self::next)) was delivered or rejected: remove it.
     pub fn ack(&self, batch: &EncodedBatch) {
         let mut q = self.lock();
-        let from_spool = q.spool.as_mut().is_some_and(|s| matches!(s.peek(), Ok(Some(_))));
-        if from_spool {
-            if let Some(spool) = q.spool.as_mut() {
-                // The spool may have dropped the head to stay in bounds meanwhile; only
-                // remove the record that is this batch.
-                if matches!(spool.peek(), Ok(Some(h)) if h.samples == batch.samples && h.body == batch.body) {
-                    if let Err(e) = spool.ack() {
-                        tracing::warn!("spool: {e}");
-                    }
-                    self.stats.samples_replayed.fetch_add(batch.samples as u64, Relaxed);
+        // The head is the spool's first record when the spool holds any, else memory's.
+        let spool_head = q.spool.as_mut().and_then(|s| s.peek().ok().flatten());
+        if let Some(head) = spool_head {
+            // The spool may have dropped the head to stay in bounds meanwhile; only
+            // remove the record that is this batch.
+            if head.samples == batch.samples
+                && head.body == batch.body
+                && let Some(spool) = q.spool.as_mut()
+            {
+                if let Err(e) = spool.ack() {
+                    tracing::warn!("spool: {e}");
                 }
+                self.stats.samples_replayed.fetch_add(batch.samples as u64, Relaxed);
             }
         } else if q.memory.front().is_some_and(|h| h.body == batch.body)
             && let Some(b) = q.memory.pop_front()
