@@ -76,6 +76,9 @@ struct Segment {
     samples: u64,
     /// `written at` of its newest record (ms since the epoch).
     newest_ms: i64,
+    /// `written at` of its first undelivered record, or of the last delivered one (which
+    /// is at most one batch older): what `lsvmi_spool_oldest_age_seconds` reports.
+    oldest_ms: i64,
 }
 
 pub struct Spool {
@@ -87,7 +90,7 @@ pub struct Spool {
     cursor: (u64, u64),
     reader: Option<(u64, BufReader<File>)>,
     /// The record at the cursor, read but not yet acknowledged, and its size on disk.
-    head: Option<(EncodedBatch, u64)>,
+    head: Option<(EncodedBatch, u64, i64)>,
     last_sync: Instant,
     dirty: bool,
 }
@@ -180,7 +183,7 @@ impl Spool {
                 continue;
             }
             let start = if id == cursor.0 { cursor.1 } else { 0 };
-            let mut seg = Segment { id, bytes: 0, samples: 0, newest_ms: 0 };
+            let mut seg = Segment { id, bytes: 0, samples: 0, newest_ms: 0, oldest_ms: 0 };
             let mut file = OpenOptions::new().read(true).write(true).open(&path)?;
             let len = file.metadata()?.len();
             let mut r = BufReader::new(&mut file);
@@ -194,6 +197,9 @@ impl Spool {
                         good_end = at;
                         seg.bytes += size;
                         if at > start {
+                            if seg.samples == 0 {
+                                seg.oldest_ms = ts;
+                            }
                             seg.samples += b.samples as u64;
                         }
                         seg.newest_ms = seg.newest_ms.max(ts);
@@ -250,7 +256,7 @@ impl Spool {
     /// Age of the oldest waiting record.
     pub fn oldest_age(&self) -> Option<Duration> {
         let oldest = self.segments.iter().find(|s| s.samples > 0)?;
-        Some(Duration::from_millis((now_ms() - oldest.newest_ms).max(0) as u64))
+        Some(Duration::from_millis((now_ms() - oldest.oldest_ms).max(0) as u64))
     }
 
     /// Append a batch. Returns what had to be dropped to stay within the bounds.
@@ -268,7 +274,7 @@ impl Spool {
             };
             let file = OpenOptions::new().create(true).append(true).mode(0o600).open(seg_path(&self.cfg.dir, id))?;
             if roll {
-                self.segments.push_back(Segment { id, bytes: 0, samples: 0, newest_ms: 0 });
+                self.segments.push_back(Segment { id, bytes: 0, samples: 0, newest_ms: 0, oldest_ms: 0 });
                 if self.segments.len() == 1 {
                     self.cursor = (id, 0);
                 }
@@ -286,9 +292,13 @@ impl Spool {
             return Err(e);
         }
         if let Some(s) = self.segments.back_mut() {
+            let now = now_ms();
+            if s.samples == 0 {
+                s.oldest_ms = now;
+            }
             s.bytes += rec.len() as u64;
             s.samples += batch.samples as u64;
-            s.newest_ms = now_ms();
+            s.newest_ms = now;
         }
         self.dirty = true;
         self.maybe_sync()?;
@@ -331,7 +341,7 @@ impl Spool {
     /// The oldest undelivered batch, read from disk once and kept until [`ack`](Self::ack).
     pub fn peek(&mut self) -> io::Result<Option<EncodedBatch>> {
         loop {
-            if let Some((b, _)) = &self.head {
+            if let Some((b, _, _)) = &self.head {
                 return Ok(Some(b.clone()));
             }
             let Some(seg) = self.segments.iter().find(|s| s.id >= self.cursor.0) else { return Ok(None) };
@@ -356,8 +366,8 @@ impl Spool {
             }
             let Some((_, r)) = self.reader.as_mut() else { return Ok(None) };
             match read_record(r) {
-                Ok(Some((b, _, size))) => {
-                    self.head = Some((b, size));
+                Ok(Some((b, ts, size))) => {
+                    self.head = Some((b, size, ts));
                 }
                 Ok(None) => return Ok(None),
                 Err(why) => {
@@ -379,10 +389,11 @@ impl Spool {
 
     /// The batch from [`peek`](Self::peek) was delivered (or rejected): move past it.
     pub fn ack(&mut self) -> io::Result<()> {
-        if let Some((b, size)) = self.head.take() {
+        if let Some((b, size, ts)) = self.head.take() {
             self.cursor.1 += size;
             if let Some(s) = self.segments.iter_mut().find(|s| s.id == self.cursor.0) {
                 s.samples = s.samples.saturating_sub(b.samples as u64);
+                s.oldest_ms = ts;
             }
             self.write_cursor();
             self.maybe_sync()?;
@@ -550,6 +561,20 @@ mod tests {
         assert_eq!(kept.last(), Some(&20));
         assert!(kept.windows(2).all(|w| w[0] < w[1]), "{kept:?}");
         assert_eq!(dropped + kept.iter().sum::<usize>() as u64, (1..=20).sum::<u64>());
+    }
+
+    #[test]
+    fn oldest_age_is_that_of_the_first_waiting_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(SpoolConfig { segment_bytes: 1 << 20, ..cfg(dir.path()) }).unwrap();
+        assert_eq!(s.oldest_age(), None);
+        s.append(&batch(1)).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        s.append(&batch(2)).unwrap();
+        // One segment: its first record, not its newest, sets the age.
+        assert!(s.oldest_age().unwrap() >= Duration::from_millis(250), "{:?}", s.oldest_age());
+        drain(&mut s);
+        assert_eq!(s.oldest_age(), None);
     }
 
     #[test]
