@@ -1,11 +1,7 @@
 //! Wiring: sources → sampler → batcher → outbox (memory, spool) → sender per
 //! destination, and an orderly stop.
 
-use std::{
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
@@ -244,16 +240,8 @@ fn open_spool(settings: &SpoolSettings, name: &str, stats: &Stats) -> Option<Spo
         fsync: settings.fsync,
         segment_bytes: (settings.max_bytes / 8).clamp(4 << 10, 16 << 20),
     };
-    let result = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .and_then(|()| lock_dir(&dir))
-        .and_then(|lock| Spool::open(cfg).map(|(s, lost)| (s, lost, lock)));
-    match result {
-        Ok((spool, lost, lock)) => {
-            // The lock lives as long as the process.
-            std::mem::forget(lock);
+    match Spool::open(cfg) {
+        Ok((spool, lost)) => {
             stats.spool_corrupt_records.fetch_add(lost.corrupt_records, std::sync::atomic::Ordering::Relaxed);
             let waiting = spool.pending_samples();
             if waiting > 0 {
@@ -266,18 +254,6 @@ fn open_spool(settings: &SpoolSettings, name: &str, stats: &Stats) -> Option<Spo
             None
         }
     }
-}
-
-/// An exclusive flock on `<dir>/lock`: two agents must not share a spool.
-fn lock_dir(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::fd::AsRawFd as _;
-    let file =
-        std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(dir.join("lock"))?;
-    // SAFETY: flock on a file descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(std::io::Error::other("in use by another lsvmi process"));
-    }
-    Ok(file)
 }
 
 /// The sources that run BPF programs.

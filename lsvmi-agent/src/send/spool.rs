@@ -93,6 +93,19 @@ pub struct Spool {
     head: Option<(EncodedBatch, u64, i64)>,
     last_sync: Instant,
     dirty: bool,
+    /// An exclusive flock on `<dir>/lock`, held while the spool is open: two agents must
+    /// not share a spool (each would replay and delete the other's records).
+    _lock: File,
+}
+
+fn lock_dir(dir: &Path) -> io::Result<File> {
+    use std::os::fd::AsRawFd as _;
+    let file = OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(dir.join("lock"))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::other("in use by another lsvmi process"));
+    }
+    Ok(file)
 }
 
 fn seg_path(dir: &Path, id: u64) -> PathBuf {
@@ -162,6 +175,7 @@ impl Spool {
     /// corrupt records.
     pub fn open(cfg: SpoolConfig) -> io::Result<(Spool, Lost)> {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(&cfg.dir)?;
+        let lock = lock_dir(&cfg.dir)?;
         let mut ids: Vec<u64> = fs::read_dir(&cfg.dir)?
             .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".seg")?.parse().ok())
             .collect();
@@ -232,6 +246,7 @@ impl Spool {
             head: None,
             last_sync: Instant::now(),
             dirty: false,
+            _lock: lock,
         };
         if spool.segments.front().is_some_and(|s| s.id > spool.cursor.0) || spool.segments.is_empty() {
             spool.cursor = (spool.segments.front().map_or(0, |s| s.id), 0);
@@ -575,6 +590,14 @@ mod tests {
         assert!(s.oldest_age().unwrap() >= Duration::from_millis(250), "{:?}", s.oldest_age());
         drain(&mut s);
         assert_eq!(s.oldest_age(), None);
+    }
+
+    #[test]
+    fn a_second_spool_on_the_same_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_first, _) = Spool::open(cfg(dir.path())).unwrap();
+        let err = Spool::open(cfg(dir.path())).err().unwrap();
+        assert!(err.to_string().contains("in use"), "{err}");
     }
 
     #[test]
