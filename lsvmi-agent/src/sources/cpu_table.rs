@@ -2,7 +2,7 @@
 //! CPUs (`CPU0 CPU2 …`, gaps when CPUs are offline), then one row per counter:
 //! `NAME: <one count per CPU> [description]`. Allocation-free once warmed up.
 
-use super::text::{ParseReport, numbered_lines, parse_u64};
+use super::text::{ParseReport, numbered_lines, parse_cpu, parse_u64};
 
 /// Reused buffers for [`parse`].
 #[derive(Debug, Default)]
@@ -42,10 +42,10 @@ pub fn parse(buf: &[u8], table: &mut CpuTable, mut row: impl FnMut(Row<'_>)) -> 
     let mut lines = numbered_lines(buf);
     let Some((_, header)) = lines.next() else { return report };
     for col in header.split(|c| c.is_ascii_whitespace()).filter(|f| !f.is_empty()) {
-        match col.strip_prefix(b"CPU").and_then(parse_u64).and_then(|n| u32::try_from(n).ok()) {
+        match col.strip_prefix(b"CPU").and_then(parse_cpu) {
             Some(cpu) => table.cpus.push(cpu),
             None => {
-                report.bad(1, col, "header column is not CPU<n>");
+                report.bad(1, col, "header column is not CPU<n> with n below 8192");
                 table.cpus.clear();
                 return report;
             }
@@ -127,8 +127,12 @@ mod tests {
         let (_, got, r) = rows("CPU0 CPU1\nHI: 1 2\ngarbage\n: 1 2\nTIMER: x y\nNET_RX: 5 6\n");
         assert_eq!(got.len(), 2);
         assert_eq!(r.bad_lines, 3);
-        let (_, got, r) = rows("CPUx CPU1\nHI: 1 2\n");
-        assert!(got.is_empty());
-        assert_eq!(r.bad_lines, 1);
+        for header in ["CPUx CPU1", "CPU0 CPU4000000000", "CPU0 CPU8192"] {
+            let (_, got, r) = rows(&format!("{header}\nHI: 1 2\n"));
+            assert!(got.is_empty(), "{header}");
+            assert_eq!(r.bad_lines, 1, "{header}");
+        }
+        let (cpus, _, _) = rows("CPU0 CPU8191\nHI: 1 2\n");
+        assert_eq!(cpus, [0, 8191]);
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{
     Collector, Source, SourceError,
     procfs_file::ProcFile,
-    text::{ParseReport, fields, numbered_lines, parse_hex},
+    text::{MAX_CPUS, ParseReport, fields, numbered_lines, parse_hex},
 };
 use crate::model::{MetricDesc, SeriesId, now_ms};
 
@@ -114,8 +114,12 @@ pub fn parse(buf: &[u8], mut f: impl FnMut(u32, &[u64; 13], usize)) -> ParseRepo
             report.bad(lineno, line, "fewer than 3 columns");
             continue;
         }
-        let cpu = if n > CPU_COLUMN { u32::try_from(cols[CPU_COLUMN]).unwrap_or(row) } else { row };
+        let cpu = if n > CPU_COLUMN { u32::try_from(cols[CPU_COLUMN]).unwrap_or(u32::MAX) } else { row };
         row += 1;
+        if cpu >= MAX_CPUS {
+            report.bad(lineno, line, "CPU number not below 8192");
+            continue;
+        }
         f(cpu, &cols, n);
     }
     report
@@ -131,10 +135,7 @@ impl Source for SoftnetSource {
         let ts = now_ms();
         let series = &mut self.series;
         let report = parse(buf, |cpu, cols, n| {
-            let idx = cpu as usize;
-            if idx > 1 << 16 {
-                return; // no host has 65536 CPUs: a corrupt line, not worth a table that size
-            }
+            let idx = cpu as usize; // below MAX_CPUS: the parser refuses larger ones
             if series.len() <= idx {
                 series.resize(idx + 1, None);
             }
@@ -160,10 +161,11 @@ mod tests {
     #[test]
     fn new_and_old_layouts() {
         let text = "0000abcd 00000001 00000002 00000000 00000000 00000000 00000000 00000000 00000000 00000003 00000000 00000000 00000002\n\
-                    00000010 00000000 00000000\nzz 1 2\n";
+                    00000010 00000000 00000000\nzz 1 2\n\
+                    0 0 0 0 0 0 0 0 0 0 0 0 ffffffff\n";
         let mut got = Vec::new();
         let r = parse(text.as_bytes(), |cpu, c, n| got.push((cpu, c[0], c[1], n)));
         assert_eq!(got, [(2, 0xabcd, 1, 13), (1, 0x10, 0, 3)]);
-        assert_eq!(r.bad_lines, 1);
+        assert_eq!(r.bad_lines, 2);
     }
 }

@@ -46,6 +46,17 @@ pub fn parse_u64(s: &[u8]) -> Option<u64> {
     Some(v)
 }
 
+/// CPU numbers at or above this are refused: Linux's NR_CPUS tops out at 8192, and
+/// sources size per-CPU tables by the number, so one corrupt line such as
+/// `cpu4294967295 …` must not become a table of four billion entries.
+pub const MAX_CPUS: u32 = 8192;
+
+/// A CPU number as /proc writes it (`3` of `cpu3` or `CPU3`), below [`MAX_CPUS`].
+#[inline]
+pub fn parse_cpu(s: &[u8]) -> Option<u32> {
+    parse_u64(s).and_then(|n| u32::try_from(n).ok()).filter(|&n| n < MAX_CPUS)
+}
+
 /// Decimal i64 (a leading `-` allowed), as some /proc fields are signed.
 #[inline]
 pub fn parse_i64(s: &[u8]) -> Option<i64> {
@@ -146,6 +157,13 @@ impl<V: SeriesIds> Tracked<V> {
         });
         *seen = cycle;
         v
+    }
+
+    /// Mark `key` as seen without a value this cycle (its series stay, nothing is sent).
+    pub fn touch(&mut self, key: &[u8]) {
+        if let Some((_, seen)) = self.map.get_mut(key) {
+            *seen = self.cycle;
+        }
     }
 
     /// End the series of everything not seen since the previous sweep.

@@ -3,7 +3,7 @@
 //! every 100 ms; `benches/hot_paths.rs` compares it with the procfs crate's parser.
 
 pub use crate::sources::text::ParseReport;
-use crate::sources::text::parse_u64;
+use crate::sources::text::{parse_cpu, parse_u64};
 
 /// Number of time columns of a `cpuN` line (user … guest_nice) on kernels ≥ 2.6.33.
 pub const CPU_COLUMNS: usize = 10;
@@ -77,7 +77,7 @@ pub fn parse(buf: &[u8], out: &mut ProcStat) -> ParseReport {
 }
 
 fn parse_cpu_line<'a>(number: &[u8], fields: impl Iterator<Item = &'a [u8]>) -> Result<CpuTicks, &'static str> {
-    let cpu = parse_u64(number).and_then(|n| u32::try_from(n).ok()).ok_or("CPU number is not a number")?;
+    let cpu = parse_cpu(number).ok_or("CPU number is not a number below 8192")?;
     let mut ticks = CpuTicks { cpu, ..Default::default() };
     for field in fields {
         let slot = ticks.ticks.get_mut(ticks.columns as usize).ok_or("more columns than known")?;
@@ -130,12 +130,14 @@ mod tests {
              cpu2 1 2\n\
              cpu3 1 2 3 4 5 6 7 8 9 10 11\n\
              cpuX 1 2 3 4\n\
+             cpu4000000000 1 2 3 4\n\
+             cpu8192 1 2 3 4\n\
              cpu4 1 2 3 4 5 6 7 8 9 10\n\
              ctxt -5\nprocs_running\n\
              garbage line here\n\0\0\n",
         );
         assert_eq!(s.cpus.iter().map(|c| c.cpu).collect::<Vec<_>>(), [0, 4]);
-        assert_eq!(r.bad_lines, 6);
+        assert_eq!(r.bad_lines, 8);
         let first = r.first_error.unwrap();
         assert_eq!((first.line, first.field.as_str()), (2, "cpu1"));
         assert_eq!(s.ctxt, None);
@@ -158,10 +160,22 @@ mod tests {
     #[test]
     fn truncated_file_yields_what_is_complete() {
         let full = "cpu0 1 2 3 4 5 6 7 8 9 10\ncpu1 1 2 3 4 5 6 7 8 9 10\nctxt 5\n";
-        for cut in 0..full.len() {
+        let whole = parsed(full).0;
+        for cut in 0..=full.len() {
+            let text = &full.as_bytes()[..cut];
             let mut out = ProcStat::default();
-            let _ = parse(&full.as_bytes()[..cut], &mut out); // must not panic
-            assert!(out.cpus.len() <= 2);
+            let _ = parse(text, &mut out);
+            // Every line that ends before the cut is there, exactly as in the whole file;
+            // a torn last line is either left out or kept with the columns it has.
+            let complete = text.iter().filter(|&&b| b == b'\n').count().min(2);
+            assert_eq!(out.cpus[..complete], whole.cpus[..complete], "cut at {cut}");
+            assert!(out.cpus.len() <= complete + 1, "cut at {cut}");
+            if let Some(torn) = out.cpus.get(complete) {
+                assert!(torn.columns >= 4, "cut at {cut}");
+                let n = torn.columns as usize;
+                assert_eq!(torn.ticks[..n - 1], whole.cpus[complete].ticks[..n - 1], "cut at {cut}");
+            }
+            assert_eq!(out.ctxt.is_some(), cut + 1 >= full.len(), "cut at {cut}");
         }
     }
 }
