@@ -64,22 +64,22 @@ pub fn parse(buf: &[u8]) -> (Option<Line>, Option<Line>, ParseReport) {
             }
         };
         let mut parsed = Line::default();
+        // One bit per known key that parsed: unknown keys (a newer kernel may add some)
+        // and repeats must not stand in for a missing one.
         let mut seen = 0u8;
         for kv in f {
             let Some(eq) = kv.iter().position(|&c| c == b'=') else { continue };
             let (k, v) = (&kv[..eq], &kv[eq + 1..]);
-            let ok = match k {
-                b"avg10" => parse_decimal(v).map(|x| parsed.avg[0] = x),
-                b"avg60" => parse_decimal(v).map(|x| parsed.avg[1] = x),
-                b"avg300" => parse_decimal(v).map(|x| parsed.avg[2] = x),
-                b"total" => parse_u64(v).map(|x| parsed.total_us = x),
-                _ => Some(()),
+            let bit = match k {
+                b"avg10" => parse_decimal(v).map(|x| parsed.avg[0] = x).map(|()| 1),
+                b"avg60" => parse_decimal(v).map(|x| parsed.avg[1] = x).map(|()| 2),
+                b"avg300" => parse_decimal(v).map(|x| parsed.avg[2] = x).map(|()| 4),
+                b"total" => parse_u64(v).map(|x| parsed.total_us = x).map(|()| 8),
+                _ => None,
             };
-            if ok.is_some() {
-                seen += 1;
-            }
+            seen |= bit.unwrap_or(0);
         }
-        if seen < 4 {
+        if seen != 0b1111 {
             report.bad(lineno, kind, "expected avg10, avg60, avg300 and total");
             continue;
         }
@@ -173,5 +173,19 @@ mod tests {
         let (some, _, r) = parse(b"some avg10=x total=1\nweird\n");
         assert!(some.is_none());
         assert_eq!(r.bad_lines, 2);
+    }
+
+    #[test]
+    fn unknown_or_repeated_keys_do_not_stand_in_for_missing_ones() {
+        for line in [
+            "some avg10=1 avg60=1 avg300=1 new=5",
+            "some avg10=1 avg60=1 total=1 total=1",
+            "some avg10=1 avg60=1 avg300=1 total=1 extra=2",
+        ] {
+            let (some, _, r) = parse(line.as_bytes());
+            let complete = line.contains("avg300") && line.contains("total");
+            assert_eq!(some.is_some(), complete, "{line}");
+            assert_eq!(r.bad_lines, u64::from(!complete), "{line}");
+        }
     }
 }
