@@ -14,7 +14,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Arc, Mutex, MutexGuard, atomic::Ordering::Relaxed},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
 };
 
 use tokio::sync::Notify;
@@ -27,6 +30,14 @@ use crate::{
 
 pub struct Outbox {
     inner: Mutex<Inner>,
+    /// Copies of what the runtime thread asks between operations, kept under the lock
+    /// and read without it: a blocking-pool thread may hold the lock across a spool
+    /// write and fsync, and the runtime thread (which also runs the sampling tick) must
+    /// never wait for that.
+    disk: AtomicBool,
+    memory_batches: AtomicUsize,
+    memory_bytes: AtomicUsize,
+    spooled_samples: AtomicU64,
     notify: Notify,
     max_memory_bytes: usize,
     stats: Arc<Stats>,
@@ -45,6 +56,10 @@ impl Outbox {
     pub fn new(max_memory_bytes: usize, spool: Option<Spool>, stats: Arc<Stats>) -> Arc<Self> {
         let outbox = Outbox {
             inner: Mutex::new(Inner { memory: VecDeque::new(), bytes: 0, spool, failing: false, closed: false }),
+            disk: AtomicBool::new(false),
+            memory_batches: AtomicUsize::new(0),
+            memory_bytes: AtomicUsize::new(0),
+            spooled_samples: AtomicU64::new(0),
             notify: Notify::new(),
             max_memory_bytes,
             stats,
@@ -60,6 +75,10 @@ impl Outbox {
     }
 
     fn publish(&self, q: &Inner) {
+        self.disk.store(q.spool.as_ref().is_some_and(|s| q.failing || !s.is_empty()), Relaxed);
+        self.memory_batches.store(q.memory.len(), Relaxed);
+        self.memory_bytes.store(q.bytes, Relaxed);
+        self.spooled_samples.store(q.spool.as_ref().map_or(0, |s| s.pending_samples()), Relaxed);
         self.stats.queued_bytes.store(q.bytes as u64, Relaxed);
         if let Some(s) = &q.spool {
             self.stats.spool_bytes.store(s.bytes(), Relaxed);
@@ -100,9 +119,9 @@ impl Outbox {
     /// Whether the next operation may touch the disk (the spool holds batches, or the
     /// sink is failing so new ones will go there). When not, callers skip the hop to the
     /// blocking thread pool: the common case costs no extra thread wake-up.
+    /// Reads no lock (see [`Outbox::disk`]).
     pub fn on_disk(&self) -> bool {
-        let q = self.lock();
-        q.spool.as_ref().is_some_and(|s| q.failing || !s.is_empty())
+        self.disk.load(Relaxed)
     }
 
     /// Queue a batch. Blocking file I/O when it goes to the spool.
@@ -224,8 +243,8 @@ impl Outbox {
         q.failing = failing;
         if failing {
             self.spill(&mut q);
-            self.publish(&q);
         }
+        self.publish(&q);
     }
 
     /// No more pushes.
@@ -255,10 +274,10 @@ impl Outbox {
         left
     }
 
-    /// (batches in memory, bytes in memory, samples in the spool)
+    /// (batches in memory, bytes in memory, samples in the spool), as of the last
+    /// operation; reads no lock.
     pub fn len(&self) -> (usize, usize, u64) {
-        let q = self.lock();
-        (q.memory.len(), q.bytes, q.spool.as_ref().map_or(0, |s| s.pending_samples()))
+        (self.memory_batches.load(Relaxed), self.memory_bytes.load(Relaxed), self.spooled_samples.load(Relaxed))
     }
 }
 
