@@ -1,4 +1,4 @@
-//! Retry decisions in one place (../shared/remote-write.md): 2xx done; 5xx, 429 and
+//! Retry decisions in one place (the remote-write 1.0 spec's rules): 2xx done; 5xx, 429 and
 //! transport errors retried with capped exponential back-off and jitter; any other 4xx
 //! dropped at once (resending the same bytes cannot succeed).
 
