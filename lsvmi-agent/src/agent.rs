@@ -168,7 +168,7 @@ fn procfs_sources(config: &Config) -> Vec<Box<dyn Source>> {
             "proc_loadavg" => Box::new(LoadavgSource::new(root)),
             "proc_pid" => Box::new(ProcessesSource::new(root, config.threads, hz)),
             "qdisc" => Box::new(crate::sources::qdisc::QdiscSource::new()),
-            "proc_mounts" => Box::new(MountsSource::new(root, &config.exclude_fs_types)),
+            "proc_mounts" => Box::new(MountsSource::new(root, &config.host_root, &config.fs_types)),
             "host" => Box::new(HostSource::new(root, &config.sysfs_root, &config.os_release)),
             // sched (BPF) and lsvmi (self) are built elsewhere.
             _ => continue,
@@ -209,7 +209,7 @@ fn start_delivery(config: &Config, stats: &Arc<Stats>, abort: &watch::Receiver<b
     let mut all_endpoint_stats = Vec::new();
     let (mut outboxes, mut senders) = (Vec::new(), Vec::new());
     for (name, urls) in groups {
-        let spool = config.spool.as_ref().and_then(|s| open_spool(s, &name, stats));
+        let spool = config.spool.as_ref().map(|s| open_spool(s, &name, stats)).transpose()?;
         let outbox = Outbox::new(config.max_queued_bytes, spool, stats.clone());
         let clients = urls.iter().map(|u| HttpSender::new(u.clone(), &settings)).collect::<anyhow::Result<Vec<_>>>()?;
         let endpoint_stats: Vec<Arc<EndpointStats>> =
@@ -229,9 +229,12 @@ fn spool_name(url: &reqwest::Url) -> String {
     raw.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect()
 }
 
-/// Open `<dir>/<name>`, locked against a second agent on the same directory. Any failure
-/// is one warning and a memory-only outbox.
-fn open_spool(settings: &SpoolSettings, name: &str, stats: &Stats) -> Option<Spool> {
+/// Open `<dir>/<name>`, locked against a second agent on the same directory. A spool that
+/// cannot be used at start-up is a configuration error: running on with memory-only
+/// buffering would silently drop the durability the operator asked for, and a second
+/// agent on the same directory would push the same host twice. (A spool that fails
+/// later, a full disk, degrades to memory and is counted; see `send/outbox.rs`.)
+fn open_spool(settings: &SpoolSettings, name: &str, stats: &Stats) -> Result<Spool, crate::config::ConfigError> {
     let dir = settings.dir.join(name);
     let cfg = SpoolConfig {
         dir: dir.clone(),
@@ -247,12 +250,15 @@ fn open_spool(settings: &SpoolSettings, name: &str, stats: &Stats) -> Option<Spo
             if waiting > 0 {
                 info!(spool = %dir.display(), samples = waiting, "spool holds samples from an earlier run: replaying them first");
             }
-            Some(spool)
+            Ok(spool)
         }
-        Err(e) => {
-            warn!(spool = %dir.display(), "spool unavailable ({e}); batches wait in memory only (bounded by max_queued_bytes)");
-            None
-        }
+        Err(e) => Err(crate::config::ConfigError::Invalid {
+            key: "spool.dir",
+            reason: format!(
+                "{}: {e} (choose another --spool-dir, or `spool: {{enabled: false}}` for memory-only buffering)",
+                dir.display()
+            ),
+        }),
     }
 }
 

@@ -63,6 +63,11 @@ pub struct Cli {
     #[arg(long, value_name = "DIR")]
     pub procfs_root: Option<PathBuf>,
 
+    /// The host's `/` as the agent sees it, for statfs of the host's mounts (e.g. `/host`
+    /// in a container that mounts the host's root there) [default: /]
+    #[arg(long, value_name = "DIR")]
+    pub host_root: Option<PathBuf>,
+
     /// Read /sys from here (CPU lists for pinning and host info)
     #[arg(long, value_name = "DIR")]
     pub sysfs_root: Option<PathBuf>,

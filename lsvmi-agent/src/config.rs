@@ -65,6 +65,7 @@ pub struct FileConfig {
     pub shutdown_timeout: Option<Duration>,
     pub procfs_root: Option<PathBuf>,
     pub sysfs_root: Option<PathBuf>,
+    pub host_root: Option<PathBuf>,
     pub os_release: Option<PathBuf>,
     pub bpf: Option<bool>,
     /// BPF programs not to load, by name (`sched_migrate_task`).
@@ -146,8 +147,9 @@ pub struct SourceFileConfig {
     pub full_refresh_every: Option<u32>,
     /// proc_pid only: also collect per-thread series.
     pub threads: Option<bool>,
-    /// proc_mounts only: filesystem types to leave out (replaces the default list).
-    pub exclude_fs_types: Option<Vec<String>>,
+    /// proc_mounts only: filesystem types to statfs (replaces the default allowlist of
+    /// local types).
+    pub fs_types: Option<Vec<String>>,
 }
 
 /// One source's schedule, resolved.
@@ -197,6 +199,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub procfs_root: PathBuf,
     pub sysfs_root: PathBuf,
+    /// Where the host's `/` is seen (statfs of its mounts): `/`, or e.g. `/host` in a
+    /// container that mounts it there.
+    pub host_root: PathBuf,
     pub os_release: PathBuf,
     pub bpf: bool,
     /// BPF programs not to load.
@@ -205,7 +210,7 @@ pub struct Config {
     /// Every source, enabled or not, in poll order.
     pub sources: Vec<SourceSettings>,
     pub threads: bool,
-    pub exclude_fs_types: Vec<String>,
+    pub fs_types: Vec<String>,
     pub dry_run: bool,
     pub duration: Option<Duration>,
 }
@@ -230,9 +235,20 @@ impl Config {
         };
         let texts = if texts.is_empty() { vec![DEFAULT_ENDPOINT.to_string()] } else { texts };
         let mut endpoints = Vec::new();
-        for text in &texts {
-            let url = reqwest::Url::parse(text)
+        for raw in &texts {
+            // Errors quote the URL; a password in it must not reach the terminal or a log.
+            let text = &redact_userinfo(raw);
+            let url = reqwest::Url::parse(raw)
                 .map_err(|e| ConfigError::Invalid { key: "endpoint", reason: format!("{text:?}: {e}") })?;
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(ConfigError::Invalid {
+                    key: "endpoint",
+                    reason: format!(
+                        "{text:?}: credentials in the URL would end up in logs, labels and the spool; \
+                         use auth.username + auth.password_file or auth.bearer_token_file instead"
+                    ),
+                });
+            }
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(ConfigError::Invalid {
                     key: "endpoint",
@@ -371,7 +387,7 @@ impl Config {
                 reason: format!("unknown program {bad:?}; known: {}", programs.join(", ")),
             });
         }
-        let (sources, threads, exclude_fs_types) = resolve_sources(file.sources, interval, default_refresh)?;
+        let (sources, threads, fs_types) = resolve_sources(file.sources, interval, default_refresh)?;
         Ok(Config {
             endpoints,
             mode: file.mode.unwrap_or_default(),
@@ -390,13 +406,14 @@ impl Config {
             shutdown_timeout: file.shutdown_timeout.unwrap_or(Duration::from_secs(5)),
             procfs_root: cli.procfs_root.clone().or(file.procfs_root).unwrap_or_else(|| PathBuf::from("/proc")),
             sysfs_root: cli.sysfs_root.clone().or(file.sysfs_root).unwrap_or_else(|| PathBuf::from("/sys")),
+            host_root: cli.host_root.clone().or(file.host_root).unwrap_or_else(|| PathBuf::from("/")),
             os_release: file.os_release.unwrap_or_else(|| PathBuf::from("/etc/os-release")),
             bpf: !cli.no_bpf && file.bpf.unwrap_or(true),
             bpf_disable: file.bpf_disable,
             cpus,
             sources,
             threads,
-            exclude_fs_types,
+            fs_types,
             dry_run: cli.dry_run,
             duration,
         })
@@ -431,8 +448,7 @@ fn resolve_sources(
         });
     }
     let mut threads = true;
-    let mut exclude: Vec<String> =
-        crate::sources::mounts::DEFAULT_EXCLUDED_FS_TYPES.iter().map(|s| s.to_string()).collect();
+    let mut fs_types: Vec<String> = crate::sources::mounts::DEFAULT_FS_TYPES.iter().map(|s| s.to_string()).collect();
     let mut out = Vec::new();
     for spec in specs {
         let c = file.remove(spec.name).unwrap_or_default();
@@ -440,12 +456,17 @@ fn resolve_sources(
         if c.threads.is_some() && spec.name != "proc_pid" {
             return Err(bad("`threads` applies to proc_pid only".into()));
         }
-        if c.exclude_fs_types.is_some() && spec.name != "proc_mounts" {
-            return Err(bad("`exclude_fs_types` applies to proc_mounts only".into()));
+        if c.fs_types.is_some() && spec.name != "proc_mounts" {
+            return Err(bad("`fs_types` applies to proc_mounts only".into()));
         }
         threads &= c.threads.unwrap_or(true);
-        if let Some(list) = c.exclude_fs_types {
-            exclude = list;
+        if let Some(list) = c.fs_types {
+            fs_types = list;
+        }
+        if let Some(given) = c.interval
+            && given < base
+        {
+            return Err(bad(format!("interval {given:?} is below the base interval {base:?}")));
         }
         // The default intervals assume the 100 ms base tick; a slower base stretches them.
         let interval = c.interval.unwrap_or(spec.default_interval).max(base);
@@ -461,7 +482,17 @@ fn resolve_sources(
             full_refresh_every: c.full_refresh_every.unwrap_or(default_refresh),
         });
     }
-    Ok((out, threads, exclude))
+    Ok((out, threads, fs_types))
+}
+
+/// `scheme://user:pass@host/…` → `scheme://***@host/…`; anything else unchanged.
+fn redact_userinfo(text: &str) -> String {
+    let Some(start) = text.find("://").map(|i| i + 3) else { return text.to_string() };
+    let authority_end = text[start..].find(['/', '?', '#']).map_or(text.len(), |i| start + i);
+    match text[start..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_string(),
+    }
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -532,7 +563,7 @@ mod tests {
         let c = from_yaml(
             &["--cpus", "all"],
             "full_refresh_every: 4\nsources: {proc_stat: {full_refresh_every: 0}, proc_mounts: {interval: 2s, \
-             exclude_fs_types: [tmpfs]}, proc_pid: {threads: false, enabled: false}}\n",
+             fs_types: [tmpfs]}, proc_pid: {threads: false, enabled: false}}\n",
         )
         .unwrap();
         let stat = c.source("proc_stat").unwrap();
@@ -541,7 +572,7 @@ mod tests {
         assert_eq!((mounts.every_ticks, mounts.full_refresh_every), (20, 4));
         assert_eq!(c.source("proc_interrupts").unwrap().every_ticks, 10);
         assert!(!c.enabled("proc_pid") && !c.threads);
-        assert_eq!(c.exclude_fs_types, ["tmpfs"]);
+        assert_eq!(c.fs_types, ["tmpfs"]);
         assert_eq!(c.cpus, CpuChoice::All);
         let d = Config::from_cli(&cli(&[])).unwrap();
         assert_eq!(d.cpus, CpuChoice::Housekeeping);
@@ -568,6 +599,16 @@ mod tests {
     }
 
     #[test]
+    fn credentials_in_an_endpoint_url_are_refused_without_echoing_them() {
+        for url in ["http://user:s3cr3t@vm:8428/api/v1/write", "https://s3cr3t@vm/w", "http://u:s3cr3t@vm:99999/w"] {
+            let e = from_yaml(&["--endpoint", url], "").unwrap_err().to_string();
+            assert!(e.contains("endpoint") && e.contains("***@vm"), "{e}");
+            assert!(!e.contains("s3cr3t"), "{e}");
+        }
+        assert_eq!(redact_userinfo("http://vm/a@b"), "http://vm/a@b");
+    }
+
+    #[test]
     fn unknown_key_is_named_in_one_line() {
         let e = from_yaml(&[], "endpoint: http://x/\nintervall: 1s\n").unwrap_err().to_string();
         assert!(e.contains("unknown field `intervall`"), "{e}");
@@ -585,6 +626,8 @@ mod tests {
             ("batch_interval: 50ms\n", "batch_interval"),
             ("sources: {proc_nope: {}}\n", "sources"),
             ("sources: {proc_stat: {interval: 150ms}}\n", "proc_stat"),
+            ("sources: {proc_stat: {interval: 0s}}\n", "below the base interval"),
+            ("sources: {proc_mounts: {interval: 50ms}}\n", "proc_mounts: interval 50ms"),
             ("sources: {proc_stat: {threads: false}}\n", "proc_pid only"),
             ("sources: {proc_stat: {intervl: 1s}}\n", "intervl"),
             ("cpus: 3-1\n", "cpus"),

@@ -7,6 +7,10 @@ use lsvmi::{agent, cli::Cli, config::Config};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // The agent's own binary doubles as its statfs helper (see sources/mounts/statfs.rs).
+    if std::env::args_os().nth(1).is_some_and(|a| a == lsvmi::sources::mounts::statfs::HELPER_FLAG) {
+        return lsvmi::sources::mounts::statfs::serve();
+    }
     // Bad flags: clap prints one error line plus usage and exits 2.
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env()
@@ -42,6 +46,12 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(agent::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
+        // A setting found unusable at start-up (a spool directory in use or read-only) is
+        // a configuration error like a bad flag: exit 2.
+        Err(e) if e.downcast_ref::<lsvmi::config::ConfigError>().is_some() => {
+            tracing::error!("{e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE

@@ -143,11 +143,13 @@ impl Sampler {
             let result = slot.source.collect(&mut out);
             let (bad, first) = out.take_parse_errors();
             let unchanged = out.unchanged();
+            let timeouts = out.timeouts();
             slot.cycles += 1;
             let took = started.elapsed();
             if let Some(s) = stats {
                 s.cycles.fetch_add(1, Relaxed);
                 s.unchanged.fetch_add(unchanged, Relaxed);
+                s.timeouts.fetch_add(timeouts, Relaxed);
                 s.busy_ns.fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
             }
             if took > slot.interval {

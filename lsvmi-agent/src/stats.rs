@@ -10,6 +10,9 @@ pub struct SourceStats {
     pub cycles: AtomicU64,
     /// Cycles in which the source could not be read at all.
     pub errors: AtomicU64,
+    /// Parts of the source that did not answer in time and were skipped (a mount whose
+    /// statfs hangs, a netlink dump cut short).
+    pub timeouts: AtomicU64,
     /// Malformed lines skipped (the rest of the input was used).
     pub parse_errors: AtomicU64,
     /// Cycles that took longer than the source's interval.
@@ -142,6 +145,7 @@ impl Stats {
                     name,
                     cycles: zero(),
                     errors: zero(),
+                    timeouts: zero(),
                     parse_errors: zero(),
                     overruns: zero(),
                     busy_ns: zero(),

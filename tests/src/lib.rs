@@ -1,6 +1,6 @@
 //! Harness for the end-to-end tests: a real VictoriaMetrics (Debian's package) on a free
 //! loopback port with a temporary data dir, the real agent binary, and helpers to read
-//! the data back the way ../shared/remote-write.md prescribes (force_flush, then export
+//! the data back the way VictoriaMetrics documents it (force_flush, then export
 //! with explicit start/end).
 
 use std::{
@@ -13,6 +13,8 @@ use std::{
 };
 
 use serde::Deserialize;
+
+pub mod fuse;
 
 /// The agent binary built by `cargo xtask test` (or `cargo build -p lsvmi-agent`).
 pub fn agent_bin() -> PathBuf {

@@ -211,12 +211,21 @@ pub struct Collector<'a> {
     unchanged: u64,
     parse_errors: u64,
     first_parse_error: Option<ParseError>,
+    timeouts: u64,
 }
 
 impl<'a> Collector<'a> {
     /// A collector that keeps every sample (tests, one-shot reads).
     pub fn new(registry: &'a mut Registry, samples: &'a mut Vec<Sample>) -> Self {
-        Collector { registry, samples, filter: None, unchanged: 0, parse_errors: 0, first_parse_error: None }
+        Collector {
+            registry,
+            samples,
+            filter: None,
+            unchanged: 0,
+            parse_errors: 0,
+            first_parse_error: None,
+            timeouts: 0,
+        }
     }
 
     /// A collector that drops unchanged values except on each series' refresh cycle
@@ -299,6 +308,17 @@ impl<'a> Collector<'a> {
         if self.first_parse_error.is_none() {
             self.first_parse_error = first;
         }
+    }
+
+    /// Report `count` parts of the source that did not answer in time and were skipped
+    /// (counted in `lsvmi_source_errors_total{reason="timeout"}`).
+    pub fn timed_out(&mut self, count: u64) {
+        self.timeouts += count;
+    }
+
+    /// Parts that timed out this cycle.
+    pub fn timeouts(&self) -> u64 {
+        self.timeouts
     }
 
     /// Malformed lines reported this cycle, and the first of them.

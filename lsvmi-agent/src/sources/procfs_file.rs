@@ -18,11 +18,13 @@ pub struct ProcFile {
     path: PathBuf,
     file: Option<File>,
     buf: Vec<u8>,
+    /// Length of the last successful read.
+    len: usize,
 }
 
 impl ProcFile {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        ProcFile { path: path.into(), file: None, buf: Vec::new() }
+        ProcFile { path: path.into(), file: None, buf: Vec::new(), len: 0 }
     }
 
     pub fn path(&self) -> &Path {
@@ -42,9 +44,16 @@ impl ProcFile {
         Ok(&self.buf[..len])
     }
 
+    /// What the last successful read returned.
+    pub fn last(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
     /// Read into the buffer; close the file on error.
     fn fill(&mut self) -> io::Result<usize> {
-        self.read_inner().inspect_err(|_| self.file = None)
+        let len = self.read_inner().inspect_err(|_| self.file = None)?;
+        self.len = len;
+        Ok(len)
     }
 
     fn read_inner(&mut self) -> io::Result<usize> {

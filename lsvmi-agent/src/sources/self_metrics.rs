@@ -42,16 +42,17 @@ metric!(
     "Bytes of accepted requests: protobuf before compression (encoding=protobuf) and on the wire (encoding=snappy)."
 );
 metric!(QUEUED, "lsvmi_queued_bytes", Gauge, "bytes", [], SOURCE, "Compressed bytes waiting to be sent.");
-metric!(SERIES, "lsvmi_series", Gauge, "", [], SOURCE, "Series registered since start.");
+metric!(SERIES, "lsvmi_series", Gauge, "", [], SOURCE, "Series live now (registered and not ended).");
 metric!(CYCLES, "lsvmi_source_cycles_total", Counter, "", ["source"], SOURCE, "Collection cycles run, per source.");
 metric!(
     SOURCE_ERRORS,
     "lsvmi_source_errors_total",
     Counter,
     "",
-    ["source"],
+    ["source", "reason"],
     SOURCE,
-    "Cycles in which a source could not be read at all (file missing or unreadable, map unreadable)."
+    "Source failures: reason=unreadable for cycles in which it could not be read at all (file missing, map \
+     unreadable); reason=timeout for parts that did not answer in time and were skipped (a mount whose statfs hangs)."
 );
 metric!(
     PARSE_ERRORS,
@@ -219,7 +220,7 @@ struct Ids {
     bytes: [SeriesId; 2],
     cpu: [SeriesId; 2],
     rss: SeriesId,
-    per_source: Vec<[SeriesId; 6]>,
+    per_source: Vec<[SeriesId; 7]>,
 }
 
 impl SelfMetrics {
@@ -290,8 +291,19 @@ impl Source for SelfMetrics {
                 .sources
                 .iter()
                 .map(|src| {
-                    [&CYCLES, &SOURCE_ERRORS, &PARSE_ERRORS, &OVERRUNS, &BUSY, &UNCHANGED]
-                        .map(|d| out.series(d, &[("source", src.name)]))
+                    let by_source = |out: &mut Collector<'_>, d| out.series(d, &[("source", src.name)]);
+                    let error = |out: &mut Collector<'_>, reason| {
+                        out.series(&SOURCE_ERRORS, &[("source", src.name), ("reason", reason)])
+                    };
+                    [
+                        by_source(out, &CYCLES),
+                        error(out, "unreadable"),
+                        error(out, "timeout"),
+                        by_source(out, &PARSE_ERRORS),
+                        by_source(out, &OVERRUNS),
+                        by_source(out, &BUSY),
+                        by_source(out, &UNCHANGED),
+                    ]
                 })
                 .collect(),
         });
@@ -325,6 +337,7 @@ impl Source for SelfMetrics {
             let values = [
                 src.cycles.load(Relaxed) as f64,
                 src.errors.load(Relaxed) as f64,
+                src.timeouts.load(Relaxed) as f64,
                 src.parse_errors.load(Relaxed) as f64,
                 src.overruns.load(Relaxed) as f64,
                 src.busy_ns.load(Relaxed) as f64 / 1e9,
