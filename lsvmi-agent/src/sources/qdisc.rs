@@ -195,6 +195,7 @@ impl QdiscSource {
                 let mut s = Socket::new(NETLINK_ROUTE)?;
                 s.bind_auto()?;
                 s.connect(&SocketAddr::new(0, 0))?;
+                set_receive_timeout(&s, DUMP_LIMIT)?;
                 s
             }
         };
@@ -211,34 +212,86 @@ impl QdiscSource {
         let mut out = vec![0; request.buffer_len()];
         request.serialize(&mut out);
         socket.send(&out, 0)?;
+        let mut local = SocketAddr::new(0, 0);
+        // 0 (port not checked) if the address cannot be read; the sequence still is.
+        let port = socket.get_address(&mut local).map(|()| local.port_number()).unwrap_or(0);
+        let deadline = std::time::Instant::now() + DUMP_LIMIT;
         let mut malformed = 0;
         loop {
-            let n = socket.recv(&mut &mut self.buf[..], 0)?;
-            let mut off = 0;
-            while off < n {
-                let msg = match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[off..n]) {
-                    Ok(m) => m,
-                    Err(_) => {
-                        malformed += 1;
-                        break;
-                    }
-                };
-                let len = msg.header.length as usize;
-                match msg.payload {
-                    NetlinkPayload::Done(_) => return Ok(malformed),
-                    NetlinkPayload::Error(e) => {
-                        return Err(std::io::Error::other(format!("netlink error: {e}")));
-                    }
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(tc)) => f(&tc),
-                    _ => {}
+            // SO_RCVTIMEO bounds each wait; the deadline bounds the whole dump.
+            let n = match socket.recv(&mut &mut self.buf[..], 0) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("netlink dump did not finish within {} ms", DUMP_LIMIT.as_millis()),
+                    ));
                 }
-                if len == 0 {
-                    break;
-                }
-                off += len;
+                Err(e) => return Err(e),
+            };
+            match walk(&self.buf[..n], self.seq, port, &mut f) {
+                Walk::Done(m) => return Ok(malformed + m),
+                Walk::More(m) => malformed += m,
+                Walk::Failed(why) => return Err(std::io::Error::other(why)),
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("netlink dump did not finish within {} ms", DUMP_LIMIT.as_millis()),
+                ));
             }
         }
     }
+}
+
+/// How long one dump may take in all; the kernel answers in microseconds.
+const DUMP_LIMIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// What one datagram of a dump said.
+#[derive(Debug, PartialEq, Eq)]
+enum Walk {
+    /// The dump's DONE was in it; the count of messages that could not be decoded.
+    Done(u64),
+    /// More datagrams follow.
+    More(u64),
+    /// An error answer, or a message cut short (its length runs past the datagram).
+    Failed(String),
+}
+
+/// Walk the messages of one datagram by their own length field (`nlmsg_len`), so one
+/// undecodable message is skipped without losing the ones after it (the DONE among
+/// them). Messages of another sequence or port (a late answer to an earlier dump) are
+/// ignored.
+fn walk(buf: &[u8], seq: u32, port: u32, f: &mut impl FnMut(&TcMessage)) -> Walk {
+    const HEADER: usize = 16;
+    let mut malformed = 0;
+    let mut off = 0;
+    while off < buf.len() {
+        let rest = &buf[off..];
+        let word = |at: usize| rest.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_ne_bytes);
+        let (Some(len), Some(msg_seq), Some(msg_port)) = (word(0), word(8), word(12)) else {
+            return Walk::Failed(format!("netlink message header cut short at byte {off}"));
+        };
+        let len = len as usize;
+        if len < HEADER || len > rest.len() {
+            return Walk::Failed(format!("netlink message at byte {off} claims {len} bytes, {} left", rest.len()));
+        }
+        // Messages are 4-byte aligned within a datagram.
+        off += (len + 3) & !3;
+        if msg_seq != seq || (port != 0 && msg_port != port) {
+            continue;
+        }
+        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len]) {
+            Ok(msg) => match msg.payload {
+                NetlinkPayload::Done(_) => return Walk::Done(malformed),
+                NetlinkPayload::Error(e) => return Walk::Failed(format!("netlink error: {e}")),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewQueueDiscipline(tc)) => f(&tc),
+                _ => {}
+            },
+            Err(_) => malformed += 1,
+        }
+    }
+    Walk::More(malformed)
 }
 
 impl Source for QdiscSource {
@@ -281,9 +334,93 @@ impl Source for QdiscSource {
     }
 }
 
+/// SO_RCVTIMEO: a receive that waits longer fails with EAGAIN instead of blocking.
+fn set_receive_timeout(socket: &Socket, limit: std::time::Duration) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let tv =
+        libc::timeval { tv_sec: limit.as_secs() as libc::time_t, tv_usec: limit.subsec_micros() as libc::suseconds_t };
+    // SAFETY: a valid socket descriptor and a timeval that outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One netlink message as the kernel would send it.
+    fn message(seq: u32, port: u32, payload: RouteNetlinkMessage) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.sequence_number = seq;
+        header.port_number = port;
+        let mut m = NetlinkMessage::new(header, NetlinkPayload::from(payload));
+        m.finalize();
+        let mut out = vec![0; m.buffer_len()];
+        m.serialize(&mut out);
+        out
+    }
+
+    fn done(seq: u32, port: u32) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.sequence_number = seq;
+        header.port_number = port;
+        let mut m = NetlinkMessage::<RouteNetlinkMessage>::new(
+            header,
+            NetlinkPayload::Done(netlink_packet_core::DoneMessage::default()),
+        );
+        m.finalize();
+        let mut out = vec![0; m.buffer_len()];
+        m.serialize(&mut out);
+        out
+    }
+
+    fn qdisc() -> RouteNetlinkMessage {
+        RouteNetlinkMessage::NewQueueDiscipline(TcMessage::default())
+    }
+
+    #[test]
+    fn an_undecodable_message_is_skipped_and_done_after_it_still_ends_the_dump() {
+        let mut bad = message(7, 42, qdisc());
+        bad[4..6].copy_from_slice(&0x7777u16.to_ne_bytes()); // an unknown message type
+        bad.truncate(16);
+        bad[0..4].copy_from_slice(&16u32.to_ne_bytes());
+        let datagram = [message(7, 42, qdisc()), bad, message(7, 42, qdisc()), done(7, 42)].concat();
+        let mut n = 0;
+        let walk = walk(&datagram, 7, 42, &mut |_| n += 1);
+        assert!(matches!(walk, Walk::Done(_)), "{walk:?}");
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn a_reply_cut_short_fails_instead_of_waiting() {
+        let datagram = [message(7, 42, qdisc()), done(7, 42)].concat();
+        for cut in 1..datagram.len() {
+            let mut n = 0;
+            match walk(&datagram[..cut], 7, 42, &mut |_| n += 1) {
+                Walk::Failed(_) => {}
+                // Cut exactly between whole messages: the dump goes on in the next datagram.
+                Walk::More(_) => assert!(cut % 4 == 0 && n <= 1, "cut at {cut}"),
+                Walk::Done(_) => panic!("cut at {cut}: DONE cannot be whole"),
+            }
+        }
+    }
+
+    #[test]
+    fn answers_to_another_dump_are_ignored() {
+        let datagram =
+            [message(6, 42, qdisc()), done(6, 42), message(7, 43, qdisc()), message(7, 42, qdisc())].concat();
+        let mut n = 0;
+        assert_eq!(walk(&datagram, 7, 42, &mut |_| n += 1), Walk::More(0));
+        assert_eq!(n, 1);
+    }
 
     #[test]
     fn handles_print_like_tc() {
