@@ -357,11 +357,11 @@ mod tests {
     use super::*;
 
     /// One netlink message as the kernel would send it.
-    fn message(seq: u32, port: u32, payload: RouteNetlinkMessage) -> Vec<u8> {
+    fn message(seq: u32, port: u32, payload: impl Into<NetlinkPayload<RouteNetlinkMessage>>) -> Vec<u8> {
         let mut header = NetlinkHeader::default();
         header.sequence_number = seq;
         header.port_number = port;
-        let mut m = NetlinkMessage::new(header, NetlinkPayload::from(payload));
+        let mut m = NetlinkMessage::new(header, payload.into());
         m.finalize();
         let mut out = vec![0; m.buffer_len()];
         m.serialize(&mut out);
@@ -369,17 +369,7 @@ mod tests {
     }
 
     fn done(seq: u32, port: u32) -> Vec<u8> {
-        let mut header = NetlinkHeader::default();
-        header.sequence_number = seq;
-        header.port_number = port;
-        let mut m = NetlinkMessage::<RouteNetlinkMessage>::new(
-            header,
-            NetlinkPayload::Done(netlink_packet_core::DoneMessage::default()),
-        );
-        m.finalize();
-        let mut out = vec![0; m.buffer_len()];
-        m.serialize(&mut out);
-        out
+        message(seq, port, NetlinkPayload::Done(netlink_packet_core::DoneMessage::default()))
     }
 
     fn qdisc() -> RouteNetlinkMessage {
