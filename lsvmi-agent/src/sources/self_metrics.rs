@@ -20,7 +20,8 @@ metric!(
     ["reason"],
     SOURCE,
     "Samples given up, by reason: queue_full (the sink is down or slow and the queue is at its bound), \
-     rejected (the sink answered 4xx), shutdown (still queued at the shutdown deadline)."
+     rejected (the sink answered 4xx), shutdown (still queued at the shutdown deadline), spool_full (the spool \
+     reached max_bytes or max_age and dropped its oldest)."
 );
 metric!(BATCHES, "lsvmi_batches_sent_total", Counter, "", [], SOURCE, "Remote-write requests accepted by the sink.");
 metric!(
