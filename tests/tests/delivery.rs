@@ -282,3 +282,30 @@ fn replicate_mode_gives_both_endpoints_identical_data() {
     assert_eq!(na, nb);
     assert_eq!(by_series(&sa), by_series(&sb), "the replicas differ");
 }
+
+#[test]
+fn two_blackholed_endpoints_do_not_hold_back_failover_to_a_third() {
+    // Listening sockets that never accept: connections complete in the kernel's backlog
+    // and every request (data or health check) waits for its timeout.
+    let holes: Vec<TcpListener> = (0..2).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind")).collect();
+    let urls: Vec<String> =
+        holes.iter().map(|l| format!("http://{}/api/v1/write", l.local_addr().expect("addr"))).collect();
+    let vm = Vm::start();
+    let (_cfg_dir, config) = write_config(&format!(
+        "{LEAN}http_timeout: 1s\nshutdown_timeout: 3s\nendpoints: [{}, {}, {}]\n",
+        urls[0],
+        urls[1],
+        vm.write_url()
+    ));
+    let out = run_agent(&["--config", &config, "--no-bpf", "--duration", "20"], Duration::from_secs(60));
+    drop(holes);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Health checks of the two dead endpoints (2 s each, every 2 s) run beside delivery,
+    // not in its way: the third endpoint keeps up, nothing is left for the spool.
+    let (collected, sent) = (stopped(&stderr, "collected"), stopped(&stderr, "sent"));
+    assert_eq!(sent, collected, "{stderr}");
+    assert!(!stderr.contains("kept in the spool"), "{stderr}");
+    let (_, stored) = all_values(&vm);
+    assert_eq!(stored as u64, collected);
+}

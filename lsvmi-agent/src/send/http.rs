@@ -1,13 +1,16 @@
 //! The remote-write HTTP client and the send loop.
 
 use std::{
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
 use super::{
@@ -70,14 +73,31 @@ impl HttpSender {
         Ok(HttpSender { client, url, health, auth: settings.auth.clone(), limit: settings.limit.clone() })
     }
 
-    /// Is the endpoint answering at all? Any HTTP status below 500 counts (a sink
-    /// without `/health` answers 404, which still proves it is up).
-    pub async fn probe(&self) -> bool {
-        let mut req = self.client.get(self.health.clone()).timeout(Duration::from_secs(2));
-        if let Some(auth) = self.auth.get() {
-            req = req.header(reqwest::header::AUTHORIZATION, auth);
-        }
-        matches!(req.send().await, Ok(r) if r.status().as_u16() < 500)
+    /// Start this endpoint's health checker: a task of its own, so that checks of
+    /// endpoints that do not answer (2 s each) never stand in the way of delivery to
+    /// another. It sleeps until [`HealthCheck::start`], then checks every
+    /// HEALTH_EVERY until the endpoint answers, sets its flag and wakes `wake`.
+    fn health_check(&self, wake: Arc<Notify>) -> HealthCheck {
+        let (client, url, auth) = (self.client.clone(), self.health.clone(), self.auth.clone());
+        let wanted = Arc::new(Notify::new());
+        let answered = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (wanted, answered) = (wanted.clone(), answered.clone());
+            tokio::spawn(async move {
+                loop {
+                    wanted.notified().await;
+                    loop {
+                        tokio::time::sleep(HEALTH_EVERY).await;
+                        if probe(&client, &url, &auth).await {
+                            break;
+                        }
+                    }
+                    answered.store(true, Relaxed);
+                    wake.notify_one();
+                }
+            })
+        };
+        HealthCheck { wanted, answered, task }
     }
 
     pub fn url(&self) -> &reqwest::Url {
@@ -110,6 +130,43 @@ impl HttpSender {
     }
 }
 
+/// Is the endpoint answering at all? Any HTTP status below 500 counts (a sink without
+/// `/health` answers 404, which still proves it is up).
+async fn probe(client: &reqwest::Client, url: &reqwest::Url, auth: &super::auth::AuthHeader) -> bool {
+    let mut req = client.get(url.clone()).timeout(Duration::from_secs(2));
+    if let Some(auth) = auth.get() {
+        req = req.header(reqwest::header::AUTHORIZATION, auth);
+    }
+    matches!(req.send().await, Ok(r) if r.status().as_u16() < 500)
+}
+
+/// One endpoint's health-check task; it ends with the send loop that owns it.
+struct HealthCheck {
+    wanted: Arc<Notify>,
+    answered: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HealthCheck {
+    /// Check until the endpoint answers (first check after HEALTH_EVERY, as a failure
+    /// was just seen).
+    fn start(&self) {
+        self.answered.store(false, Relaxed);
+        self.wanted.notify_one();
+    }
+
+    /// Whether it answered since [`start`](Self::start); reading clears it.
+    fn take_answered(&self) -> bool {
+        self.answered.swap(false, Relaxed)
+    }
+}
+
+impl Drop for HealthCheck {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
@@ -128,22 +185,14 @@ struct Health {
     retry_at: Instant,
     backoff: Backoff,
     failures: u32,
-    /// It stopped answering at all: health-check it every HEALTH_EVERY, and use it as
-    /// soon as it answers. (A sink that answers 5xx waits out its back-off instead.)
+    /// It stopped answering at all: its health check runs (every HEALTH_EVERY), and it
+    /// is used as soon as that answers. (A sink that answers 5xx waits out its back-off.)
     unreachable: bool,
-    next_probe: Instant,
 }
 
 impl Health {
     fn new(now: Instant) -> Self {
-        Health {
-            healthy: true,
-            retry_at: now,
-            backoff: new_backoff(),
-            failures: 0,
-            unreachable: false,
-            next_probe: now,
-        }
+        Health { healthy: true, retry_at: now, backoff: new_backoff(), failures: 0, unreachable: false }
     }
 }
 
@@ -167,35 +216,31 @@ pub async fn run(
 ) {
     let now = Instant::now();
     let mut health: Vec<Health> = senders.iter().map(|_| Health::new(now)).collect();
+    let answered = Arc::new(Notify::new());
+    let checks: Vec<HealthCheck> = senders.iter().map(|s| s.health_check(answered.clone())).collect();
     loop {
         let batch = tokio::select! {
             b = outbox.next() => match b { Some(b) => b, None => return },
             _ = abort.wait_for(|a| *a) => return,
         };
         loop {
-            // Health checks of endpoints that stopped answering (every HEALTH_EVERY, also
-            // while another endpoint takes the data, so failover returns to the first).
-            for (h, sender) in health.iter_mut().zip(&senders) {
-                if h.unreachable && h.next_probe <= Instant::now() {
-                    if sender.probe().await {
-                        info!(url = %sender.url(), "endpoint answers its health check again");
-                        h.unreachable = false;
-                        h.retry_at = Instant::now();
-                    } else {
-                        h.next_probe = Instant::now() + HEALTH_EVERY;
-                    }
+            // Endpoints that stopped answering are checked by their own tasks, also while
+            // another endpoint takes the data, so failover returns to the first.
+            for ((h, check), sender) in health.iter_mut().zip(&checks).zip(&senders) {
+                if h.unreachable && check.take_answered() {
+                    info!(url = %sender.url(), "endpoint answers its health check again");
+                    h.unreachable = false;
+                    h.retry_at = Instant::now();
                 }
             }
             let now = Instant::now();
             // In the order given: the first that is healthy or whose back-off has passed.
             let pick = health.iter().position(|h| h.healthy || h.retry_at <= now);
             let Some(i) = pick else {
-                let mut wake = health.iter().map(|h| h.retry_at).min().unwrap_or(now);
-                if let Some(probe) = health.iter().filter(|h| h.unreachable).map(|h| h.next_probe).min() {
-                    wake = wake.min(probe);
-                }
+                let wake = health.iter().map(|h| h.retry_at).min().unwrap_or(now);
                 tokio::select! {
                     _ = tokio::time::sleep_until(wake.into()) => {}
+                    _ = answered.notified() => {}
                     _ = abort.wait_for(|a| *a) => return,
                 }
                 continue;
@@ -240,8 +285,11 @@ pub async fn run(
                     break;
                 }
                 Verdict::Retry(ref why) | Verdict::Unreachable(ref why) => {
-                    h.unreachable = matches!(verdict, Verdict::Unreachable(_));
-                    h.next_probe = now + HEALTH_EVERY;
+                    let unreachable = matches!(verdict, Verdict::Unreachable(_));
+                    if unreachable && !h.unreachable {
+                        checks[i].start();
+                    }
+                    h.unreachable = unreachable;
                     stats.send_failures.fetch_add(1, Relaxed);
                     endpoint_stats[i].failures.fetch_add(1, Relaxed);
                     endpoint_stats[i].up.store(0, Relaxed);
