@@ -34,11 +34,19 @@ pub enum DropReason {
     Shutdown = 2,
     /// The spool reached its size or age bound: its oldest batches went.
     SpoolFull = 3,
+    /// A spooled record written by this run could not be read back: the rest of its
+    /// segment was given up.
+    SpoolCorrupt = 4,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 4] =
-        [DropReason::QueueFull, DropReason::Rejected, DropReason::Shutdown, DropReason::SpoolFull];
+    pub const ALL: [DropReason; 5] = [
+        DropReason::QueueFull,
+        DropReason::Rejected,
+        DropReason::Shutdown,
+        DropReason::SpoolFull,
+        DropReason::SpoolCorrupt,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -46,6 +54,7 @@ impl DropReason {
             DropReason::Rejected => "rejected",
             DropReason::Shutdown => "shutdown",
             DropReason::SpoolFull => "spool_full",
+            DropReason::SpoolCorrupt => "spool_corrupt",
         }
     }
 }
@@ -70,7 +79,7 @@ pub struct Stats {
     pub sources: Vec<SourceStats>,
     pub samples_collected: AtomicU64,
     pub samples_sent: AtomicU64,
-    samples_dropped: [AtomicU64; 4],
+    samples_dropped: [AtomicU64; 5],
     pub batches_sent: AtomicU64,
     /// Send attempts that failed and will be retried.
     pub send_failures: AtomicU64,
@@ -154,7 +163,7 @@ impl Stats {
                 .collect(),
             samples_collected: zero(),
             samples_sent: zero(),
-            samples_dropped: [zero(), zero(), zero(), zero()],
+            samples_dropped: [zero(), zero(), zero(), zero(), zero()],
             batches_sent: zero(),
             send_failures: zero(),
             bytes_uncompressed: zero(),

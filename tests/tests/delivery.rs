@@ -309,3 +309,49 @@ fn two_blackholed_endpoints_do_not_hold_back_failover_to_a_third() {
     let (_, stored) = all_values(&vm);
     assert_eq!(stored as u64, collected);
 }
+
+#[test]
+fn a_spool_segment_corrupted_under_a_running_agent_is_counted_and_later_batches_deliver() {
+    let mut vm = Vm::start();
+    vm.stop(); // the endpoint is down: batches go to the spool
+    let spool = tempfile::tempdir().expect("spool");
+    let spool_dir = spool.path().to_str().expect("utf-8").to_string();
+    let (_cfg_dir, config) = write_config(LEAN);
+    let url = vm.write_url();
+    let agent = std::thread::spawn(move || {
+        run_agent(
+            &["--endpoint", &url, "--config", &config, "--no-bpf", "--spool-dir", &spool_dir, "--duration", "14"],
+            Duration::from_secs(60),
+        )
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    // Flip a byte two thirds into the segment: a record the agent wrote and has not read.
+    let segment = walk(spool.path()).into_iter().find(|p| p.extension().is_some_and(|e| e == "seg")).expect("segment");
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    let at = bytes.len() * 2 / 3;
+    bytes[at] ^= 0x5a;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .and_then(|mut f| {
+            use std::io::{Seek as _, SeekFrom};
+            f.seek(SeekFrom::Start(at as u64))?;
+            f.write_all(&bytes[at..=at])
+        })
+        .expect("corrupt a byte");
+    std::thread::sleep(Duration::from_secs(1));
+    vm.restart();
+    let back_ms = now_ms();
+    let out = agent.join().expect("agent thread");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("spool_corrupt"), "the loss was not reported:\n{stderr}");
+    let (collected, sent, dropped) =
+        (stopped(&stderr, "collected"), stopped(&stderr, "sent"), stopped(&stderr, "dropped"));
+    assert!(dropped > 0, "{stderr}");
+    assert_eq!(sent + dropped, collected, "every sample delivered or counted:\n{stderr}");
+    let (series, stored) = all_values(&vm);
+    assert_eq!(stored as u64, sent);
+    let after: usize = series.iter().map(|s| s.timestamps.iter().filter(|t| **t > back_ms).count()).sum();
+    assert!(after > 0, "nothing collected after the damage was delivered");
+}

@@ -88,6 +88,10 @@ impl Outbox {
     }
 
     fn count_lost(&self, lost: Lost) {
+        if lost.corrupt_samples > 0 || lost.corrupt_records > 0 {
+            self.stats.dropped(DropReason::SpoolCorrupt, lost.corrupt_samples);
+            self.stats.spool_corrupt_records.fetch_add(lost.corrupt_records, Relaxed);
+        }
         if lost.dropped_samples > 0 {
             self.stats.dropped(DropReason::SpoolFull, lost.dropped_samples);
             tracing::warn!(
@@ -174,7 +178,10 @@ impl Outbox {
     fn peek_now(&self) -> Result<Option<EncodedBatch>, bool> {
         let mut q = self.lock();
         if let Some(spool) = q.spool.as_mut() {
-            match spool.peek() {
+            let peeked = spool.peek();
+            let lost = spool.take_lost();
+            self.count_lost(lost);
+            match peeked {
                 Ok(Some(b)) => return Ok(Some(b)),
                 Ok(None) => {}
                 Err(e) => tracing::warn!("spool read failed: {e}"),

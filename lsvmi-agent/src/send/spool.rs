@@ -66,6 +66,9 @@ pub struct Lost {
     pub corrupt_records: u64,
     /// Samples in segments dropped to stay under max_bytes or max_age.
     pub dropped_samples: u64,
+    /// Samples given up because a record written by this run could not be read back
+    /// (the rest of its segment with it).
+    pub corrupt_samples: u64,
 }
 
 struct Segment {
@@ -79,6 +82,10 @@ struct Segment {
     /// `written at` of its first undelivered record, or of the last delivered one (which
     /// is at most one batch older): what `lsvmi_spool_oldest_age_seconds` reports.
     oldest_ms: i64,
+    /// Nothing more is appended to it (a write failed, or a record in it could not be
+    /// read back): the next append starts a new segment, and the reader leaves it at
+    /// `bytes` instead of waiting there for the writer.
+    sealed: bool,
 }
 
 pub struct Spool {
@@ -93,6 +100,8 @@ pub struct Spool {
     head: Option<(EncodedBatch, u64, i64)>,
     last_sync: Instant,
     dirty: bool,
+    /// Losses found while reading, for the caller to count ([`Spool::take_lost`]).
+    lost: Lost,
     /// An exclusive flock on `<dir>/lock`, held while the spool is open: two agents must
     /// not share a spool (each would replay and delete the other's records).
     _lock: File,
@@ -197,7 +206,7 @@ impl Spool {
                 continue;
             }
             let start = if id == cursor.0 { cursor.1 } else { 0 };
-            let mut seg = Segment { id, bytes: 0, samples: 0, newest_ms: 0, oldest_ms: 0 };
+            let mut seg = Segment { id, bytes: 0, samples: 0, newest_ms: 0, oldest_ms: 0, sealed: false };
             let mut file = OpenOptions::new().read(true).write(true).open(&path)?;
             let len = file.metadata()?.len();
             let mut r = BufReader::new(&mut file);
@@ -246,6 +255,7 @@ impl Spool {
             head: None,
             last_sync: Instant::now(),
             dirty: false,
+            lost: Lost::default(),
             _lock: lock,
         };
         if spool.segments.front().is_some_and(|s| s.id > spool.cursor.0) || spool.segments.is_empty() {
@@ -280,7 +290,7 @@ impl Spool {
         let lost = self.enforce_bounds(rec.len() as u64);
         let roll = match self.segments.back() {
             None => true,
-            Some(s) => s.bytes + rec.len() as u64 > self.cfg.segment_bytes && s.bytes > 0,
+            Some(s) => s.sealed || (s.bytes + rec.len() as u64 > self.cfg.segment_bytes && s.bytes > 0),
         };
         if roll || self.tail.is_none() {
             let id = match (roll, self.segments.back()) {
@@ -289,7 +299,14 @@ impl Spool {
             };
             let file = OpenOptions::new().create(true).append(true).mode(0o600).open(seg_path(&self.cfg.dir, id))?;
             if roll {
-                self.segments.push_back(Segment { id, bytes: 0, samples: 0, newest_ms: 0, oldest_ms: 0 });
+                self.segments.push_back(Segment {
+                    id,
+                    bytes: 0,
+                    samples: 0,
+                    newest_ms: 0,
+                    oldest_ms: 0,
+                    sealed: false,
+                });
                 if self.segments.len() == 1 {
                     self.cursor = (id, 0);
                 }
@@ -298,11 +315,12 @@ impl Spool {
         }
         let file = self.tail.as_mut().ok_or_else(|| io::Error::other("no tail segment"))?;
         if let Err(e) = file.write_all(&rec) {
-            // A partial write would be a torn record in the middle of the segment: close
-            // it so the next append starts a fresh segment after the torn bytes.
+            // A partial write would be a torn record in the middle of the segment: seal
+            // it, so the next append starts a fresh segment and the reader stops before
+            // the torn bytes.
             self.tail = None;
             if let Some(s) = self.segments.back_mut() {
-                s.bytes = self.cfg.segment_bytes;
+                s.sealed = true;
             }
             return Err(e);
         }
@@ -363,7 +381,7 @@ impl Spool {
             let id = seg.id;
             let at_end_of_full_segment = self.cursor.1 >= seg.bytes;
             if at_end_of_full_segment {
-                if self.segments.back().is_some_and(|s| s.id == id) {
+                if self.segments.back().is_some_and(|s| s.id == id && !s.sealed) {
                     return Ok(None); // caught up with the writer
                 }
                 // Done with this segment: delete it, move on.
@@ -386,20 +404,35 @@ impl Spool {
                 }
                 Ok(None) => return Ok(None),
                 Err(why) => {
-                    // Written by this run and now unreadable: skip the rest of the segment.
+                    // Written by this run and now unreadable (the disk lied, or someone
+                    // wrote into the file): give up the rest of the segment, counted, and
+                    // seal it so later batches go to a new one and are read from there.
+                    let lost = self.segments.iter().find(|s| s.id == id).map_or(0, |s| s.samples);
                     tracing::warn!(
                         segment = id,
                         offset = self.cursor.1,
-                        "spool: {why}; skipping the rest of the segment"
+                        samples = lost,
+                        "spool: {why}; the rest of the segment is skipped and counted \
+                         (lsvmi_samples_dropped_total{{reason=\"spool_corrupt\"}})"
                     );
                     if let Some(s) = self.segments.iter_mut().find(|s| s.id == id) {
                         s.bytes = self.cursor.1;
                         s.samples = 0;
+                        s.sealed = true;
                     }
-                    self.tail = None;
+                    self.lost.corrupt_records += 1;
+                    self.lost.corrupt_samples += lost;
+                    if self.segments.back().is_some_and(|s| s.id == id) {
+                        self.tail = None;
+                    }
                 }
             }
         }
+    }
+
+    /// Losses found by [`peek`](Self::peek) since the last call.
+    pub fn take_lost(&mut self) -> Lost {
+        std::mem::take(&mut self.lost)
     }
 
     /// The batch from [`peek`](Self::peek) was delivered (or rejected): move past it.
@@ -561,6 +594,38 @@ mod tests {
         let (mut s, lost) = Spool::open(SpoolConfig { segment_bytes: 1 << 20, ..cfg(dir.path()) }).unwrap();
         assert_eq!(lost.corrupt_records, 1);
         assert_eq!(drain(&mut s), vec![1]);
+    }
+
+    #[test]
+    fn a_record_corrupted_under_a_running_spool_is_counted_and_later_batches_still_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = Spool::open(SpoolConfig { segment_bytes: 1 << 20, ..cfg(dir.path()) }).unwrap();
+        for n in 1..=3 {
+            s.append(&batch(n)).unwrap();
+        }
+        // Someone writes into the second record while the agent runs.
+        let seg = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "seg"))
+            .unwrap();
+        let mut bytes = fs::read(&seg).unwrap();
+        let second = bytes.len() / 3 + 40;
+        bytes[second] ^= 0x10;
+        fs::write(&seg, bytes).unwrap();
+        assert_eq!(s.peek().unwrap().unwrap().samples, 1);
+        s.ack().unwrap();
+        // Records 2 and 3 are lost, and said so; the segment takes no more writes.
+        assert!(s.peek().unwrap().is_none());
+        let lost = s.take_lost();
+        assert_eq!((lost.corrupt_records, lost.corrupt_samples), (1, 5));
+        assert_eq!(s.take_lost(), Lost::default(), "counted once");
+        for n in 4..=5 {
+            s.append(&batch(n)).unwrap();
+        }
+        assert_eq!(drain(&mut s), vec![4, 5]);
+        assert!(s.is_empty());
     }
 
     #[test]

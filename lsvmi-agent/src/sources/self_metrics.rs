@@ -21,7 +21,8 @@ metric!(
     SOURCE,
     "Samples given up, by reason: queue_full (the sink is down or slow and the queue is at its bound), \
      rejected (the sink answered 4xx), shutdown (still queued at the shutdown deadline), spool_full (the spool \
-     reached max_bytes or max_age and dropped its oldest)."
+     reached max_bytes or max_age and dropped its oldest), spool_corrupt (a spooled record could not be read back: \
+     the rest of its segment)."
 );
 metric!(BATCHES, "lsvmi_batches_sent_total", Counter, "", [], SOURCE, "Remote-write requests accepted by the sink.");
 metric!(
@@ -215,7 +216,7 @@ pub struct SelfMetrics {
 
 struct Ids {
     scalars: [SeriesId; 13],
-    dropped: [SeriesId; 4],
+    dropped: [SeriesId; DropReason::ALL.len()],
     /// Per endpoint: (up, failures).
     endpoints: Vec<(SeriesId, SeriesId)>,
     bytes: [SeriesId; 2],
