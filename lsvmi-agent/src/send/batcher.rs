@@ -1,7 +1,8 @@
 //! Turns the sampler's per-cycle sample vectors into requests: every `batch_interval`,
 //! or sooner when the pending samples would compress to about `max_batch_bytes` (or
 //! reach `max_batch_samples`), the pending samples are encoded and handed to each
-//! destination's outbox, or, with `--dry-run`, written to stdout as text.
+//! destination's outbox, or, with `--dry-run`, written to stdout as text. While no
+//! endpoint takes data, every cycle is handed over as it comes, straight to the spool.
 
 use std::{io::Write, sync::Arc, sync::atomic::Ordering::Relaxed, time::Duration};
 
@@ -49,7 +50,11 @@ impl Batcher {
                     Some(mut samples) => {
                         pending.append(&mut samples);
                         let by_size = pending.len() as f64 * bytes_per_sample >= self.max_bytes as f64;
-                        if (pending.len() >= self.max_samples || by_size)
+                        // During an outage every cycle goes to disk at once: what waits
+                        // here for the batch interval would die with the process.
+                        let outage = matches!(&self.output, Output::Remote { outboxes, .. }
+                            if outboxes.iter().any(|o| o.spooling_through_outage()));
+                        if (pending.len() >= self.max_samples || by_size || outage)
                             && let Some(b) = self.flush(&mut pending).await {
                                 bytes_per_sample = b.max(0.1);
                             }

@@ -35,6 +35,8 @@ pub struct Outbox {
     /// write and fsync, and the runtime thread (which also runs the sampling tick) must
     /// never wait for that.
     disk: AtomicBool,
+    /// The sink is failing: new batches go straight to the spool.
+    failing: AtomicBool,
     memory_batches: AtomicUsize,
     memory_bytes: AtomicUsize,
     spooled_samples: AtomicU64,
@@ -57,6 +59,7 @@ impl Outbox {
         let outbox = Outbox {
             inner: Mutex::new(Inner { memory: VecDeque::new(), bytes: 0, spool, failing: false, closed: false }),
             disk: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
             memory_batches: AtomicUsize::new(0),
             memory_bytes: AtomicUsize::new(0),
             spooled_samples: AtomicU64::new(0),
@@ -76,6 +79,7 @@ impl Outbox {
 
     fn publish(&self, q: &Inner) {
         self.disk.store(q.spool.as_ref().is_some_and(|s| q.failing || !s.is_empty()), Relaxed);
+        self.failing.store(q.failing && q.spool.is_some(), Relaxed);
         self.memory_batches.store(q.memory.len(), Relaxed);
         self.memory_bytes.store(q.bytes, Relaxed);
         self.spooled_samples.store(q.spool.as_ref().map_or(0, |s| s.pending_samples()), Relaxed);
@@ -126,6 +130,13 @@ impl Outbox {
     /// Reads no lock (see [`Outbox::disk`]).
     pub fn on_disk(&self) -> bool {
         self.disk.load(Relaxed)
+    }
+
+    /// Whether no endpoint takes data and batches go to the spool as they come: then the
+    /// batcher hands over every cycle's samples at once, so a crash (SIGKILL, power)
+    /// during an outage loses at most the cycle being collected. Reads no lock.
+    pub fn spooling_through_outage(&self) -> bool {
+        self.failing.load(Relaxed)
     }
 
     /// Queue a batch. Blocking file I/O when it goes to the spool.
