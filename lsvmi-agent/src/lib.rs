@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod encode;
+pub mod error_line;
 pub mod model;
 pub mod sampler;
 pub mod send;

@@ -9,7 +9,7 @@
 pub mod btf;
 pub mod tracefs;
 
-use std::{io, path::PathBuf};
+use std::path::PathBuf;
 
 use aya::{Btf, Ebpf, EbpfLoader};
 use lsvmi_common::{net::NetOffsets, sched, softirq};
@@ -155,30 +155,25 @@ pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut denied = false;
     let mut verifier = false;
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
+    for e in crate::error_line::causes(err) {
         let text = e.to_string();
+        crate::error_line::push_first_line(&mut parts, &text);
         // Verifier logs are many lines: the first says what failed, the last lines why.
         // The whole log goes to the debug level.
-        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-        let first = lines.next().unwrap_or("").to_string();
-        if !first.is_empty() && !parts.iter().any(|p| p.contains(&first)) {
-            parts.push(first);
-        }
         if text.contains("Verifier output") {
             verifier = true;
             tracing::debug!("verifier log: {text}");
+            let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
             let reason = lines
+                .iter()
+                .skip(1)
                 .rev()
                 .find(|l| !["processed ", "verification time", "stack depth"].iter().any(|p| l.starts_with(p)));
             if let Some(reason) = reason {
                 parts.push(format!("verifier: {reason}"));
             }
         }
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            denied |= matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES));
-        }
-        cur = e.source();
+        denied |= crate::error_line::is_denied(e);
     }
     let mut line = parts.join(": ");
     if denied && !verifier {

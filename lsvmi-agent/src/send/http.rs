@@ -125,9 +125,25 @@ impl HttpSender {
                 let text = resp.text().await.unwrap_or_default();
                 classify(status, truncate(text.trim(), MAX_LOGGED_BODY))
             }
-            Err(e) => Verdict::Unreachable(crate::bpf::describe(&e)),
+            Err(e) => Verdict::Unreachable(describe(&e)),
         }
     }
+}
+
+/// One line for a failed request. EPERM/EACCES on a socket is this host refusing the
+/// connection (a firewall rule, a security policy), not a missing capability.
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = Vec::new();
+    let mut denied = false;
+    for e in crate::error_line::causes(err) {
+        crate::error_line::push_first_line(&mut parts, &e.to_string());
+        denied |= crate::error_line::is_denied(e);
+    }
+    let mut line = parts.join(": ");
+    if denied {
+        line.push_str(" (this host refused the connection: a firewall rule or security policy)");
+    }
+    line
 }
 
 /// Is the endpoint answering at all? Any HTTP status below 500 counts (a sink without
