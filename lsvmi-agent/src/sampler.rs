@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::{
     model::{Sample, SharedRegistry},
-    sources::{ChangeFilter, Collector, Source},
+    sources::{ChangeFilter, Collector, Source, SourceError},
     stats::{DropReason, Stats},
 };
 
@@ -174,7 +174,8 @@ impl Sampler {
                 Ok(()) => {}
                 Err(e) => {
                     if let Some(s) = stats {
-                        s.errors.fetch_add(1, Relaxed);
+                        let counter = if matches!(e, SourceError::Timeout { .. }) { &s.timeouts } else { &s.errors };
+                        counter.fetch_add(1, Relaxed);
                     }
                     if !slot.failing {
                         warn!(source = name, "source failed, others continue (retried every cycle): {e}");

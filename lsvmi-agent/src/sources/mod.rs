@@ -124,6 +124,9 @@ pub enum SourceError {
         #[source]
         source: std::io::Error,
     },
+    /// The outside world did not answer within the source's bound (a netlink dump).
+    #[error("{what} did not answer within {limit_ms} ms")]
+    Timeout { what: &'static str, limit_ms: u64 },
     /// A BPF map could not be read.
     #[error("cannot read BPF map {map}: {source}")]
     Map {

@@ -305,6 +305,9 @@ impl Source for QdiscSource {
             Ok(m) => m,
             Err(e) => {
                 self.socket = None; // reconnect next cycle
+                if e.kind() == std::io::ErrorKind::TimedOut {
+                    return Err(SourceError::Timeout { what: SOURCE, limit_ms: DUMP_LIMIT.as_millis() as u64 });
+                }
                 return Err(SourceError::Read { path: SOURCE.into(), source: e });
             }
         };

@@ -54,7 +54,8 @@ metric!(
     ["source", "reason"],
     SOURCE,
     "Source failures: reason=unreadable for cycles in which it could not be read at all (file missing, map \
-     unreadable); reason=timeout for parts that did not answer in time and were skipped (a mount whose statfs hangs)."
+     unreadable); reason=timeout for what did not answer in time and was skipped (a mount whose statfs hangs, a netlink dump that \
+     did not finish)."
 );
 metric!(
     PARSE_ERRORS,
