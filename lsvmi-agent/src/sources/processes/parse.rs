@@ -22,8 +22,11 @@ pub struct Stat {
     pub processor: i64,
 }
 
-/// `pid (comm) S ppid …`; comm may hold spaces and parentheses, so it ends at the last `)`.
+/// `pid (comm) S ppid …\n`; comm may hold spaces and parentheses, so it ends at the last
+/// `)`. The kernel always ends the line with `\n`: without it the read was cut short, and
+/// a number cut in half would parse as a wrong value, so the line is refused.
 pub fn parse_stat(buf: &[u8]) -> Option<Stat> {
+    let buf = buf.strip_suffix(b"\n")?;
     let open = buf.iter().position(|&c| c == b'(')?;
     let close = buf.iter().rposition(|&c| c == b')')?;
     if close < open {
@@ -178,8 +181,12 @@ mod tests {
 
     #[test]
     fn stat_truncated_anywhere_is_none_or_valid() {
-        for cut in 0..STAT.len() {
-            let _ = parse_stat(&STAT[..cut]);
+        let whole = parse_stat(STAT).unwrap();
+        for cut in 0..=STAT.len() {
+            match parse_stat(&STAT[..cut]) {
+                None => assert!(cut < STAT.len(), "the whole line must parse"),
+                Some(st) => assert_eq!(st, whole, "cut at {cut}: a torn line parsed to other values"),
+            }
         }
         assert!(parse_stat(b"1 (x) S 1").is_none());
         assert!(parse_stat(b") (").is_none());
