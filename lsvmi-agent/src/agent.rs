@@ -143,8 +143,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The enabled /proc sources, in poll order.
-fn procfs_sources(config: &Config) -> Vec<Box<dyn Source>> {
+/// The enabled /proc sources, in poll order (public for the source-level fuzz test).
+pub fn procfs_sources(config: &Config) -> Vec<Box<dyn Source>> {
     let root = config.procfs_root.as_path();
     let hz = user_hz();
     let mut sources: Vec<Box<dyn Source>> = Vec::new();
