@@ -1,12 +1,10 @@
-//! `/proc/loadavg`: load averages, runnable and total threads, last pid.
+//! `/proc/loadavg`: load averages, runnable and total threads, last pid. Parsed by the
+//! `procfs` crate's core: read once a second, one line, every field covered by its
+//! `LoadAverage` (docs/performance.md compares it with the hand parsers kept elsewhere).
 
 use std::path::Path;
 
-use super::{
-    Collector, Source, SourceError,
-    procfs_file::ProcFile,
-    text::{ParseReport, fields, parse_decimal, parse_u64},
-};
+use super::{Collector, Source, SourceError, procfs_file::ProcFile, text::ParseReport};
 use crate::model::{MetricDesc, SeriesId, now_ms};
 
 const SOURCE: &str = "/proc/loadavg";
@@ -38,35 +36,29 @@ pub static METRICS: &[&MetricDesc] = &[&LOAD1, &LOAD5, &LOAD15, &RUNNABLE, &THRE
 
 /// `0.00 0.27 0.33 1/76 4082` → the six values in METRICS order.
 pub fn parse(buf: &[u8]) -> Result<[f64; 6], ParseReport> {
-    let mut report = ParseReport::default();
-    let mut f = fields(buf);
-    let mut out = [0.0; 6];
-    for slot in out.iter_mut().take(3) {
-        match f.next().and_then(parse_decimal) {
-            Some(v) => *slot = v,
-            None => {
-                report.bad(1, buf, "expected three load averages");
-                return Err(report);
-            }
-        }
-    }
-    let threads = f.next().and_then(|t| {
-        let slash = t.iter().position(|&c| c == b'/')?;
-        Some((parse_u64(&t[..slash])?, parse_u64(&t[slash + 1..])?))
-    });
-    let last = f.next().and_then(parse_u64);
-    match (threads, last) {
-        (Some((r, t)), Some(l)) => {
-            out[3] = r as f64;
-            out[4] = t as f64;
-            out[5] = l as f64;
-            Ok(out)
-        }
-        _ => {
-            report.bad(1, buf, "expected runnable/total and last pid");
+    use procfs_core::FromRead as _;
+    match procfs_core::LoadAverage::from_read(buf) {
+        Ok(l) => Ok([
+            two_decimals(l.one),
+            two_decimals(l.five),
+            two_decimals(l.fifteen),
+            f64::from(l.cur),
+            f64::from(l.max),
+            f64::from(l.latest_pid),
+        ]),
+        Err(_) => {
+            let mut report = ParseReport::default();
+            report.bad(1, buf, "expected `load1 load5 load15 runnable/total last_pid`");
             Err(report)
         }
     }
+}
+
+/// The crate reads load averages as f32 (0.27 becomes 0.27000001…); the kernel prints
+/// them with two decimals (`%lu.%02lu`), which f32's seven digits hold for any real load,
+/// so rounding there gives back exactly what the file says.
+fn two_decimals(v: f32) -> f64 {
+    (f64::from(v) * 100.0).round() / 100.0
 }
 
 pub struct LoadavgSource {
