@@ -134,10 +134,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for outbox in outboxes {
         http::park(outbox, &stats).await;
     }
+    // Every loss by reason, so the last line of a run accounts for every sample.
+    let by_reason: Vec<String> = DropReason::ALL
+        .iter()
+        .filter(|r| stats.dropped_total(**r) > 0)
+        .map(|r| format!("{}:{}", r.as_str(), stats.dropped_total(*r)))
+        .collect();
     info!(
         collected = stats.samples_collected.load(std::sync::atomic::Ordering::Relaxed),
         sent = stats.samples_sent.load(std::sync::atomic::Ordering::Relaxed),
         dropped = DropReason::ALL.iter().map(|r| stats.dropped_total(*r)).sum::<u64>(),
+        dropped_by_reason = %if by_reason.is_empty() { "none".to_string() } else { by_reason.join(",") },
         "lsvmi stopped"
     );
     Ok(())

@@ -346,6 +346,8 @@ fn a_spool_segment_corrupted_under_a_running_agent_is_counted_and_later_batches_
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("spool_corrupt"), "the loss was not reported:\n{stderr}");
+    let stop_line = stderr.lines().rev().find(|l| l.contains("lsvmi stopped")).unwrap_or("");
+    assert!(stop_line.contains("dropped_by_reason=spool_corrupt:"), "{stop_line}");
     let (collected, sent, dropped) =
         (stopped(&stderr, "collected"), stopped(&stderr, "sent"), stopped(&stderr, "dropped"));
     assert!(dropped > 0, "{stderr}");
