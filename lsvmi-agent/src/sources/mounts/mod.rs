@@ -224,6 +224,8 @@ pub struct MountsSource {
     /// Mountpoints whose statfs failed once (permissions): said once at debug level.
     reported: HashSet<String>,
     first: bool,
+    /// Said once while every helper allowed is stuck.
+    paused: bool,
 }
 
 impl MountsSource {
@@ -247,6 +249,7 @@ impl MountsSource {
             paths: Vec::new(),
             reported: HashSet::new(),
             first: true,
+            paused: false,
         }
     }
 }
@@ -281,6 +284,10 @@ impl Source for MountsSource {
                 Ok(st) => st,
                 // A mountpoint we cannot stat (permissions, gone since the read) is skipped.
                 Err(errno) => {
+                    // Bounded: mountpoints come and go (a pod's volumes), the set must not grow forever.
+                    if reported.len() >= 1024 {
+                        reported.clear();
+                    }
                     if reported.insert(m.mountpoint.clone()) {
                         tracing::debug!(
                             source = "proc_mounts",
@@ -321,6 +328,14 @@ impl Source for MountsSource {
                 wait.as_millis()
             );
         }
+        if events.paused && !self.paused {
+            warn!(
+                source = "proc_mounts",
+                "{} filesystems do not answer statfs: statfs paused for all mounts until one answers",
+                statfs::MAX_STUCK
+            );
+        }
+        self.paused = events.paused;
         for path in &events.recovered {
             info!(source = "proc_mounts", "statfs on {path} answers again");
         }

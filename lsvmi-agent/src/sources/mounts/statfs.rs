@@ -28,7 +28,7 @@ pub const HELPER_FLAG: &str = "--statfs-helper";
 
 /// Helpers left stuck at once, at most; past it, stuck paths are not retried until one
 /// of them answers (each holds a process and its pipes).
-const MAX_STUCK: usize = 8;
+pub const MAX_STUCK: usize = 8;
 
 /// errno (0 on success), then f_blocks, f_bfree, f_bavail, f_files, f_ffree, f_frsize.
 const RECORD: usize = 7 * 8;
@@ -64,6 +64,8 @@ pub struct Events {
     pub recovered: Vec<String>,
     /// Paths not asked this round (stuck, or too many helpers stuck already).
     pub skipped: u64,
+    /// MAX_STUCK helpers are stuck: no path is asked until one of them answers.
+    pub paused: bool,
 }
 
 struct Helper {
@@ -160,6 +162,7 @@ impl Prober {
         while !queue.is_empty() {
             if self.stuck.len() >= MAX_STUCK {
                 events.skipped += queue.len() as u64;
+                events.paused = true;
                 break;
             }
             if self.live.is_none() {
@@ -474,5 +477,19 @@ mod tests {
         let ev = p.stat_all(&paths, Duration::from_secs(2), |_, _| {}).unwrap();
         assert!(ev.skipped >= 1, "{ev:?}");
         assert!(!ev.stuck.contains(&"/a".to_string()), "reported once: {ev:?}");
+    }
+
+    #[test]
+    fn helpers_left_stuck_are_bounded_and_past_the_bound_statfs_pauses() {
+        let script = "printf '\\377\\377\\377\\377\\377\\377\\377\\377'; head -c 48 /dev/zero; exec sleep 30";
+        let mut p = Prober::with_command("sh", ["-c", script]);
+        let paths: Vec<String> = (0..MAX_STUCK + 3).map(|i| format!("/m{i}")).collect();
+        let mut last = Events::default();
+        for _ in 0..MAX_STUCK + 2 {
+            last = p.stat_all(&paths, Duration::from_millis(300), |_, _| {}).unwrap();
+        }
+        assert_eq!(p.stuck.len(), MAX_STUCK);
+        assert!(last.paused, "{last:?}");
+        assert_eq!(last.skipped, paths.len() as u64);
     }
 }
