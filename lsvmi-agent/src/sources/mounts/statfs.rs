@@ -211,26 +211,18 @@ impl Prober {
                 continue;
             }
             if helper.pending.is_empty() {
-                continue;
-            }
-            if Instant::now() < deadline {
-                continue; // room in the pipe again: send more
+                continue; // all answered: send what the pipe could not take yet
             }
             // Out of time with answers missing: the oldest question is the one it is
-            // stuck on. Set the helper aside with it; the others go to a new helper.
+            // stuck on. Set the helper aside with it; the other paths wait for the next
+            // round and a new helper.
             let Some(mut h) = self.live.take() else { break };
             let Some(path) = h.pending.pop_front() else { break };
-            for p in h.pending.drain(..).rev() {
-                if let Some(idx) = paths.iter().position(|q| *q == p) {
-                    queue.push_front(idx);
-                }
-            }
+            events.skipped += (h.pending.len() + queue.len()) as u64;
+            h.pending.clear();
             events.stuck.push(path.clone());
             self.stuck.push(Stuck { path, helper: h });
-            if Instant::now() >= deadline {
-                events.skipped += queue.len() as u64;
-                break;
-            }
+            break;
         }
         Ok(events)
     }
