@@ -277,9 +277,11 @@ impl Source for MountsSource {
             self.paths.push(self.host_root.join(rel).to_string_lossy().into_owned());
         }
         let (mounts, key, reported) = (&mut self.mounts, &mut self.key, &mut self.reported);
+        let mut answered = vec![false; visible.len()];
         let wait = if std::mem::take(&mut self.first) { FIRST_WAIT } else { STATFS_WAIT };
         let events = self.prober.stat_all(&self.paths, wait, |idx, answer| {
             let Some(m) = visible.get(idx) else { return };
+            answered[idx] = true;
             let st = match answer {
                 Ok(st) => st,
                 // A mountpoint we cannot stat (permissions, gone since the read) is skipped.
@@ -340,12 +342,11 @@ impl Source for MountsSource {
             info!(source = "proc_mounts", "statfs on {path} answers again");
         }
         out.timed_out(events.stuck.len() as u64);
-        // A stuck mount keeps its series (its values are unknown, not gone).
-        for (m, path) in self.visible.iter().zip(&self.paths) {
-            if self.prober.is_stuck(path) {
-                mount_key(&mut self.key, m);
-                self.mounts.touch(&self.key);
-            }
+        // A mount still listed but not answered this round (stuck, or not asked) keeps its
+        // series: its values are unknown, not gone.
+        for (m, _) in self.visible.iter().zip(&answered).filter(|(_, a)| !**a) {
+            mount_key(&mut self.key, m);
+            self.mounts.touch(&self.key);
         }
         self.mounts.sweep(out, now_ms());
         Ok(())
