@@ -8,7 +8,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
 };
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     bpf,
@@ -24,25 +24,8 @@ use crate::{
         spool::{Spool, SpoolConfig},
     },
     sources::{
-        Source,
-        diskstats::DiskstatsSource,
-        host::HostSource,
-        interrupts::InterruptsSource,
-        loadavg::LoadavgSource,
-        meminfo,
-        mounts::MountsSource,
-        net_dev::NetDevSource,
-        net_events::NetEventsSource,
-        net_snmp, net_snmp6,
-        pressure::PressureSource,
-        proc_stat::ProcStatSource,
-        processes::ProcessesSource,
-        sched::{SchedSource, tasks::SchedTasksSource},
-        self_metrics::SelfMetrics,
-        softirq_time::SoftirqTimeSource,
-        softirqs::SoftirqsSource,
-        softnet::SoftnetSource,
-        vmstat,
+        Build, Source,
+        self_metrics::{self, SelfMetrics},
     },
     stats::{DropReason, EndpointStats, Stats},
 };
@@ -58,17 +41,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let registry = Registry::new(config.host_labels.clone()).shared();
     let mut sources = procfs_sources(&config);
     // Held until the end: dropping it detaches the programs.
-    let _bpf = if config.bpf && BPF_SOURCES.iter().any(|s| config.enabled(s)) {
-        start_bpf(&mut sources, &config)
+    let wanted = bpf_sources(&config);
+    let _bpf = if config.bpf && !wanted.is_empty() {
+        bpf::start(&wanted, &config.bpf_disable).map(|(ebpf, started)| {
+            sources.extend(started);
+            ebpf
+        })
     } else {
         None
     };
     if !config.bpf {
         info!("eBPF off (--no-bpf or `bpf: false`): procfs sources only");
     }
-    let names: Vec<&'static str> = sources.iter().map(|s| s.name()).chain(["lsvmi"]).collect();
+    // Poll in declaration order (the BPF sources were built after the others).
+    let order: Vec<&str> = crate::sources::specs().iter().map(|s| s.name).collect();
+    sources.sort_by_key(|s| order.iter().position(|n| *n == s.name()));
+    let names: Vec<&'static str> = sources.iter().map(|s| s.name()).chain([self_metrics::NAME]).collect();
     let stats = Arc::new(Stats::new(names.iter().copied()));
-    if config.enabled("lsvmi") {
+    if config.enabled(self_metrics::NAME) {
         sources.push(Box::new(SelfMetrics::new(stats.clone())));
     }
     let scheduled: Vec<(Box<dyn Source>, Schedule)> = sources
@@ -150,39 +140,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The enabled /proc sources, in poll order (public for the source-level fuzz test).
+/// The enabled sources built from the configuration (/proc, /sys, netlink, statfs), in
+/// poll order (public for the source-level fuzz test).
 pub fn procfs_sources(config: &Config) -> Vec<Box<dyn Source>> {
-    let root = config.procfs_root.as_path();
-    let hz = user_hz();
-    let mut sources: Vec<Box<dyn Source>> = Vec::new();
-    for spec in crate::sources::specs() {
-        if !config.enabled(spec.name) {
-            continue;
-        }
-        let source: Box<dyn Source> = match spec.name {
-            "proc_stat" => Box::new(ProcStatSource::new(root, hz)),
-            "proc_softirqs" => Box::new(SoftirqsSource::new(root)),
-            "proc_net_dev" => Box::new(NetDevSource::new(root)),
-            "proc_diskstats" => Box::new(DiskstatsSource::new(root)),
-            "proc_pressure" => Box::new(PressureSource::new(root)),
-            "proc_interrupts" => Box::new(InterruptsSource::new(root)),
-            "proc_net_snmp" => Box::new(net_snmp::snmp(root)),
-            "proc_net_snmp6" => Box::new(net_snmp6::source(root)),
-            "proc_net_netstat" => Box::new(net_snmp::netstat(root)),
-            "proc_net_softnet" => Box::new(SoftnetSource::new(root)),
-            "proc_meminfo" => Box::new(meminfo::source(root)),
-            "proc_vmstat" => Box::new(vmstat::source(root)),
-            "proc_loadavg" => Box::new(LoadavgSource::new(root)),
-            "proc_pid" => Box::new(ProcessesSource::new(root, config.threads, hz)),
-            "qdisc" => Box::new(crate::sources::qdisc::QdiscSource::new()),
-            "proc_mounts" => Box::new(MountsSource::new(root, &config.host_root, &config.fs_types)),
-            "host" => Box::new(HostSource::new(root, &config.sysfs_root, &config.os_release)),
-            // sched (BPF) and lsvmi (self) are built elsewhere.
-            _ => continue,
-        };
-        sources.push(source);
-    }
-    sources
+    crate::sources::specs()
+        .into_iter()
+        .filter(|spec| config.enabled(spec.name))
+        .filter_map(|spec| match spec.build {
+            Build::Config(build) => Some(build(config)),
+            Build::Bpf(_) | Build::SelfMetrics => None,
+        })
+        .collect()
+}
+
+/// The enabled BPF sources, in poll order, for `bpf::start`.
+fn bpf_sources(config: &Config) -> Vec<(&'static str, &'static bpf::BpfSource)> {
+    crate::sources::specs()
+        .into_iter()
+        .filter(|spec| config.enabled(spec.name))
+        .filter_map(|spec| match spec.build {
+            Build::Bpf(b) => Some((spec.name, b)),
+            Build::Config(_) | Build::SelfMetrics => None,
+        })
+        .collect()
 }
 
 /// One outbox per destination (one in failover mode, one per endpoint in replicate
@@ -269,57 +249,6 @@ fn open_spool(settings: &SpoolSettings, name: &str, stats: &Stats) -> Result<Spo
     }
 }
 
-/// The sources that run BPF programs.
-const BPF_SOURCES: [&str; 4] = ["sched", "sched_tasks", "softirq_time", "net_events"];
-
-/// Load the BPF object and attach each enabled source's programs; failures are one
-/// warning line each, and the other sources go on.
-fn start_bpf(sources: &mut Vec<Box<dyn Source>>, config: &Config) -> Option<aya::Ebpf> {
-    let options = bpf::LoadOptions { task_stats: config.enabled("sched_tasks") && config.enabled("sched") };
-    let mut loaded = match bpf::load(options) {
-        Ok(b) => b,
-        Err(e) => {
-            warn!("eBPF disabled: {e}; continuing with procfs sources");
-            return None;
-        }
-    };
-    let disabled = &config.bpf_disable;
-    let mut sched_running = false;
-    if config.enabled("sched") {
-        match SchedSource::attach(&mut loaded, disabled) {
-            Ok(s) => {
-                sched_running = true;
-                sources.push(Box::new(s));
-            }
-            Err(e) => warn!("eBPF source sched disabled: {e}; other sources continue"),
-        }
-    }
-    if options.task_stats && sched_running {
-        match SchedTasksSource::attach(&mut loaded) {
-            Ok(s) => sources.push(Box::new(s)),
-            Err(e) => warn!("eBPF source sched_tasks disabled: {e}; other sources continue"),
-        }
-    } else if config.enabled("sched_tasks") {
-        warn!("eBPF source sched_tasks needs source sched and its sched_switch program; it stays off");
-    }
-    if config.enabled("softirq_time") {
-        match SoftirqTimeSource::attach(&mut loaded, disabled) {
-            Ok(s) => sources.push(Box::new(s)),
-            Err(e) => warn!("eBPF source softirq_time disabled: {e}; other sources continue"),
-        }
-    }
-    if config.enabled("net_events") {
-        match NetEventsSource::attach(&mut loaded, disabled) {
-            Ok(s) => sources.push(Box::new(s)),
-            Err(e) => warn!("eBPF source net_events disabled: {e}; other sources continue"),
-        }
-    }
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        bpf::forward_program_logs(&mut loaded.ebpf);
-    }
-    Some(loaded.finish_loading())
-}
-
 async fn wait_for_stop(duration: Option<Duration>) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -335,11 +264,4 @@ async fn wait_for_stop(duration: Option<Duration>) -> anyhow::Result<()> {
         _ = timer => info!("--duration reached"),
     }
     Ok(())
-}
-
-/// USER_HZ, the unit of /proc/stat's CPU columns (100 on every mainstream build).
-fn user_hz() -> u64 {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 { hz as u64 } else { 100 }
 }

@@ -12,7 +12,7 @@ use crate::{
 pub fn sources() -> Vec<(&'static str, String, &'static [&'static MetricDesc])> {
     specs()
         .into_iter()
-        .map(|SourceSpec { name, title, default_interval, default_enabled, metrics }| {
+        .map(|SourceSpec { name, title, default_interval, default_enabled, metrics, .. }| {
             let every = humantime::format_duration(default_interval);
             let when = if default_enabled {
                 format!("Source `{name}` (config `sources.{name}`), every {every} by default.")

@@ -380,7 +380,7 @@ impl Config {
             },
         };
         let default_refresh = file.full_refresh_every.unwrap_or(DEFAULT_FULL_REFRESH_EVERY);
-        let programs = crate::bpf::program_names();
+        let programs = crate::sources::bpf_program_names();
         if let Some(bad) = file.bpf_disable.iter().find(|p| !programs.contains(&p.as_str())) {
             return Err(ConfigError::Invalid {
                 key: "bpf_disable",

@@ -1,6 +1,9 @@
-//! Loading the embedded BPF object. Each source under `sources/` that reads BPF maps
-//! attaches its own programs from the loaded object, so one program failing to attach
-//! does not take the others down.
+//! Loading the embedded BPF object and starting the BPF sources declared in `sources/`.
+//!
+//! Each BPF source is one [`BpfSource`] declaration beside its code: the programs it
+//! attaches and their hooks, the load-time globals it needs, and how it is built once its
+//! programs run. [`start`] walks the enabled ones; this module knows no source by name.
+//! One program failing to attach is one warning and takes no other down.
 //!
 //! Before loading, the kernel is asked where the fields the programs read are: struct
 //! members from its BTF ([`btf`]), tracepoint record fields from tracefs ([`tracefs`]).
@@ -14,13 +17,7 @@ use std::path::PathBuf;
 use aya::{Btf, Ebpf, EbpfLoader};
 use lsvmi_common::{net::NetOffsets, sched, softirq};
 
-use crate::sources::{net_events, softirq_time};
-
-/// Every program name, for `bpf_disable` (checked when the config is read).
-pub fn program_names() -> Vec<&'static str> {
-    let sources = [crate::sources::sched::PROGRAMS, net_events::PROGRAMS, softirq_time::PROGRAMS];
-    sources.iter().flat_map(|p| p.iter().copied()).collect()
-}
+use crate::sources::Source;
 
 /// A map value or global as plain bytes for aya. `T` is a `#[repr(C)]` type of
 /// `lsvmi-common` made of integers only, so any bit pattern is valid.
@@ -41,12 +38,55 @@ unsafe impl aya::Pod for Plain<sched::SchedOffsets> {}
 unsafe impl aya::Pod for Plain<lsvmi_common::net::CpuNet> {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Plain<softirq::CpuSoftirq> {}
+// SAFETY: a plain integer.
+unsafe impl aya::Pod for Plain<u32> {}
 
-/// What the agent asks of the programs at load time.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LoadOptions {
-    /// Keep per-task run-queue wait and on-CPU time (source `sched_tasks`).
-    pub task_stats: bool,
+/// A BPF source as the loader sees it.
+pub struct BpfSource {
+    /// The programs it attaches (names from `lsvmi-common`) and where.
+    pub programs: &'static [(&'static str, Hook)],
+    /// Sources that must be running first (`sched_tasks` reads what `sched`'s program
+    /// writes); without them this one stays off, said in one line.
+    pub needs: &'static [&'static str],
+    /// The object's globals this source sets before load, from what the kernel says.
+    pub globals: fn(&Kernel) -> Vec<Global>,
+    /// Attach its programs (those not in `bpf_disable`) and take its maps.
+    pub attach: Attach,
+}
+
+/// How a BPF source is built: given the loaded object and the programs not to run.
+pub type Attach = fn(&mut Bpf, &[String]) -> Result<Box<dyn Source>, BpfError>;
+
+/// What the kernel says about itself, read once before load.
+pub struct Kernel {
+    /// `/sys/kernel/btf/vmlinux`, raw (for [`btf::Btf::parse`]), or why it is unreadable.
+    pub btf: Result<Vec<u8>, String>,
+    /// Where tracefs is mounted, or why it is not.
+    pub tracefs: Result<PathBuf, String>,
+}
+
+impl Kernel {
+    fn read() -> Kernel {
+        Kernel { btf: std::fs::read(VMLINUX_BTF).map_err(|e| e.to_string()), tracefs: tracefs::ensure_mounted() }
+    }
+}
+
+/// A value for one of the object's globals.
+pub struct Global {
+    name: &'static str,
+    bytes: Vec<u8>,
+}
+
+impl Global {
+    pub fn new<T: Copy>(name: &'static str, value: T) -> Global
+    where
+        Plain<T>: aya::Pod,
+    {
+        // SAFETY: `Plain<T>: Pod` says T is #[repr(C)] plain integers without padding, so
+        // its bytes are all initialised and may be read as u8.
+        let bytes = unsafe { std::slice::from_raw_parts((&raw const value).cast::<u8>(), size_of::<T>()) }.to_vec();
+        Global { name, bytes }
+    }
 }
 
 /// Built by build.rs from `lsvmi-ebpf/` (empty when built with LSVMI_NO_BPF_BUILD=1).
@@ -77,12 +117,7 @@ impl BpfError {
 pub struct Bpf {
     pub ebpf: Ebpf,
     pub btf: Btf,
-    /// The kernel fields sched_switch reads, or why they are unknown.
-    pub sched_offsets: Result<sched::SchedOffsets, String>,
-    /// Where tracefs is, or why it is not there.
-    pub tracefs: Result<PathBuf, String>,
-    /// Field names and enum names of the network tracepoints (None without tracefs).
-    pub net: Option<net_events::Layout>,
+    pub kernel: Kernel,
 }
 
 impl Bpf {
@@ -91,6 +126,7 @@ impl Bpf {
     /// freeing it and handing the pages back keeps the agent's RSS in single-digit MB.
     pub fn finish_loading(self) -> Ebpf {
         drop(self.btf);
+        drop(self.kernel);
         #[cfg(target_env = "gnu")]
         // SAFETY: malloc_trim only releases free heap pages back to the kernel.
         unsafe {
@@ -102,51 +138,64 @@ impl Bpf {
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// Load the object with the wanted sources' globals and start each source: the ones
+/// whose needs run, in the order given. Returns the object (dropping it detaches every
+/// program) and the sources that run; `None` when BPF is not available at all, said in
+/// one line.
+pub fn start(
+    wanted: &[(&'static str, &'static BpfSource)],
+    disabled: &[String],
+) -> Option<(Ebpf, Vec<Box<dyn Source>>)> {
+    let names: Vec<&str> = wanted.iter().map(|(n, _)| *n).collect();
+    let startable = |spec: &BpfSource| spec.needs.iter().all(|n| names.contains(n));
+    let kernel = Kernel::read();
+    let globals: Vec<Global> =
+        wanted.iter().filter(|(_, s)| startable(s)).flat_map(|(_, s)| (s.globals)(&kernel)).collect();
+    let mut bpf = match load(kernel, &globals) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!("eBPF disabled: {e}; continuing with procfs sources");
+            return None;
+        }
+    };
+    let mut running: Vec<&str> = Vec::new();
+    let mut sources = Vec::new();
+    for (name, spec) in wanted {
+        if let Some(missing) = spec.needs.iter().find(|n| !running.contains(n)) {
+            tracing::warn!("eBPF source {name} needs source {missing} running; it stays off");
+            continue;
+        }
+        match (spec.attach)(&mut bpf, disabled) {
+            Ok(s) => {
+                running.push(name);
+                sources.push(s);
+            }
+            Err(e) => tracing::warn!("eBPF source {name} disabled: {e}; other sources continue"),
+        }
+    }
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        forward_program_logs(&mut bpf.ebpf);
+    }
+    Some((bpf.finish_loading(), sources))
+}
+
 /// Load the embedded object into the kernel (maps created, programs not yet loaded),
-/// with the globals each program needs filled in from this kernel's BTF and tracefs.
-pub fn load(options: LoadOptions) -> Result<Bpf, BpfError> {
+/// with `globals` set.
+fn load(kernel: Kernel, globals: &[Global]) -> Result<Bpf, BpfError> {
     if OBJECT.is_empty() {
         return Err(BpfError::NotBuiltIn);
     }
-    let raw = std::fs::read(VMLINUX_BTF).map_err(|e| BpfError::NoBtf(e.to_string()))?;
-    let sched_offsets = btf::Btf::parse(&raw).map_err(|e| e.to_string()).and_then(|b| sched_offsets(&b));
-    drop(raw);
-    let btf = Btf::from_sys_fs().map_err(|e| BpfError::NoBtf(describe(&e)))?;
-
-    let tracefs = tracefs::ensure_mounted();
-    let net = tracefs.as_ref().ok().map(|root| net_events::Layout::discover(root));
-
-    let task_stats = u32::from(options.task_stats);
-    let offsets = Plain(sched_offsets.clone().unwrap_or_default());
-    let net_offsets = Plain(net.as_ref().map_or(NetOffsets::NONE, |n| n.offsets));
-    let mut loader = EbpfLoader::new();
-    loader
-        .btf(Some(&btf))
-        .override_global(sched::GLOBAL_OFFSETS, &offsets, true)
-        .override_global(sched::GLOBAL_TASK_STATS, &task_stats, true)
-        .override_global(lsvmi_common::net::GLOBAL_OFFSETS, &net_offsets, true);
-    let ebpf = loader.load(OBJECT).map_err(|e| BpfError::kernel("loading the BPF object", &e))?;
-    Ok(Bpf { ebpf, btf, sched_offsets, tracefs, net })
-}
-
-/// The fields sched_switch reads. `pid` is required; the run-queue ones are optional
-/// (a kernel without CONFIG_FAIR_GROUP_SCHED or CONFIG_SCHED_INFO lacks some of them, and
-/// run-queue latency is then left out with one warning).
-fn sched_offsets(b: &btf::Btf<'_>) -> Result<sched::SchedOffsets, String> {
-    let at = |s: &str, m: &str| b.member_offset(s, m).map_err(|e| e.to_string());
-    let mut o = sched::SchedOffsets { pid: at("task_struct", "pid")?, ..Default::default() };
-    let runq = (|| -> Result<(), String> {
-        o.last_queued = at("task_struct", "sched_info")? + at("sched_info", "last_queued")?;
-        o.se_cfs_rq = at("task_struct", "se")? + at("sched_entity", "cfs_rq")?;
-        o.cfs_rq_rq = at("cfs_rq", "rq")?;
-        o.rq_clock = at("rq", "clock")?;
-        Ok(())
-    })();
-    match runq {
-        Ok(()) => o.runq = 1,
-        Err(e) => tracing::warn!("run-queue latency not measured: {e} (kernel BTF)"),
+    if let Err(e) = &kernel.btf {
+        return Err(BpfError::NoBtf(e.clone()));
     }
-    Ok(o)
+    let btf = Btf::from_sys_fs().map_err(|e| BpfError::NoBtf(describe(&e)))?;
+    let mut loader = EbpfLoader::new();
+    loader.btf(Some(&btf));
+    for g in globals {
+        loader.override_global(g.name, g.bytes.as_slice(), true);
+    }
+    let ebpf = loader.load(OBJECT).map_err(|e| BpfError::kernel("loading the BPF object", &e))?;
+    Ok(Bpf { ebpf, btf, kernel })
 }
 
 /// One line for an error chain: each cause's first line, joined, with a hint when the
@@ -208,7 +257,7 @@ impl Bpf {
             }
             Hook::Tracepoint(category) => {
                 let what = format!("tracepoint {category}/{name}");
-                if let Err(e) = &self.tracefs {
+                if let Err(e) = &self.kernel.tracefs {
                     return Err(BpfError::Kernel { what, cause: e.clone() });
                 }
                 let p: &mut TracePoint = prog.try_into().map_err(|e| BpfError::kernel(&what, &e))?;

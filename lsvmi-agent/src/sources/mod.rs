@@ -46,9 +46,15 @@ pub mod vmstat;
 
 use std::{fmt, time::Duration};
 
-use crate::model::{MetricDesc, Registry, STALE_NAN_BITS, Sample, SeriesId};
+use crate::{
+    bpf::BpfSource,
+    config::Config,
+    model::{MetricDesc, Registry, STALE_NAN_BITS, Sample, SeriesId},
+};
 
-/// A source as config, docs and wiring know it.
+/// A source as config, docs and wiring know it: one declaration per source, which the
+/// agent walks. There is no list of names elsewhere to keep in step, so a source that is
+/// declared is built, and one that is not cannot be configured.
 pub struct SourceSpec {
     /// The key under `sources:` in the config file, and the `source` label of self-metrics.
     pub name: &'static str,
@@ -58,10 +64,29 @@ pub struct SourceSpec {
     /// Off unless the config turns it on (costly or high-cardinality sources).
     pub default_enabled: bool,
     pub metrics: &'static [&'static MetricDesc],
+    pub build: Build,
 }
 
-const fn spec(name: &'static str, title: &'static str, ms: u64, metrics: &'static [&'static MetricDesc]) -> SourceSpec {
-    SourceSpec { name, title, default_interval: Duration::from_millis(ms), default_enabled: true, metrics }
+/// How a source comes to be.
+#[derive(Clone, Copy)]
+pub enum Build {
+    /// From the configuration alone: files under /proc and /sys, netlink, statfs.
+    Config(fn(&Config) -> Box<dyn Source>),
+    /// From the loaded BPF object: its programs attached, its maps taken. The BPF loader
+    /// walks these (`bpf::start`).
+    Bpf(&'static BpfSource),
+    /// The agent's own counters, built by the agent, which owns them.
+    SelfMetrics,
+}
+
+const fn spec(
+    name: &'static str,
+    title: &'static str,
+    ms: u64,
+    metrics: &'static [&'static MetricDesc],
+    build: Build,
+) -> SourceSpec {
+    SourceSpec { name, title, default_interval: Duration::from_millis(ms), default_enabled: true, metrics, build }
 }
 
 const fn spec_off(
@@ -69,38 +94,162 @@ const fn spec_off(
     title: &'static str,
     ms: u64,
     metrics: &'static [&'static MetricDesc],
+    build: Build,
 ) -> SourceSpec {
-    SourceSpec { default_enabled: false, ..spec(name, title, ms, metrics) }
+    SourceSpec { default_enabled: false, ..spec(name, title, ms, metrics, build) }
 }
 
 /// Every source, in the order they are polled within a tick. Default intervals: what
 /// moves fast and matters at 100 ms (CPU, softirqs, NIC and disk counters, pressure)
 /// every tick; the rest every second; filesystems and host identity every 5 s.
 pub fn specs() -> [SourceSpec; 22] {
+    use Build::{Bpf, Config as Cfg, SelfMetrics};
     [
-        spec("proc_stat", "/proc/stat", 100, proc_stat::METRICS),
-        spec("proc_softirqs", "/proc/softirqs", 100, softirqs::METRICS),
-        spec("proc_net_dev", "/proc/net/dev", 100, net_dev::METRICS),
-        spec("proc_diskstats", "/proc/diskstats", 100, diskstats::METRICS),
-        spec("proc_pressure", "/proc/pressure (PSI)", 100, pressure::METRICS),
-        spec("sched", "Scheduler (eBPF)", 100, sched::METRICS),
-        spec("softirq_time", "Softirq time (eBPF)", 100, softirq_time::METRICS),
-        spec("net_events", "TCP and packet drops (eBPF)", 100, net_events::METRICS),
-        spec_off("sched_tasks", "Per-thread scheduler times (eBPF, off by default)", 1000, sched::tasks::METRICS),
-        spec("proc_interrupts", "/proc/interrupts", 1000, interrupts::METRICS),
-        spec("proc_net_snmp", "/proc/net/snmp", 1000, net_snmp::SNMP_METRICS),
-        spec("proc_net_snmp6", "/proc/net/snmp6", 1000, net_snmp6::METRICS),
-        spec("proc_net_netstat", "/proc/net/netstat", 1000, net_snmp::NETSTAT_METRICS),
-        spec("proc_net_softnet", "/proc/net/softnet_stat", 1000, softnet::METRICS),
-        spec("proc_meminfo", "/proc/meminfo", 1000, meminfo::METRICS),
-        spec("proc_vmstat", "/proc/vmstat", 1000, vmstat::METRICS),
-        spec("proc_loadavg", "/proc/loadavg", 1000, loadavg::METRICS),
-        spec("proc_pid", "Processes and threads", 1000, processes::METRICS),
-        spec("qdisc", "Queueing disciplines (netlink)", 1000, qdisc::METRICS),
-        spec("proc_mounts", "Mounted filesystems", 5000, mounts::METRICS),
-        spec("host", "Host", 5000, host::METRICS),
-        spec("lsvmi", "The agent itself", 1000, self_metrics::METRICS),
+        spec(
+            "proc_stat",
+            "/proc/stat",
+            100,
+            proc_stat::METRICS,
+            Cfg(|c| Box::new(proc_stat::ProcStatSource::new(&c.procfs_root, user_hz()))),
+        ),
+        spec(
+            "proc_softirqs",
+            "/proc/softirqs",
+            100,
+            softirqs::METRICS,
+            Cfg(|c| Box::new(softirqs::SoftirqsSource::new(&c.procfs_root))),
+        ),
+        spec(
+            "proc_net_dev",
+            "/proc/net/dev",
+            100,
+            net_dev::METRICS,
+            Cfg(|c| Box::new(net_dev::NetDevSource::new(&c.procfs_root))),
+        ),
+        spec(
+            "proc_diskstats",
+            "/proc/diskstats",
+            100,
+            diskstats::METRICS,
+            Cfg(|c| Box::new(diskstats::DiskstatsSource::new(&c.procfs_root))),
+        ),
+        spec(
+            "proc_pressure",
+            "/proc/pressure (PSI)",
+            100,
+            pressure::METRICS,
+            Cfg(|c| Box::new(pressure::PressureSource::new(&c.procfs_root))),
+        ),
+        spec("sched", "Scheduler (eBPF)", 100, sched::METRICS, Bpf(&sched::BPF)),
+        spec("softirq_time", "Softirq time (eBPF)", 100, softirq_time::METRICS, Bpf(&softirq_time::BPF)),
+        spec("net_events", "TCP and packet drops (eBPF)", 100, net_events::METRICS, Bpf(&net_events::BPF)),
+        spec_off(
+            "sched_tasks",
+            "Per-thread scheduler times (eBPF, off by default)",
+            1000,
+            sched::tasks::METRICS,
+            Bpf(&sched::tasks::BPF),
+        ),
+        spec(
+            "proc_interrupts",
+            "/proc/interrupts",
+            1000,
+            interrupts::METRICS,
+            Cfg(|c| Box::new(interrupts::InterruptsSource::new(&c.procfs_root))),
+        ),
+        spec(
+            "proc_net_snmp",
+            "/proc/net/snmp",
+            1000,
+            net_snmp::SNMP_METRICS,
+            Cfg(|c| Box::new(net_snmp::snmp(&c.procfs_root))),
+        ),
+        spec(
+            "proc_net_snmp6",
+            "/proc/net/snmp6",
+            1000,
+            net_snmp6::METRICS,
+            Cfg(|c| Box::new(net_snmp6::source(&c.procfs_root))),
+        ),
+        spec(
+            "proc_net_netstat",
+            "/proc/net/netstat",
+            1000,
+            net_snmp::NETSTAT_METRICS,
+            Cfg(|c| Box::new(net_snmp::netstat(&c.procfs_root))),
+        ),
+        spec(
+            "proc_net_softnet",
+            "/proc/net/softnet_stat",
+            1000,
+            softnet::METRICS,
+            Cfg(|c| Box::new(softnet::SoftnetSource::new(&c.procfs_root))),
+        ),
+        spec(
+            "proc_meminfo",
+            "/proc/meminfo",
+            1000,
+            meminfo::METRICS,
+            Cfg(|c| Box::new(meminfo::source(&c.procfs_root))),
+        ),
+        spec("proc_vmstat", "/proc/vmstat", 1000, vmstat::METRICS, Cfg(|c| Box::new(vmstat::source(&c.procfs_root)))),
+        spec(
+            "proc_loadavg",
+            "/proc/loadavg",
+            1000,
+            loadavg::METRICS,
+            Cfg(|c| Box::new(loadavg::LoadavgSource::new(&c.procfs_root))),
+        ),
+        spec(
+            "proc_pid",
+            "Processes and threads",
+            1000,
+            processes::METRICS,
+            Cfg(|c| Box::new(processes::ProcessesSource::new(&c.procfs_root, c.threads, user_hz()))),
+        ),
+        spec(
+            "qdisc",
+            "Queueing disciplines (netlink)",
+            1000,
+            qdisc::METRICS,
+            Cfg(|_| Box::new(qdisc::QdiscSource::new())),
+        ),
+        spec(
+            "proc_mounts",
+            "Mounted filesystems",
+            5000,
+            mounts::METRICS,
+            Cfg(|c| Box::new(mounts::MountsSource::new(&c.procfs_root, &c.host_root, &c.fs_types))),
+        ),
+        spec(
+            "host",
+            "Host",
+            5000,
+            host::METRICS,
+            Cfg(|c| Box::new(host::HostSource::new(&c.procfs_root, &c.sysfs_root, &c.os_release))),
+        ),
+        spec(self_metrics::NAME, "The agent itself", 1000, self_metrics::METRICS, SelfMetrics),
     ]
+}
+
+/// Every BPF program name, for `bpf_disable` (checked when the config is read).
+pub fn bpf_program_names() -> Vec<&'static str> {
+    specs()
+        .iter()
+        .filter_map(|s| match s.build {
+            Build::Bpf(b) => Some(b.programs.iter().map(|(name, _)| *name)),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// USER_HZ, the unit of /proc/stat's and /proc/<pid>/stat's CPU columns (100 on every
+/// mainstream build).
+fn user_hz() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as u64 } else { 100 }
 }
 
 /// One source of data, polled by the sampler on its tick.
@@ -337,6 +486,28 @@ mod tests {
 
     static DESC: MetricDesc =
         MetricDesc { name: "g", kind: MetricKind::Gauge, unit: "", help: "", labels: &["k"], source: "t" };
+
+    #[test]
+    fn the_declarations_are_consistent() {
+        let specs = specs();
+        let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+        for (i, n) in names.iter().enumerate() {
+            assert!(!names[..i].contains(n), "{n} declared twice");
+        }
+        assert_eq!(specs.iter().filter(|s| matches!(s.build, Build::SelfMetrics)).count(), 1);
+        for (i, spec) in specs.iter().enumerate() {
+            if let Build::Bpf(b) = spec.build {
+                for need in b.needs {
+                    let earlier = specs[..i].iter().any(|s| s.name == *need && matches!(s.build, Build::Bpf(_)));
+                    assert!(earlier, "{} needs {need}, which must be a BPF source declared before it", spec.name);
+                }
+            }
+        }
+        let programs = bpf_program_names();
+        for (i, p) in programs.iter().enumerate() {
+            assert!(!programs[..i].contains(p), "program {p} attached by two sources");
+        }
+    }
 
     #[test]
     fn change_only_sends_changes_and_a_spread_full_refresh() {

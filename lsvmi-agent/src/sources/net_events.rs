@@ -13,15 +13,15 @@ use std::{
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use lsvmi_common::net::{
-    ABSENT, CPU_MAP, CpuNet, DROP_REASONS, EVENT_DROP, EVENT_RETRANSMIT, EVENT_SEND_RESET, EVENTS_MAP, NetEvent,
-    NetOffsets, PROG_KFREE_SKB, PROG_PROBE, PROG_RECEIVE_RESET, PROG_RETRANSMIT, PROG_SEND_RESET, PROG_SET_STATE,
-    TCP_STATES, TpFields,
+    ABSENT, CPU_MAP, CpuNet, DROP_REASONS, EVENT_DROP, EVENT_RETRANSMIT, EVENT_SEND_RESET, EVENTS_MAP, GLOBAL_OFFSETS,
+    NetEvent, NetOffsets, PROG_KFREE_SKB, PROG_PROBE, PROG_RECEIVE_RESET, PROG_RETRANSMIT, PROG_SEND_RESET,
+    PROG_SET_STATE, TCP_STATES, TpFields,
 };
 use tracing::debug;
 
 use super::{Collector, Source, SourceError, histogram::HistogramFamily};
 use crate::{
-    bpf::{Bpf, BpfError, Hook, Plain, tracefs::Format},
+    bpf::{Bpf, BpfError, BpfSource, Global, Hook, Plain, tracefs::Format},
     model::{MetricDesc, SeriesId, now_ms},
 };
 
@@ -112,17 +112,23 @@ pub static METRICS: &[&MetricDesc] = &[
     &EVENTS_LOST,
 ];
 
-pub const PROGRAMS: &[&str] =
-    &[PROG_RETRANSMIT, PROG_SEND_RESET, PROG_RECEIVE_RESET, PROG_SET_STATE, PROG_PROBE, PROG_KFREE_SKB];
-
-const HOOKS: [(&str, Hook); 6] = [
-    (PROG_RETRANSMIT, Hook::Tracepoint("tcp")),
-    (PROG_SEND_RESET, Hook::Tracepoint("tcp")),
-    (PROG_RECEIVE_RESET, Hook::Tracepoint("tcp")),
-    (PROG_SET_STATE, Hook::Tracepoint("sock")),
-    (PROG_PROBE, Hook::Tracepoint("tcp")),
-    (PROG_KFREE_SKB, Hook::Tracepoint("skb")),
-];
+/// Classic tracepoints, whose record layouts (from tracefs) reach the programs as a global.
+pub static BPF: BpfSource = BpfSource {
+    programs: &[
+        (PROG_RETRANSMIT, Hook::Tracepoint("tcp")),
+        (PROG_SEND_RESET, Hook::Tracepoint("tcp")),
+        (PROG_RECEIVE_RESET, Hook::Tracepoint("tcp")),
+        (PROG_SET_STATE, Hook::Tracepoint("sock")),
+        (PROG_PROBE, Hook::Tracepoint("tcp")),
+        (PROG_KFREE_SKB, Hook::Tracepoint("skb")),
+    ],
+    needs: &[],
+    globals: |kernel| match &kernel.tracefs {
+        Ok(root) => vec![Global::new(GLOBAL_OFFSETS, Layout::discover(root).offsets)],
+        Err(_) => Vec::new(),
+    },
+    attach: |bpf, disabled| Ok(Box::new(NetEventsSource::attach(bpf, disabled)?)),
+};
 
 /// TCP state names when tracefs does not give them (include/net/tcp_states.h).
 const TCP_STATE_NAMES: [&str; 14] = [
@@ -255,11 +261,11 @@ const EVENT_NAMES: [&str; 5] = ["other", "retransmit", "send_reset", "receive_re
 
 impl NetEventsSource {
     pub fn attach(bpf: &mut Bpf, disabled: &[String]) -> Result<Self, BpfError> {
-        let Some(layout) = bpf.net.take() else {
-            let cause = bpf.tracefs.as_ref().err().cloned().unwrap_or_else(|| "tracefs formats unreadable".into());
-            return Err(BpfError::Kernel { what: "network tracepoints".into(), cause });
+        let layout = match &bpf.kernel.tracefs {
+            Ok(root) => Layout::discover(root),
+            Err(cause) => return Err(BpfError::Kernel { what: "network tracepoints".into(), cause: cause.clone() }),
         };
-        let on = bpf.attach_each("net_events", &HOOKS, disabled);
+        let on = bpf.attach_each("net_events", BPF.programs, disabled);
         if !on.iter().any(|&o| o) {
             return Err(BpfError::Kernel { what: "network programs".into(), cause: "none is running".into() });
         }

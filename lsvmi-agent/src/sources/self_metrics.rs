@@ -178,6 +178,9 @@ histogram!(
     "Duration of remote-write requests, whatever their outcome (a rate-limit wait included)."
 );
 
+/// The source's name (config key and `source` label).
+pub const NAME: &str = "lsvmi";
+
 pub static METRICS: &[&MetricDesc] = &[
     &COLLECTED,
     &SENT,
@@ -252,7 +255,7 @@ fn own_usage() -> ([f64; 2], Option<f64>) {
 
 impl Source for SelfMetrics {
     fn name(&self) -> &'static str {
-        "lsvmi"
+        NAME
     }
 
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {

@@ -8,7 +8,7 @@ use lsvmi_common::softirq::{CPU_MAP, CpuSoftirq, NAMES, PROG_ENTRY, PROG_EXIT};
 
 use super::{Collector, Source, SourceError};
 use crate::{
-    bpf::{Bpf, BpfError, Hook, Plain},
+    bpf::{Bpf, BpfError, BpfSource, Hook, Plain},
     model::{MetricDesc, SeriesId, now_ms},
 };
 
@@ -34,7 +34,12 @@ metric!(
 );
 
 pub static METRICS: &[&MetricDesc] = &[&TIME, &RUNS];
-pub const PROGRAMS: &[&str] = &[PROG_ENTRY, PROG_EXIT];
+pub static BPF: BpfSource = BpfSource {
+    programs: &[(PROG_ENTRY, Hook::TpBtf), (PROG_EXIT, Hook::TpBtf)],
+    needs: &[],
+    globals: |_| Vec::new(),
+    attach: |bpf, disabled| Ok(Box::new(SoftirqTimeSource::attach(bpf, disabled)?)),
+};
 
 pub struct SoftirqTimeSource {
     map: PerCpuArray<MapData, Plain<CpuSoftirq>>,
@@ -44,8 +49,7 @@ pub struct SoftirqTimeSource {
 
 impl SoftirqTimeSource {
     pub fn attach(bpf: &mut Bpf, disabled: &[String]) -> Result<Self, BpfError> {
-        let hooks = [(PROG_ENTRY, Hook::TpBtf), (PROG_EXIT, Hook::TpBtf)];
-        let on = bpf.attach_each("softirq_time", &hooks, disabled);
+        let on = bpf.attach_each("softirq_time", BPF.programs, disabled);
         if !on.iter().all(|&o| o) {
             return Err(BpfError::Kernel { what: "softirq time".into(), cause: "needs both softirq programs".into() });
         }

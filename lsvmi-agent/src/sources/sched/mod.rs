@@ -3,11 +3,11 @@
 //! copies on the sampling tick. No ring buffer, no wake-up per event.
 
 use aya::maps::{MapData, PerCpuArray};
-use lsvmi_common::sched::{CPU_MAP, CpuSched, PROG_MIGRATE, PROG_SWITCH};
+use lsvmi_common::sched::{CPU_MAP, CpuSched, GLOBAL_OFFSETS, PROG_MIGRATE, PROG_SWITCH, SchedOffsets};
 
 use super::{Collector, Source, SourceError, histogram::HistogramFamily};
 use crate::{
-    bpf::{Bpf, BpfError, Hook, Plain, monotonic_ns},
+    bpf::{Bpf, BpfError, BpfSource, Global, Hook, Kernel, Plain, btf, monotonic_ns},
     model::{MetricDesc, SeriesId, now_ms},
 };
 
@@ -76,8 +76,34 @@ pub static METRICS: &[&MetricDesc] = &[
     &RUNQ_LATENCY.count,
 ];
 
-/// The programs this source attaches (config `bpf_disable` takes these names).
-pub const PROGRAMS: &[&str] = &[PROG_SWITCH, PROG_MIGRATE];
+/// The programs, where they attach, the kernel fields they read (offsets from BTF).
+pub static BPF: BpfSource = BpfSource {
+    programs: &[(PROG_SWITCH, Hook::TpBtf), (PROG_MIGRATE, Hook::TpBtf)],
+    needs: &[],
+    globals: |kernel| offsets(kernel).map(|o| vec![Global::new(GLOBAL_OFFSETS, o)]).unwrap_or_default(),
+    attach: |bpf, disabled| Ok(Box::new(SchedSource::attach(bpf, disabled)?)),
+};
+
+/// The fields sched_switch reads. `pid` is required; the run-queue ones are optional (a
+/// kernel without CONFIG_FAIR_GROUP_SCHED or CONFIG_SCHED_INFO lacks some of them, and
+/// run-queue latency is then left out with one warning).
+fn offsets(kernel: &Kernel) -> Result<SchedOffsets, String> {
+    let raw = kernel.btf.as_ref().map_err(Clone::clone)?;
+    let b = btf::Btf::parse(raw).map_err(|e| e.to_string())?;
+    let at = |s: &str, m: &str| b.member_offset(s, m).map_err(|e| e.to_string());
+    let mut o = SchedOffsets { pid: at("task_struct", "pid")?, ..Default::default() };
+    let runq = (|| -> Result<(), String> {
+        o.last_queued = at("task_struct", "sched_info")? + at("sched_info", "last_queued")?;
+        o.se_cfs_rq = at("task_struct", "se")? + at("sched_entity", "cfs_rq")?;
+        o.cfs_rq_rq = at("cfs_rq", "rq")?;
+        o.rq_clock = at("rq", "clock")?;
+        Ok(())
+    })();
+    if runq.is_ok() {
+        o.runq = 1;
+    }
+    Ok(o)
+}
 
 /// Series of one CPU.
 struct CpuSeries {
@@ -106,15 +132,16 @@ impl SchedSource {
     /// that fails is one warning and its series are left out; `Err` when sched_switch,
     /// which everything but migrations needs, cannot run and neither can migrations.
     pub fn attach(bpf: &mut Bpf, disabled: &[String]) -> Result<Self, BpfError> {
-        let runq = match &bpf.sched_offsets {
-            Ok(o) => o.runq != 0,
-            // Without the pid offset sched_switch would take every task for idle.
-            Err(e) => {
-                return Err(BpfError::Kernel { what: "task_struct.pid offset from BTF".into(), cause: e.clone() });
+        let runq = match offsets(&bpf.kernel) {
+            Ok(o) if o.runq == 0 => {
+                tracing::warn!("run-queue latency not measured: the kernel's BTF lacks the sched_info or rq fields");
+                false
             }
+            Ok(_) => true,
+            // Without the pid offset sched_switch would take every task for idle.
+            Err(e) => return Err(BpfError::Kernel { what: "task_struct.pid offset from BTF".into(), cause: e }),
         };
-        let hooks = [(PROG_SWITCH, Hook::TpBtf), (PROG_MIGRATE, Hook::TpBtf)];
-        let on = bpf.attach_each("sched", &hooks, disabled);
+        let on = bpf.attach_each("sched", BPF.programs, disabled);
         let (switch, migrate) = (on[0], on[1]);
         if !switch && !migrate {
             return Err(BpfError::Kernel {

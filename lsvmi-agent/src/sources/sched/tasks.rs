@@ -11,10 +11,10 @@
 use std::collections::HashMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData};
-use lsvmi_common::sched::{TASKS_MAP, TaskTimes};
+use lsvmi_common::sched::{GLOBAL_TASK_STATS, TASKS_MAP, TaskTimes};
 
 use crate::{
-    bpf::{Bpf, BpfError, Plain},
+    bpf::{Bpf, BpfError, BpfSource, Global, Plain},
     model::{MetricDesc, SeriesId, now_ms},
     sources::{Collector, Source, SourceError},
 };
@@ -62,6 +62,15 @@ struct Known {
     pass: u64,
 }
 
+/// No program of its own: it switches on the per-task part of `sched`'s sched_switch
+/// at load (global `SCHED_TASK_STATS`) and reads the map that fills.
+pub static BPF: BpfSource = BpfSource {
+    programs: &[],
+    needs: &["sched"],
+    globals: |_| vec![Global::new(GLOBAL_TASK_STATS, 1u32)],
+    attach: |bpf, _| Ok(Box::new(SchedTasksSource::attach(bpf)?)),
+};
+
 pub struct SchedTasksSource {
     map: BpfHashMap<MapData, u32, Plain<TaskTimes>>,
     known: HashMap<u32, Known>,
@@ -73,7 +82,7 @@ pub struct SchedTasksSource {
 
 impl SchedTasksSource {
     /// Take the per-task map. The per-task code in sched_switch was switched on at load
-    /// (`LoadOptions::task_stats`); this source only reads.
+    /// (see [`BPF`]); this source only reads.
     pub fn attach(bpf: &mut Bpf) -> Result<Self, BpfError> {
         let map = bpf.take_map(TASKS_MAP)?;
         Ok(SchedTasksSource {
