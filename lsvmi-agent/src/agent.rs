@@ -91,6 +91,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_bytes: config.max_batch_bytes,
     };
     let batcher = tokio::spawn(batcher.run(rx));
+    let sessions = crate::trace::Sessions::new(config.trace.clone());
+    let control = match crate::trace::control::bind(&config.trace.socket) {
+        Ok(listener) => Some(tokio::spawn(crate::trace::control::serve(listener, sessions.clone(), stop_rx.clone()))),
+        Err(e) => {
+            tracing::warn!("deep tracing unavailable: {e}; collection continues");
+            None
+        }
+    };
     let sampler = tokio::spawn(Sampler::new(scheduled, config.interval, registry, stats.clone()).run(tx, stop_rx));
 
     info!(
@@ -108,7 +116,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     wait_for_stop(config.duration).await?;
 
     info!("stopping: flushing collected samples");
+    sessions.end("shutdown");
     let _ = stop_tx.send(true);
+    if let Some(c) = control {
+        let _ = c.await;
+    }
     sampler.await.context("sampler task")?;
     batcher.await.context("batcher task")?;
     // Deliver what is queued within the shutdown deadline; then park the rest in the

@@ -23,6 +23,8 @@ Examples:
   lsvmi --endpoint http://vm:8428/api/v1/write
   lsvmi --dry-run --duration 1            print one second of samples, send nothing
   lsvmi --config /etc/lsvmi.yaml          settings from a file (see docs/configuration.md)
+  lsvmi trace start --profile sched --duration 10s
+                                          deep-trace the scheduler for 10 s (see docs/tracing.md)
 
 Exit codes: 0 done, 1 runtime failure, 2 bad flag or configuration.
 Logs go to stderr; RUST_LOG (e.g. RUST_LOG=lsvmi=debug) overrides --log-level.";
@@ -78,9 +80,61 @@ pub struct Cli {
     #[arg(long, value_name = "LIST")]
     pub cpus: Option<String>,
 
+    /// The control socket (`lsvmi trace` talks to the daemon there) [default: /run/lsvmi/control.sock]
+    #[arg(long, value_name = "PATH", global = true)]
+    pub control_socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Log level: error, warn, info, debug, trace
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
     pub log_level: String,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Deep-tracing sessions in the running daemon: per-event programs loaded for a
+    /// bounded time within a CPU budget (root or the daemon's user only)
+    Trace {
+        #[command(subcommand)]
+        action: TraceAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TraceAction {
+    /// Start a session (one at a time); prints its id and when it ends
+    Start {
+        /// What to trace
+        #[arg(long, value_enum, default_value = "sched")]
+        profile: crate::trace::Profile,
+        /// How long (e.g. 10s, 2m); capped by the daemon's trace.max_duration [default: 10s]
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Only this process (thread group)
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Only threads with this name
+        #[arg(long)]
+        comm: Option<String>,
+        /// Only these CPUs, e.g. 0-3,8
+        #[arg(long = "cpu", value_name = "LIST")]
+        cpus: Option<String>,
+        /// CPU budget for the session's programs, in percent of one CPU, e.g. 0.5%
+        #[arg(long, value_parser = percent)]
+        budget: Option<f64>,
+    },
+    /// Show the running session (or the last one)
+    Status,
+    /// End the running session now
+    Stop,
+}
+
+fn percent(text: &str) -> Result<f64, String> {
+    let v: f64 =
+        text.trim_end_matches('%').parse().map_err(|_| format!("{text:?} is not a percentage such as 0.5%"))?;
+    if v > 0.0 && v <= 100.0 { Ok(v) } else { Err(format!("{text:?} must be above 0% and at most 100%")) }
 }
 
 fn positive_seconds(text: &str) -> Result<f64, String> {

@@ -50,6 +50,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub rate_limit: Option<RateLimitFileConfig>,
+    pub trace: Option<TraceFileConfig>,
     pub instance: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -116,6 +117,19 @@ pub struct AuthFileConfig {
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
     pub bearer_token_file: Option<PathBuf>,
+}
+
+/// `trace:` in the file: deep-tracing sessions (docs/tracing.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceFileConfig {
+    pub socket: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub default_duration: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub max_duration: Option<Duration>,
+    /// Percent of one CPU.
+    pub budget_percent: Option<f64>,
 }
 
 /// `rate_limit:` in the file.
@@ -213,6 +227,7 @@ pub struct Config {
     pub fs_types: Vec<String>,
     pub dry_run: bool,
     pub duration: Option<Duration>,
+    pub trace: crate::trace::TraceSettings,
 }
 
 /// Default of `full_refresh_every` (LSVMI's `full_metrics_factor`).
@@ -387,6 +402,7 @@ impl Config {
                 reason: format!("unknown program {bad:?}; known: {}", programs.join(", ")),
             });
         }
+        let trace = resolve_trace(cli, file.trace.unwrap_or_default())?;
         let (sources, threads, fs_types) = resolve_sources(file.sources, interval, default_refresh)?;
         Ok(Config {
             endpoints,
@@ -416,6 +432,7 @@ impl Config {
             fs_types,
             dry_run: cli.dry_run,
             duration,
+            trace,
         })
     }
 }
@@ -483,6 +500,27 @@ fn resolve_sources(
         });
     }
     Ok((out, threads, fs_types))
+}
+
+fn resolve_trace(cli: &Cli, file: TraceFileConfig) -> Result<crate::trace::TraceSettings, ConfigError> {
+    let d = crate::trace::TraceSettings::default();
+    let t = crate::trace::TraceSettings {
+        socket: cli.control_socket.clone().or(file.socket).unwrap_or(d.socket),
+        default_duration: file.default_duration.unwrap_or(d.default_duration),
+        max_duration: file.max_duration.unwrap_or(d.max_duration),
+        default_budget_percent: file.budget_percent.unwrap_or(d.default_budget_percent),
+    };
+    let bad = |reason: String| ConfigError::Invalid { key: "trace", reason };
+    if t.max_duration.is_zero() || t.default_duration.is_zero() || t.default_duration > t.max_duration {
+        return Err(bad(format!(
+            "default_duration {:?} must be above 0 and at most max_duration {:?}",
+            t.default_duration, t.max_duration
+        )));
+    }
+    if !(t.default_budget_percent > 0.0 && t.default_budget_percent <= 100.0) {
+        return Err(bad(format!("budget_percent {} must be above 0 and at most 100", t.default_budget_percent)));
+    }
+    Ok(t)
 }
 
 /// `scheme://user:pass@host/…` → `scheme://***@host/…`; anything else unchanged.
@@ -642,6 +680,8 @@ mod tests {
             ("auth: {bearer_token_file: /nonexistent/token}\n", "/nonexistent/token"),
             ("tls: {cert_file: /x.pem}\n", "tls"),
             ("rate_limit: {bytes_per_second: 10}\n", "rate_limit"),
+            ("trace: {max_duration: 5s}\n", "trace"),
+            ("trace: {budget_percent: 0}\n", "trace"),
         ] {
             let e = from_yaml(&[], yaml).unwrap_err().to_string();
             assert!(e.contains(key), "{yaml}: {e}");

@@ -6,7 +6,8 @@
 //! - `sampler`  — the 100 ms loop that polls the sources;
 //! - `encode/`  — remote-write protobuf + snappy, or text for `--dry-run`;
 //! - `send/`    — batching, the bounded queue, retries, HTTP: how it leaves the host;
-//! - `bpf/`     — loading the embedded BPF object (programs live in `lsvmi-ebpf/`).
+//! - `bpf/`     — loading the embedded BPF object (programs live in `lsvmi-ebpf/`);
+//! - `trace/`   — deep-tracing sessions on demand, and the control socket.
 
 pub mod affinity;
 pub mod agent;
@@ -21,3 +22,4 @@ pub mod sampler;
 pub mod send;
 pub mod sources;
 pub mod stats;
+pub mod trace;

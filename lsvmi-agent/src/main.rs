@@ -3,7 +3,12 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
-use lsvmi::{agent, cli::Cli, config::Config};
+use lsvmi::{
+    agent,
+    cli::{Cli, Command, TraceAction},
+    config::Config,
+    trace::{self, Request, Response, SessionInfo, StartRequest},
+};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -24,6 +29,9 @@ fn main() -> ExitCode {
         .compact()
         .init();
 
+    if let Some(Command::Trace { action }) = &cli.command {
+        return trace_client(&cli, action);
+    }
     let config = match Config::from_cli(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -57,4 +65,82 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `lsvmi trace …`: one request to the running daemon, its answer printed. Exit 0 when
+/// done, 1 when the daemon is not there or refuses, 2 for a bad flag or config.
+fn trace_client(cli: &Cli, action: &TraceAction) -> ExitCode {
+    let socket = match (&cli.control_socket, &cli.config) {
+        (Some(path), _) => path.clone(),
+        // The socket the daemon reads from the same config file.
+        (None, Some(_)) => match Config::from_cli(cli) {
+            Ok(c) => c.trace.socket,
+            Err(e) => {
+                eprintln!("lsvmi: error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => trace::DEFAULT_SOCKET.into(),
+    };
+    let req = match action {
+        TraceAction::Start { profile, duration, pid, comm, cpus, budget } => Request::Start(StartRequest {
+            profile: *profile,
+            duration_ms: duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            pid: *pid,
+            comm: comm.clone(),
+            cpus: cpus.clone(),
+            budget_percent: *budget,
+        }),
+        TraceAction::Status => Request::Status,
+        TraceAction::Stop => Request::Stop,
+    };
+    match trace::control::call(&socket, &req) {
+        Ok(Response::Session { session }) => {
+            println!("{}", describe(&session));
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Idle { last }) => {
+            match last {
+                Some(s) => println!("no trace session running; the last: {}", describe(&s)),
+                None => println!("no trace session running"),
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Error { message }) => {
+            eprintln!("lsvmi: error: {message}");
+            ExitCode::FAILURE
+        }
+        Err(message) => {
+            eprintln!("lsvmi: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn describe(s: &SessionInfo) -> String {
+    let at = |ms: i64| {
+        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64))
+    };
+    let state = match &s.ended {
+        None => format!("runs until {}", at(s.until_ms)),
+        Some(why) => format!("ended ({why})"),
+    };
+    let mut filters = Vec::new();
+    if let Some(p) = s.pid {
+        filters.push(format!("pid {p}"));
+    }
+    if let Some(c) = &s.comm {
+        filters.push(format!("comm {c}"));
+    }
+    if let Some(c) = &s.cpus {
+        filters.push(format!("cpus {c}"));
+    }
+    let filters = if filters.is_empty() { String::new() } else { format!(", {}", filters.join(", ")) };
+    format!(
+        "session {} (profile {}{filters}, budget {}%) started {}, {state}",
+        s.id,
+        s.profile.as_str(),
+        s.budget_percent,
+        at(s.started_ms)
+    )
 }

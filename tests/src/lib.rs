@@ -178,14 +178,19 @@ pub fn write_config(yaml: &str) -> (tempfile::TempDir, String) {
 
 /// Run the agent with `args`; kill it if it has not exited after `timeout`.
 ///
-/// Unless `args` name one, the agent gets a spool directory of its own for this run, so
-/// tests never share (or replay into each other) the default /var/lib/lsvmi/spool.
+/// Unless `args` name one, the agent gets a spool directory and a control socket of its
+/// own for this run, so tests never share (or replay into each other) the default
+/// /var/lib/lsvmi/spool, nor fight over /run/lsvmi/control.sock.
 pub fn run_agent(args: &[&str], timeout: Duration) -> Output {
     let spool = tempfile::tempdir().expect("spool dir");
     let mut cmd = Command::new(agent_bin());
     cmd.args(args);
     if !args.contains(&"--spool-dir") {
         cmd.arg("--spool-dir").arg(spool.path());
+    }
+    // Likewise a control socket of its own (the default is one per host).
+    if !args.contains(&"--control-socket") && !args.contains(&"trace") {
+        cmd.arg("--control-socket").arg(spool.path().join("control.sock"));
     }
     run_command(&mut cmd, timeout)
 }

@@ -1,0 +1,290 @@
+//! Deep-tracing sessions: per-event programs loaded only while a session runs, bounded in
+//! time, started and stopped from the command line (`lsvmi trace start|status|stop`)
+//! through the daemon's control socket ([`control`]).
+//!
+//! One session at a time. A session has a profile (what it traces), a duration (default
+//! 10 s, capped by `trace.max_duration`), optional filters, and an id that labels what
+//! it produces. It ends by itself at its deadline, on `lsvmi trace stop`, or with the
+//! daemon; nothing it loads is pinned, so even a SIGKILL of the daemon lets the kernel
+//! detach its programs.
+
+pub mod control;
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// What a session traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// Wake-to-run latency per thread, with who held the CPU meanwhile.
+    Sched,
+    /// Hard-IRQ handler time, softirq raise-to-entry delay and run time.
+    Irq,
+    /// Per-connection retransmits, resets and drops.
+    Net,
+    /// Per-request block I/O queue wait and device time.
+    Block,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Sched => "sched",
+            Profile::Irq => "irq",
+            Profile::Net => "net",
+            Profile::Block => "block",
+        }
+    }
+}
+
+/// What `lsvmi trace start` asks for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StartRequest {
+    pub profile: Profile,
+    /// None: the daemon's default (10 s).
+    pub duration_ms: Option<u64>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// CPU list as `0-3,8`.
+    pub cpus: Option<String>,
+    /// CPU budget in percent of one CPU (0.5 = 0.5 %).
+    pub budget_percent: Option<f64>,
+}
+
+/// One request line on the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Start(StartRequest),
+    Status,
+    Stop,
+}
+
+/// One answer line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// The session now running (after start), running (status), or just ended (stop).
+    Session { session: SessionInfo },
+    /// Nothing runs (status, stop).
+    Idle { last: Option<SessionInfo> },
+    /// Refused, with why in one line.
+    Error { message: String },
+}
+
+/// A session as the control socket reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionInfo {
+    /// `<profile>-<start time in ms>`: the `session` label of what it produces.
+    pub id: String,
+    pub profile: Profile,
+    pub started_ms: i64,
+    pub until_ms: i64,
+    /// Set once it ended: `deadline`, `stopped`, `budget`, `shutdown`, or an error.
+    pub ended: Option<String>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub cpus: Option<String>,
+    pub budget_percent: f64,
+}
+
+/// Session limits (config `trace:`).
+#[derive(Debug, Clone)]
+pub struct TraceSettings {
+    /// The control socket.
+    pub socket: std::path::PathBuf,
+    pub default_duration: Duration,
+    pub max_duration: Duration,
+    pub default_budget_percent: f64,
+}
+
+pub const DEFAULT_SOCKET: &str = "/run/lsvmi/control.sock";
+
+impl Default for TraceSettings {
+    fn default() -> Self {
+        TraceSettings {
+            socket: DEFAULT_SOCKET.into(),
+            default_duration: Duration::from_secs(10),
+            max_duration: Duration::from_secs(120),
+            default_budget_percent: 0.5,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    current: Option<SessionInfo>,
+    last: Option<SessionInfo>,
+}
+
+/// The daemon's side: at most one session, and the last one that ended.
+#[derive(Clone)]
+pub struct Sessions {
+    settings: Arc<TraceSettings>,
+    state: Arc<Mutex<State>>,
+}
+
+impl Sessions {
+    pub fn new(settings: TraceSettings) -> Self {
+        Sessions { settings: Arc::new(settings), state: Arc::default() }
+    }
+
+    pub fn settings(&self) -> &TraceSettings {
+        &self.settings
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Answer one request at `now_ms`.
+    pub fn handle(&self, req: Request, now_ms: i64) -> Response {
+        self.expire(now_ms);
+        match req {
+            Request::Start(start) => match self.start(start, now_ms) {
+                Ok(session) => Response::Session { session },
+                Err(message) => Response::Error { message },
+            },
+            Request::Status => {
+                // One lock at a time: the guard of a match scrutinee lives through its arms.
+                let current = self.current();
+                match current {
+                    Some(session) => Response::Session { session },
+                    None => Response::Idle { last: self.lock_last() },
+                }
+            }
+            Request::Stop => match self.end("stopped") {
+                Some(session) => Response::Session { session },
+                None => Response::Idle { last: self.lock_last() },
+            },
+        }
+    }
+
+    fn lock_last(&self) -> Option<SessionInfo> {
+        self.lock().last.clone()
+    }
+
+    fn start(&self, req: StartRequest, now_ms: i64) -> Result<SessionInfo, String> {
+        let mut st = self.lock();
+        if let Some(s) = &st.current {
+            return Err(format!(
+                "session {} ({}) runs until {}; one session at a time (`lsvmi trace stop` ends it)",
+                s.id,
+                s.profile.as_str(),
+                humantime::format_rfc3339_millis(to_system_time(s.until_ms))
+            ));
+        }
+        let duration = req.duration_ms.map(Duration::from_millis).unwrap_or(self.settings.default_duration);
+        if duration.is_zero() {
+            return Err("duration must be above 0".into());
+        }
+        if duration > self.settings.max_duration {
+            return Err(format!(
+                "duration {} is above the cap of {} (trace.max_duration)",
+                humantime::format_duration(duration),
+                humantime::format_duration(self.settings.max_duration)
+            ));
+        }
+        let budget = req.budget_percent.unwrap_or(self.settings.default_budget_percent);
+        if !(budget > 0.0 && budget <= 100.0) {
+            return Err(format!("budget {budget}% must be above 0 and at most 100"));
+        }
+        if let Some(cpus) = &req.cpus
+            && crate::sources::host::parse_cpu_list(cpus).is_none_or(|l| l.is_empty())
+        {
+            return Err(format!("--cpu {cpus:?} is not a CPU list such as 0-3,8"));
+        }
+        let session = SessionInfo {
+            id: format!("{}-{now_ms}", req.profile.as_str()),
+            profile: req.profile,
+            started_ms: now_ms,
+            until_ms: now_ms + i64::try_from(duration.as_millis()).unwrap_or(i64::MAX),
+            ended: None,
+            pid: req.pid,
+            comm: req.comm,
+            cpus: req.cpus,
+            budget_percent: budget,
+        };
+        tracing::info!(
+            session = %session.id,
+            until = %humantime::format_rfc3339_millis(to_system_time(session.until_ms)),
+            "trace session started"
+        );
+        st.current = Some(session.clone());
+        Ok(session)
+    }
+
+    /// End the running session, if any, saying why.
+    pub fn end(&self, why: &str) -> Option<SessionInfo> {
+        let mut st = self.lock();
+        let mut s = st.current.take()?;
+        s.ended = Some(why.to_string());
+        tracing::info!(session = %s.id, reason = why, "trace session ended");
+        st.last = Some(s.clone());
+        Some(s)
+    }
+
+    /// End the session whose deadline has passed.
+    pub fn expire(&self, now_ms: i64) {
+        let due = self.lock().current.as_ref().is_some_and(|s| now_ms >= s.until_ms);
+        if due {
+            self.end("deadline");
+        }
+    }
+
+    /// The running session, if any.
+    pub fn current(&self) -> Option<SessionInfo> {
+        self.lock().current.clone()
+    }
+}
+
+fn to_system_time(ms: i64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(profile: Profile, ms: Option<u64>) -> Request {
+        Request::Start(StartRequest {
+            profile,
+            duration_ms: ms,
+            pid: None,
+            comm: None,
+            cpus: None,
+            budget_percent: None,
+        })
+    }
+
+    #[test]
+    fn one_session_at_a_time_with_a_capped_duration_ending_at_its_deadline() {
+        let s = Sessions::new(TraceSettings::default());
+        let Response::Session { session } = s.handle(start(Profile::Sched, None), 1_000) else { panic!() };
+        assert_eq!(session.until_ms, 11_000);
+        let Response::Error { message } = s.handle(start(Profile::Irq, None), 2_000) else { panic!() };
+        assert!(message.contains(&session.id) && message.contains("runs until"), "{message}");
+        assert!(matches!(s.handle(Request::Status, 5_000), Response::Session { .. }));
+        // Past the deadline it has ended, and says why.
+        let Response::Idle { last: Some(last) } = s.handle(Request::Status, 11_000) else { panic!() };
+        assert_eq!(last.ended.as_deref(), Some("deadline"));
+        let Response::Error { message } = s.handle(start(Profile::Sched, Some(121_000)), 12_000) else { panic!() };
+        assert!(message.contains("cap of 2m"), "{message}");
+        assert!(matches!(s.handle(start(Profile::Sched, Some(5_000)), 12_000), Response::Session { .. }));
+        let Response::Session { session } = s.handle(Request::Stop, 13_000) else { panic!() };
+        assert_eq!(session.ended.as_deref(), Some("stopped"));
+        assert!(matches!(s.handle(Request::Stop, 13_000), Response::Idle { .. }));
+    }
+
+    #[test]
+    fn requests_round_trip_as_one_json_line() {
+        let line = serde_json::to_string(&start(Profile::Net, Some(5))).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), start(Profile::Net, Some(5)));
+    }
+}
