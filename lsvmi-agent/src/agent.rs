@@ -42,10 +42,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sources = procfs_sources(&config);
     // Held until the end: dropping it detaches the programs.
     let wanted = bpf_sources(&config);
-    let _bpf = if config.bpf && !wanted.is_empty() {
+    let ebpf = if config.bpf && !wanted.is_empty() {
         bpf::start(&wanted, &config.bpf_disable).map(|(ebpf, started)| {
             sources.extend(started);
-            ebpf
+            // Shared with the trace sessions, which load and unload their programs in it.
+            Arc::new(std::sync::Mutex::new(ebpf))
         })
     } else {
         None
@@ -92,6 +93,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let batcher = tokio::spawn(batcher.run(rx));
     let sessions = crate::trace::Sessions::new(config.trace.clone());
+    sessions.set_tracer(match &ebpf {
+        Some(e) => crate::trace::sched::tracer(e.clone()).map(|t| Arc::new(t) as Arc<dyn crate::trace::Tracer>),
+        None if !config.bpf => Err("eBPF is off (--no-bpf)".into()),
+        None => Err("eBPF did not start (see the warning at start-up)".into()),
+    });
     let control = match crate::trace::control::bind(&config.trace.socket) {
         Ok(listener) => Some(tokio::spawn(crate::trace::control::serve(listener, sessions.clone(), stop_rx.clone()))),
         Err(e) => {
@@ -116,7 +122,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     wait_for_stop(config.duration).await?;
 
     info!("stopping: flushing collected samples");
-    sessions.end("shutdown");
+    if let Some(s) = sessions.end("shutdown") {
+        crate::trace::control::stop_programs(&sessions, s).await;
+    }
     let _ = stop_tx.send(true);
     if let Some(c) = control {
         let _ = c.await;

@@ -20,6 +20,7 @@ pub mod error_line;
 pub mod model;
 pub mod sampler;
 pub mod send;
+#[macro_use]
 pub mod sources;
 pub mod stats;
 pub mod trace;

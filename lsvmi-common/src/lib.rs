@@ -351,6 +351,99 @@ pub mod softirq {
     pub const PROG_EXIT: &str = "softirq_exit";
 }
 
+/// The `sched` deep-tracing profile (`lsvmi-ebpf/src/trace_sched.rs`): attached only
+/// while a session runs. Per thread: time from being queued (woken, created, or
+/// preempted while runnable) to running, split by how it was queued; per thread that
+/// held a CPU when a waiter got it, the wait it ended.
+pub mod trace_sched {
+    /// Hash: thread id → when it was queued (`bpf_ktime_get_ns()`), and how.
+    pub const QUEUED_MAP: &str = "TRACE_QUEUED";
+    /// Hash: thread id → [`ThreadWait`].
+    pub const THREADS_MAP: &str = "TRACE_THREADS";
+    /// Hash: thread id → [`Culprit`].
+    pub const CULPRITS_MAP: &str = "TRACE_CULPRITS";
+    /// Array (one entry) of [`Filter`], set by the agent at session start.
+    pub const FILTER_MAP: &str = "TRACE_FILTER";
+    /// Per-CPU array of `DROP_REASONS` u64 counters.
+    pub const DROPS_MAP: &str = "TRACE_DROPS";
+    /// Global of type [`TraceOffsets`].
+    pub const GLOBAL_OFFSETS: &str = "TRACE_OFFSETS";
+
+    /// Threads followed at once (queued, and aggregated); beyond, events are dropped and
+    /// counted.
+    pub const THREAD_ENTRIES: u32 = 16384;
+    /// Drop reasons, in the slots of `TRACE_DROPS`.
+    pub const DROP_QUEUED_FULL: usize = 0;
+    pub const DROP_THREADS_FULL: usize = 1;
+    pub const DROP_CULPRITS_FULL: usize = 2;
+    pub const DROP_REASONS: usize = 3;
+    pub const DROP_NAMES: [&str; DROP_REASONS] = ["queued_map_full", "threads_map_full", "culprits_map_full"];
+
+    /// How a thread came to wait (`Queued::how`).
+    pub const WOKEN: u32 = 0;
+    pub const PREEMPTED: u32 = 1;
+
+    /// Byte offsets in `task_struct`, from the kernel's BTF.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct TraceOffsets {
+        pub pid: u32,
+        pub tgid: u32,
+        pub comm: u32,
+        /// The agent's own process: its threads are never traced (no feedback loop).
+        pub agent_tgid: u32,
+    }
+
+    /// What a session narrows to; 0 means "any".
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct Filter {
+        /// Non-zero while a session runs: the programs do nothing otherwise.
+        pub active: u32,
+        pub tgid: u32,
+    }
+
+    /// A queued thread.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct Queued {
+        pub at_ns: u64,
+        pub how: u32,
+        pub _pad: u32,
+    }
+
+    /// One thread's waits during the session.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct ThreadWait {
+        /// Time from woken (or created) to running, and how many times.
+        pub woken_ns: u64,
+        pub woken: u64,
+        /// Time from preempted (still runnable) to running again, and how many times.
+        pub preempted_ns: u64,
+        pub preempted: u64,
+        pub max_ns: u64,
+        pub tgid: u32,
+        pub _pad: u32,
+        pub comm: [u8; 16],
+    }
+
+    /// A thread that was on a CPU when a waiter got it: the waits it ended.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct Culprit {
+        pub ended_wait_ns: u64,
+        pub ended: u64,
+        pub tgid: u32,
+        pub _pad: u32,
+        pub comm: [u8; 16],
+    }
+
+    pub const PROG_WAKING: &str = "trace_sched_waking";
+    pub const PROG_WAKEUP_NEW: &str = "trace_sched_wakeup_new";
+    pub const PROG_SWITCH: &str = "trace_sched_switch";
+}
+
 #[cfg(test)]
 mod tests {
     use super::hist::*;

@@ -5,9 +5,11 @@
 #![no_std]
 #![no_main]
 
+mod kernel;
 mod net;
 mod sched;
 mod softirq;
+mod trace_sched;
 
 #[cfg(not(test))]
 #[panic_handler]

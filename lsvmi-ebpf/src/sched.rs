@@ -14,6 +14,8 @@ use aya_ebpf::{
 };
 use lsvmi_common::sched::{CpuSched, SchedOffsets, TASK_ENTRIES, TaskTimes};
 
+use crate::kernel::{field, global};
+
 #[map]
 static SCHED_CPU: PerCpuArray<CpuSched> = PerCpuArray::with_max_entries(1, 0);
 
@@ -32,24 +34,10 @@ static SCHED_OFFSETS: SchedOffsets =
 static SCHED_TASK_STATS: u32 = 0;
 
 #[inline(always)]
-fn global<T: Copy>(v: &T) -> T {
-    // SAFETY: reading a static; volatile so the compiler keeps the load the loader patches.
-    unsafe { core::ptr::read_volatile(v) }
-}
-
-#[inline(always)]
 fn cpu_state() -> Option<&'static mut CpuSched> {
     // SAFETY: the pointer comes from the map lookup and is this CPU's value; nothing
     // else runs on this CPU while the program does (preemption is off in tracepoints).
     SCHED_CPU.get_ptr_mut(0).map(|p| unsafe { &mut *p })
-}
-
-/// The `T` at `base + off`, `base` being a BTF-typed kernel pointer (see the module
-/// doc). A faulting address loads 0.
-#[inline(always)]
-fn field<T: Copy>(base: *const u8, off: u32) -> T {
-    // SAFETY: the verifier checks the access against BTF and makes it fault-safe.
-    unsafe { core::ptr::read_volatile(base.add(off as usize).cast::<T>()) }
 }
 
 /// This CPU's runqueue clock (`next->se.cfs_rq->rq->clock`, updated by `__schedule` just

@@ -27,7 +27,7 @@ impl Daemon {
     fn start(dir: &Path, extra: &[&str]) -> Daemon {
         let socket = dir.join("control.sock");
         let child = Command::new(agent_bin())
-            .args(["--dry-run", "--no-bpf", "--control-socket"])
+            .args(["--dry-run", "--control-socket"])
             .arg(&socket)
             .arg("--spool-dir")
             .arg(dir.join("spool"))
@@ -64,7 +64,21 @@ fn without_a_daemon_one_clear_line_and_exit_1() {
 }
 
 #[test]
+fn without_ebpf_a_start_says_tracing_needs_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let _daemon = Daemon::start(dir.path(), &["--no-bpf"]);
+    let out = trace(&dir.path().join("control.sock"), &["start"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("deep tracing needs eBPF: eBPF is off (--no-bpf)"), "{out:?}");
+}
+
+#[test]
 fn one_session_at_a_time_capped_stoppable_and_reported() {
+    if !is_root() {
+        eprintln!("skipping: tracing sessions need root for BPF");
+        return;
+    }
+    let _turn = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().expect("dir");
     let _daemon = Daemon::start(dir.path(), &[]);
     let socket = dir.path().join("control.sock");
@@ -111,7 +125,7 @@ fn a_caller_that_is_neither_root_nor_the_daemons_user_is_refused() {
         return;
     }
     let dir = tempfile::tempdir().expect("dir");
-    let _daemon = Daemon::start(dir.path(), &[]);
+    let _daemon = Daemon::start(dir.path(), &["--no-bpf"]);
     let socket = dir.path().join("control.sock");
     let as_nobody = |socket: &Path| {
         let mut cmd = Command::new("setpriv");
@@ -132,4 +146,166 @@ fn a_caller_that_is_neither_root_nor_the_daemons_user_is_refused() {
     let out = as_nobody(&socket);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("not permitted"), "{}", text(&out.stderr));
+}
+
+/// Sessions load programs into the one kernel: the tests that run them take turns.
+static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A daemon with BPF sending to `vm`.
+fn bpf_daemon(dir: &Path, vm: &lsvmi_tests::Vm) -> Daemon {
+    let endpoint = vm.write_url();
+    let socket = dir.join("control.sock");
+    let child = Command::new(agent_bin())
+        .args(["--endpoint", &endpoint, "--control-socket"])
+        .arg(&socket)
+        .arg("--spool-dir")
+        .arg(dir.join("spool"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("daemon");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(socket.exists(), "the daemon never opened its control socket");
+    Daemon(child)
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity act on this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0);
+    }
+}
+
+fn gettid() -> u32 {
+    // SAFETY: no preconditions.
+    unsafe { libc::gettid() as u32 }
+}
+
+/// Time thread `tid` of this process spent waiting on a runqueue (schedstat, ns).
+fn run_delay(tid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).expect("schedstat");
+    text.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("run_delay")
+}
+
+/// The last value of each series matching `selector`, by `label`.
+fn last_values(vm: &lsvmi_tests::Vm, selector: &str, label: &str) -> Vec<(String, f64)> {
+    vm.export(selector)
+        .iter()
+        .filter_map(|s| Some((s.label(label).to_string(), s.values.iter().flatten().last().copied()?)))
+        .collect()
+}
+
+#[test]
+fn sched_session_sees_a_victims_wait_as_schedstat_does_and_names_the_culprits() {
+    if !is_root() {
+        eprintln!("skipping: tracing sessions need root for BPF");
+        return;
+    }
+    let _turn = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let vm = lsvmi_tests::Vm::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let _daemon = bpf_daemon(dir.path(), &vm);
+    let socket = dir.path().join("control.sock");
+    // CPU 1 if there is one: the agent keeps to housekeeping CPUs, both here.
+    let cpu = usize::from(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) > 1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spin = |stop: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        std::thread::spawn(move || {
+            pin_to(cpu);
+            let tid = gettid();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+            tid
+        })
+    };
+    let busy = [spin(stop.clone()), spin(stop.clone())];
+    let (tx, rx) = std::sync::mpsc::channel();
+    let victim = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            pin_to(cpu);
+            tx.send(gettid()).expect("tid");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_micros(200) {
+                    std::hint::spin_loop();
+                }
+            }
+        })
+    };
+    let victim_tid = rx.recv().expect("victim tid");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let pid = std::process::id().to_string();
+    let out = trace(&socket, &["start", "--profile", "sched", "--pid", &pid, "--duration", "20s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before = run_delay(victim_tid);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = run_delay(victim_tid);
+    let out = trace(&socket, &["stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let busy_tids: Vec<String> = busy.into_iter().map(|t| t.join().expect("busy").to_string()).collect();
+    victim.join().expect("victim");
+
+    // The session's last values go out on the source's next second, then its series end.
+    std::thread::sleep(Duration::from_millis(2500));
+    vm.force_flush();
+    let tid = victim_tid.to_string();
+    let waited: f64 = last_values(&vm, &format!(r#"trace_sched_wait_seconds_total{{tid="{tid}"}}"#), "cause")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    let schedstat = (after - before) as f64 / 1e9;
+    assert!(schedstat > 0.1, "the victim hardly waited ({schedstat} s): the test set-up is off");
+    let ratio = waited / schedstat;
+    eprintln!("victim waited {waited:.3} s traced, {schedstat:.3} s by schedstat (ratio {ratio:.3})");
+    assert!((0.9..=1.1).contains(&ratio), "traced wait {waited:.3} s vs schedstat run_delay {schedstat:.3} s");
+    let culprits = last_values(&vm, "trace_sched_culprit_seconds_total", "tid");
+    for b in &busy_tids {
+        assert!(
+            culprits.iter().any(|(t, v)| t == b && *v > 0.0),
+            "busy thread {b} not among the culprits: {culprits:?}"
+        );
+    }
+}
+
+/// Names of the session programs loaded in the kernel now (names are cut at 15 bytes).
+fn session_programs_loaded() -> Vec<String> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .filter(|n| n.starts_with("trace_sched"))
+        .collect()
+}
+
+#[test]
+fn a_daemon_killed_mid_session_leaves_no_program_behind() {
+    if !is_root() {
+        eprintln!("skipping: tracing sessions need root for BPF");
+        return;
+    }
+    let _turn = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let vm = lsvmi_tests::Vm::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut daemon = bpf_daemon(dir.path(), &vm);
+    let out = trace(&dir.path().join("control.sock"), &["start", "--duration", "60s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(session_programs_loaded().len(), 3, "the session's programs are not loaded");
+    daemon.0.kill().expect("SIGKILL");
+    let _ = daemon.0.wait();
+    // The kernel releases programs with their last file descriptor; nothing was pinned.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !session_programs_loaded().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(session_programs_loaded(), Vec::<String>::new());
 }

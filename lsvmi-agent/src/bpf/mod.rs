@@ -40,6 +40,16 @@ unsafe impl aya::Pod for Plain<lsvmi_common::net::CpuNet> {}
 unsafe impl aya::Pod for Plain<softirq::CpuSoftirq> {}
 // SAFETY: a plain integer.
 unsafe impl aya::Pod for Plain<u32> {}
+// SAFETY: #[repr(C)] integers without padding, as above.
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::TraceOffsets> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::Filter> {}
+// SAFETY: as above (the explicit `_pad` field fills the gap).
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::Queued> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::ThreadWait> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::Culprit> {}
 
 /// A BPF source as the loader sees it.
 pub struct BpfSource {

@@ -102,7 +102,7 @@ const fn spec_off(
 /// Every source, in the order they are polled within a tick. Default intervals: what
 /// moves fast and matters at 100 ms (CPU, softirqs, NIC and disk counters, pressure)
 /// every tick; the rest every second; filesystems and host identity every 5 s.
-pub fn specs() -> [SourceSpec; 22] {
+pub fn specs() -> [SourceSpec; 23] {
     use Build::{Bpf, Config as Cfg, SelfMetrics};
     [
         spec(
@@ -143,6 +143,13 @@ pub fn specs() -> [SourceSpec; 22] {
         spec("sched", "Scheduler (eBPF)", 100, sched::METRICS, Bpf(&sched::BPF)),
         spec("softirq_time", "Softirq time (eBPF)", 100, softirq_time::METRICS, Bpf(&softirq_time::BPF)),
         spec("net_events", "TCP and packet drops (eBPF)", 100, net_events::METRICS, Bpf(&net_events::BPF)),
+        spec(
+            "trace_sched",
+            "Deep-tracing sessions, sched profile (eBPF, only while a session runs)",
+            1000,
+            crate::trace::sched::METRICS,
+            Bpf(&crate::trace::sched::BPF),
+        ),
         spec_off(
             "sched_tasks",
             "Per-thread scheduler times (eBPF, off by default)",

@@ -17,7 +17,7 @@ use tokio::{
     sync::watch,
 };
 
-use super::{Request, Response, Sessions};
+use super::{Request, Response, SessionInfo, Sessions, Then};
 
 /// The longest request accepted (a start with every filter is ~200 bytes).
 const MAX_REQUEST: usize = 4096;
@@ -88,7 +88,10 @@ async fn answer(stream: UnixStream, sessions: &Sessions, own_uid: u32) {
     } else {
         match reader.read_line(&mut line).await {
             Ok(_) => match serde_json::from_str::<Request>(line.trim()) {
-                Ok(req) => sessions.handle(req, crate::model::now_ms()),
+                Ok(req) => {
+                    let (response, then) = sessions.handle(req, crate::model::now_ms());
+                    follow_up(sessions, response, then).await
+                }
                 Err(e) => Response::Error { message: format!("bad request: {e}") },
             },
             Err(e) => Response::Error { message: format!("reading the request: {e}") },
@@ -97,6 +100,50 @@ async fn answer(stream: UnixStream, sessions: &Sessions, own_uid: u32) {
     let mut text = serde_json::to_string(&response).unwrap_or_else(|_| "{}".into());
     text.push('\n');
     let _ = write.write_all(text.as_bytes()).await;
+}
+
+/// Load or unload programs as a request left to do, on the blocking pool (BTF parsing
+/// and the verifier take long enough to delay a tick). A session whose programs cannot
+/// start is ended at once and the caller told why.
+async fn follow_up(sessions: &Sessions, mut response: Response, then: Vec<Then>) -> Response {
+    for step in then {
+        match step {
+            Then::Start(session) => {
+                let tracer = sessions.tracer();
+                let s = session.clone();
+                let started = tokio::task::spawn_blocking(move || tracer.and_then(|t| t.start(&s)))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("starting the session failed: {e}")));
+                match started {
+                    Ok(()) => watch_deadline(sessions.clone(), session),
+                    Err(e) => {
+                        sessions.end(&format!("failed: {e}"));
+                        response = Response::Error { message: format!("session {} could not start: {e}", session.id) };
+                    }
+                }
+            }
+            Then::Stop(session) => stop_programs(sessions, session).await,
+        }
+    }
+    response
+}
+
+/// End the session at its deadline, its programs with it.
+fn watch_deadline(sessions: Sessions, session: SessionInfo) {
+    tokio::spawn(async move {
+        let left = session.until_ms.saturating_sub(crate::model::now_ms()).max(0) as u64;
+        tokio::time::sleep(Duration::from_millis(left)).await;
+        if let Some(ended) = sessions.end_if(&session.id, "deadline") {
+            stop_programs(&sessions, ended).await;
+        }
+    });
+}
+
+/// Detach a session's programs (on the blocking pool).
+pub async fn stop_programs(sessions: &Sessions, session: SessionInfo) {
+    if let Ok(tracer) = sessions.tracer() {
+        let _ = tokio::task::spawn_blocking(move || tracer.stop(&session)).await;
+    }
 }
 
 /// The client side (`lsvmi trace …`): send one request, read one answer.

@@ -9,6 +9,7 @@
 //! detach its programs.
 
 pub mod control;
+pub mod sched;
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
@@ -93,6 +94,15 @@ pub struct SessionInfo {
     pub budget_percent: f64,
 }
 
+/// What a request leaves to do once answered.
+#[derive(Debug)]
+pub enum Then {
+    /// Load and attach the new session's programs.
+    Start(SessionInfo),
+    /// Detach the ended session's programs.
+    Stop(SessionInfo),
+}
+
 /// Session limits (config `trace:`).
 #[derive(Debug, Clone)]
 pub struct TraceSettings {
@@ -116,6 +126,15 @@ impl Default for TraceSettings {
     }
 }
 
+/// What loads and unloads a session's programs. Both calls may block (BTF, the
+/// verifier): the control socket runs them on the blocking pool, never on the tick.
+pub trait Tracer: Send + Sync {
+    /// Attach the profile's programs and start counting for `session`.
+    fn start(&self, session: &SessionInfo) -> Result<(), String>;
+    /// Stop counting and detach every program of the session.
+    fn stop(&self, session: &SessionInfo);
+}
+
 #[derive(Default)]
 struct State {
     current: Option<SessionInfo>,
@@ -127,11 +146,25 @@ struct State {
 pub struct Sessions {
     settings: Arc<TraceSettings>,
     state: Arc<Mutex<State>>,
+    tracer: Arc<Mutex<Result<Arc<dyn Tracer>, String>>>,
 }
 
 impl Sessions {
     pub fn new(settings: TraceSettings) -> Self {
-        Sessions { settings: Arc::new(settings), state: Arc::default() }
+        Sessions {
+            settings: Arc::new(settings),
+            state: Arc::default(),
+            tracer: Arc::new(Mutex::new(Err("eBPF is not running".into()))),
+        }
+    }
+
+    /// What runs the sessions' programs, or why there is nothing (no BPF).
+    pub fn set_tracer(&self, tracer: Result<Arc<dyn Tracer>, String>) {
+        *self.tracer.lock().unwrap_or_else(|p| p.into_inner()) = tracer;
+    }
+
+    pub fn tracer(&self) -> Result<Arc<dyn Tracer>, String> {
+        self.tracer.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub fn settings(&self) -> &TraceSettings {
@@ -142,12 +175,16 @@ impl Sessions {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Answer one request at `now_ms`.
-    pub fn handle(&self, req: Request, now_ms: i64) -> Response {
-        self.expire(now_ms);
-        match req {
+    /// Answer one request at `now_ms`, and say what must follow on the blocking pool:
+    /// the programs of a session that starts, or of one that ended, to load or unload.
+    pub fn handle(&self, req: Request, now_ms: i64) -> (Response, Vec<Then>) {
+        let mut then: Vec<Then> = self.expire(now_ms).into_iter().map(Then::Stop).collect();
+        let response = match req {
             Request::Start(start) => match self.start(start, now_ms) {
-                Ok(session) => Response::Session { session },
+                Ok(session) => {
+                    then.push(Then::Start(session.clone()));
+                    Response::Session { session }
+                }
                 Err(message) => Response::Error { message },
             },
             Request::Status => {
@@ -159,10 +196,14 @@ impl Sessions {
                 }
             }
             Request::Stop => match self.end("stopped") {
-                Some(session) => Response::Session { session },
+                Some(session) => {
+                    then.push(Then::Stop(session.clone()));
+                    Response::Session { session }
+                }
                 None => Response::Idle { last: self.lock_last() },
             },
-        }
+        };
+        (response, then)
     }
 
     fn lock_last(&self) -> Option<SessionInfo> {
@@ -170,6 +211,9 @@ impl Sessions {
     }
 
     fn start(&self, req: StartRequest, now_ms: i64) -> Result<SessionInfo, String> {
+        if let Err(why) = self.tracer() {
+            return Err(format!("deep tracing needs eBPF: {why}"));
+        }
         let mut st = self.lock();
         if let Some(s) = &st.current {
             return Err(format!(
@@ -229,12 +273,16 @@ impl Sessions {
         Some(s)
     }
 
-    /// End the session whose deadline has passed.
-    pub fn expire(&self, now_ms: i64) {
+    /// End the session whose deadline has passed; it is returned for its programs to go.
+    pub fn expire(&self, now_ms: i64) -> Option<SessionInfo> {
         let due = self.lock().current.as_ref().is_some_and(|s| now_ms >= s.until_ms);
-        if due {
-            self.end("deadline");
-        }
+        if due { self.end("deadline") } else { None }
+    }
+
+    /// End session `id` if it is still the one running.
+    pub fn end_if(&self, id: &str, why: &str) -> Option<SessionInfo> {
+        let same = self.lock().current.as_ref().is_some_and(|s| s.id == id);
+        if same { self.end(why) } else { None }
     }
 
     /// The running session, if any.
@@ -262,9 +310,27 @@ mod tests {
         })
     }
 
+    struct NoPrograms;
+    impl Tracer for NoPrograms {
+        fn start(&self, _: &SessionInfo) -> Result<(), String> {
+            Ok(())
+        }
+        fn stop(&self, _: &SessionInfo) {}
+    }
+
+    #[test]
+    fn without_ebpf_a_start_says_why() {
+        let s = Sessions::new(TraceSettings::default());
+        let (Response::Error { message }, then) = s.handle(start(Profile::Sched, None), 1) else { panic!() };
+        assert!(message.contains("needs eBPF"), "{message}");
+        assert!(then.is_empty());
+    }
+
     #[test]
     fn one_session_at_a_time_with_a_capped_duration_ending_at_its_deadline() {
         let s = Sessions::new(TraceSettings::default());
+        s.set_tracer(Ok(Arc::new(NoPrograms)));
+        let s = Handle(s);
         let Response::Session { session } = s.handle(start(Profile::Sched, None), 1_000) else { panic!() };
         assert_eq!(session.until_ms, 11_000);
         let Response::Error { message } = s.handle(start(Profile::Irq, None), 2_000) else { panic!() };
@@ -279,6 +345,14 @@ mod tests {
         let Response::Session { session } = s.handle(Request::Stop, 13_000) else { panic!() };
         assert_eq!(session.ended.as_deref(), Some("stopped"));
         assert!(matches!(s.handle(Request::Stop, 13_000), Response::Idle { .. }));
+    }
+
+    /// The response alone (the unit tests have no programs to load).
+    struct Handle(Sessions);
+    impl Handle {
+        fn handle(&self, req: Request, now: i64) -> Response {
+            self.0.handle(req, now).0
+        }
     }
 
     #[test]

@@ -1,0 +1,381 @@
+//! The `sched` profile: who waited for a CPU during the session, how long and why
+//! (woken vs preempted), and who held the CPU when each wait ended. The kernel side is
+//! `lsvmi-ebpf/src/trace_sched.rs`; its programs are loaded at session start and
+//! unloaded at its end, its maps live for the agent's life (empty between sessions).
+//!
+//! Two halves meet in [`Shared`]: the [`Tracer`] that loads and unloads the programs
+//! (on the blocking pool), and the `trace_sched` source that turns the maps into series
+//! on its tick, labelled with the session id: the top K threads by wait and by wait
+//! ended, the rest folded into one `comm="_other"` series, so cardinality is bounded.
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::BtfTracePoint,
+};
+use lsvmi_common::trace_sched::{
+    CULPRITS_MAP, Culprit, DROP_NAMES, DROP_REASONS, DROPS_MAP, FILTER_MAP, Filter, GLOBAL_OFFSETS, PROG_SWITCH,
+    PROG_WAKEUP_NEW, PROG_WAKING, QUEUED_MAP, Queued, THREADS_MAP, ThreadWait, TraceOffsets,
+};
+
+use super::{SessionInfo, Tracer};
+use crate::{
+    bpf::{Bpf, BpfError, BpfSource, Global, Kernel, Plain, btf},
+    model::{MetricDesc, now_ms},
+    sources::{Collector, Source, SourceError, text::Tracked},
+};
+
+/// Threads per series family; the rest go into one `_other` series.
+pub const TOP_K: usize = 10;
+
+const SOURCE: &str = "BPF tp_btf sched_waking, sched_wakeup_new, sched_switch (trace sessions)";
+
+metric!(
+    WAIT,
+    "trace_sched_wait_seconds_total",
+    Counter,
+    "seconds",
+    ["session", "pid", "tid", "comm", "cause"],
+    SOURCE,
+    "Time each thread waited on a runqueue during a sched trace session, cause=woken (from wake-up or \
+     creation to running) or preempted (from preemption while runnable to running again). The top threads \
+     by total wait; the rest in comm=\"_other\"."
+);
+metric!(
+    WAITS,
+    "trace_sched_waits_total",
+    Counter,
+    "",
+    ["session", "pid", "tid", "comm", "cause"],
+    SOURCE,
+    "Waits counted in trace_sched_wait_seconds_total."
+);
+metric!(
+    MAX_WAIT,
+    "trace_sched_max_wait_seconds",
+    Gauge,
+    "seconds",
+    ["session", "pid", "tid", "comm"],
+    SOURCE,
+    "The longest single wait of each thread during the session."
+);
+metric!(
+    CULPRIT,
+    "trace_sched_culprit_seconds_total",
+    Counter,
+    "seconds",
+    ["session", "pid", "tid", "comm"],
+    SOURCE,
+    "Waits ended by each thread leaving the CPU: the thread that held the CPU a waiter then got. The top \
+     threads; the rest in comm=\"_other\"."
+);
+metric!(
+    DROPPED,
+    "trace_dropped_events_total",
+    Counter,
+    "",
+    ["session", "reason"],
+    SOURCE,
+    "Events a trace session could not record, by reason (a map full)."
+);
+
+pub static METRICS: &[&MetricDesc] = &[&WAIT, &WAITS, &MAX_WAIT, &CULPRIT, &DROPPED];
+
+/// Where the programs attach: (program, tp_btf tracepoint).
+const PROGRAMS: [(&str, &str); 3] =
+    [(PROG_WAKING, "sched_waking"), (PROG_WAKEUP_NEW, "sched_wakeup_new"), (PROG_SWITCH, "sched_switch")];
+
+/// The source's declaration: no program at start-up (sessions load them), the
+/// `task_struct` offsets and the agent's pid as the programs' globals.
+pub static BPF: BpfSource = BpfSource {
+    programs: &[],
+    needs: &[],
+    globals: |kernel| offsets(kernel).map(|o| vec![Global::new(GLOBAL_OFFSETS, o)]).unwrap_or_default(),
+    attach: |bpf, _| Ok(Box::new(TraceSchedSource::attach(bpf)?)),
+};
+
+fn offsets(kernel: &Kernel) -> Result<TraceOffsets, String> {
+    let raw = kernel.btf.as_ref().map_err(Clone::clone)?;
+    let b = btf::Btf::parse(raw).map_err(|e| e.to_string())?;
+    let at = |m: &str| b.member_offset("task_struct", m).map_err(|e| e.to_string());
+    Ok(TraceOffsets { pid: at("pid")?, tgid: at("tgid")?, comm: at("comm")?, agent_tgid: std::process::id() })
+}
+
+/// The maps, and what the session source needs to know of the session.
+pub struct Shared {
+    maps: Mutex<Maps>,
+}
+
+struct Maps {
+    queued: BpfHashMap<MapData, u32, Plain<Queued>>,
+    threads: BpfHashMap<MapData, u32, Plain<ThreadWait>>,
+    culprits: BpfHashMap<MapData, u32, Plain<Culprit>>,
+    filter: Array<MapData, Plain<Filter>>,
+    drops: PerCpuArray<MapData, u64>,
+    /// The session being traced, or the one that just ended (for its last values).
+    session: Option<SessionInfo>,
+}
+
+/// Set when the `trace_sched` source started: the tracer is built from it.
+static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Maps> {
+        self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Maps {
+    fn clear(&mut self) {
+        let keys: Vec<u32> = self.queued.keys().filter_map(Result::ok).collect();
+        keys.iter().for_each(|k| drop(self.queued.remove(k)));
+        let keys: Vec<u32> = self.threads.keys().filter_map(Result::ok).collect();
+        keys.iter().for_each(|k| drop(self.threads.remove(k)));
+        let keys: Vec<u32> = self.culprits.keys().filter_map(Result::ok).collect();
+        keys.iter().for_each(|k| drop(self.culprits.remove(k)));
+        for reason in 0..DROP_REASONS as u32 {
+            if let Ok(v) = self.drops.get(&reason, 0) {
+                let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; v.len()]);
+                if let Ok(z) = zeros {
+                    let _ = self.drops.set(reason, z, 0);
+                }
+            }
+        }
+    }
+
+    fn set_filter(&mut self, f: Filter) -> Result<(), String> {
+        self.filter.set(0, Plain(f), 0).map_err(|e| format!("setting the session filter: {e}"))
+    }
+}
+
+/// Loads and unloads the profile's programs in the agent's BPF object.
+pub struct SchedTracer {
+    ebpf: Arc<Mutex<Ebpf>>,
+    shared: Arc<Shared>,
+}
+
+/// The tracer, when the `trace_sched` source is running.
+pub fn tracer(ebpf: Arc<Mutex<Ebpf>>) -> Result<SchedTracer, String> {
+    let shared = SHARED.get().cloned().ok_or("the trace_sched source is not running")?;
+    Ok(SchedTracer { ebpf, shared })
+}
+
+impl SchedTracer {
+    fn unload(&self) {
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        for (prog, _) in PROGRAMS {
+            if let Some(p) = ebpf.program_mut(prog)
+                && let Ok(p) = <&mut BtfTracePoint>::try_from(p)
+            {
+                // Detaches its links and unloads it; an error means it was not loaded.
+                let _ = p.unload();
+            }
+        }
+    }
+}
+
+impl Tracer for SchedTracer {
+    fn start(&self, session: &SessionInfo) -> Result<(), String> {
+        if session.profile != super::Profile::Sched {
+            return Err(format!("profile {} is not built yet (sched is)", session.profile.as_str()));
+        }
+        if session.cpus.is_some() {
+            return Err("--cpu is not supported by the sched profile yet".into());
+        }
+        {
+            let mut maps = self.shared.lock();
+            maps.clear();
+            maps.set_filter(Filter { active: 0, tgid: 0 })?;
+        }
+        let attached = (|| -> Result<(), String> {
+            let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+            let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+            for (prog, tp) in PROGRAMS {
+                let p = ebpf.program_mut(prog).ok_or_else(|| format!("{prog} missing from the BPF object"))?;
+                let p: &mut BtfTracePoint = p.try_into().map_err(|e| format!("{prog}: {e}"))?;
+                p.load(tp, &btf).map_err(|e| format!("loading {prog}: {}", crate::bpf::describe(&e)))?;
+                p.attach().map_err(|e| format!("attaching {prog}: {}", crate::bpf::describe(&e)))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = attached {
+            self.unload();
+            return Err(e);
+        }
+        let mut maps = self.shared.lock();
+        maps.session = Some(session.clone());
+        maps.set_filter(Filter { active: 1, tgid: session.pid.unwrap_or(0) })
+    }
+
+    fn stop(&self, session: &SessionInfo) {
+        {
+            let mut maps = self.shared.lock();
+            let _ = maps.set_filter(Filter { active: 0, tgid: 0 });
+            if let Some(s) = maps.session.as_mut()
+                && s.id == session.id
+            {
+                s.ended = session.ended.clone();
+            }
+        }
+        self.unload();
+    }
+}
+
+/// One thread's figures as exported.
+struct Row {
+    pid: String,
+    tid: String,
+    comm: String,
+    woken: (u64, u64),
+    preempted: (u64, u64),
+    max_ns: u64,
+}
+
+fn comm_str(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+/// The session's series: waits and culprits of the top threads, drops.
+pub struct TraceSchedSource {
+    shared: Arc<Shared>,
+    series: Tracked<Vec<crate::model::SeriesId>>,
+    key: Vec<u8>,
+}
+
+impl TraceSchedSource {
+    fn attach(bpf: &mut Bpf) -> Result<Self, BpfError> {
+        let maps = Maps {
+            queued: bpf.take_map(QUEUED_MAP)?,
+            threads: bpf.take_map(THREADS_MAP)?,
+            culprits: bpf.take_map(CULPRITS_MAP)?,
+            filter: bpf.take_map(FILTER_MAP)?,
+            drops: bpf.take_map(DROPS_MAP)?,
+            session: None,
+        };
+        let shared = Arc::new(Shared { maps: Mutex::new(maps) });
+        // One BPF object per agent, so one source: a second set is impossible.
+        let _ = SHARED.set(shared.clone());
+        Ok(TraceSchedSource { shared, series: Tracked::default(), key: Vec::new() })
+    }
+}
+
+impl Source for TraceSchedSource {
+    fn name(&self) -> &'static str {
+        "trace_sched"
+    }
+
+    fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
+        let ts = now_ms();
+        // Between sessions the maps are idle and the lock is free: a try_lock keeps a
+        // session being set up (it holds the lock briefly) from ever delaying the tick.
+        let Ok(mut maps) = self.shared.maps.try_lock() else { return Ok(()) };
+        let Some(session) = maps.session.clone() else {
+            self.series.sweep(out, ts);
+            return Ok(());
+        };
+        let mut rows: Vec<Row> = maps
+            .threads
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(tid, Plain(t))| Row {
+                pid: t.tgid.to_string(),
+                tid: tid.to_string(),
+                comm: comm_str(&t.comm),
+                woken: (t.woken_ns, t.woken),
+                preempted: (t.preempted_ns, t.preempted),
+                max_ns: t.max_ns,
+            })
+            .filter(|r| session.comm.as_ref().is_none_or(|c| *c == r.comm))
+            .collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.woken.0 + r.preempted.0));
+        let mut culprits: Vec<(String, String, String, u64)> = maps
+            .culprits
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(tid, Plain(c))| (c.tgid.to_string(), tid.to_string(), comm_str(&c.comm), c.ended_wait_ns))
+            .collect();
+        culprits.sort_by_key(|c| std::cmp::Reverse(c.3));
+        let drops: Vec<u64> =
+            (0..DROP_REASONS as u32).map(|r| maps.drops.get(&r, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect();
+        let ended = session.ended.is_some();
+        if ended {
+            // The last values of a session that ended are sent once; then its series end.
+            maps.session = None;
+        }
+        drop(maps);
+
+        let id = session.id.as_str();
+        let mut other = Row {
+            pid: String::new(),
+            tid: String::new(),
+            comm: "_other".into(),
+            woken: (0, 0),
+            preempted: (0, 0),
+            max_ns: 0,
+        };
+        for r in rows.iter().skip(TOP_K) {
+            other.woken = (other.woken.0 + r.woken.0, other.woken.1 + r.woken.1);
+            other.preempted = (other.preempted.0 + r.preempted.0, other.preempted.1 + r.preempted.1);
+            other.max_ns = other.max_ns.max(r.max_ns);
+        }
+        let fold = rows.len() > TOP_K;
+        for r in rows.iter().take(TOP_K).chain(fold.then_some(&other)) {
+            self.key.clear();
+            self.key.extend_from_slice(format!("w\0{}\0{}\0{}", r.pid, r.tid, r.comm).as_bytes());
+            let ids = self.series.entry(&self.key, || {
+                let one = |out: &mut Collector<'_>, d, cause: Option<&str>| {
+                    let mut l = vec![
+                        ("session", id),
+                        ("pid", r.pid.as_str()),
+                        ("tid", r.tid.as_str()),
+                        ("comm", r.comm.as_str()),
+                    ];
+                    if let Some(c) = cause {
+                        l.push(("cause", c));
+                    }
+                    out.series(d, &l)
+                };
+                vec![
+                    one(out, &WAIT, Some("woken")),
+                    one(out, &WAIT, Some("preempted")),
+                    one(out, &WAITS, Some("woken")),
+                    one(out, &WAITS, Some("preempted")),
+                    one(out, &MAX_WAIT, None),
+                ]
+            });
+            let values = [
+                r.woken.0 as f64 / 1e9,
+                r.preempted.0 as f64 / 1e9,
+                r.woken.1 as f64,
+                r.preempted.1 as f64,
+                r.max_ns as f64 / 1e9,
+            ];
+            for (sid, v) in ids.iter().zip(values) {
+                out.push(*sid, ts, v);
+            }
+        }
+        let rest: u64 = culprits.iter().skip(TOP_K).map(|c| c.3).sum();
+        let other_culprit = (String::new(), String::new(), "_other".to_string(), rest);
+        let fold = culprits.len() > TOP_K;
+        for (pid, tid, comm, ns) in culprits.iter().take(TOP_K).chain(fold.then_some(&other_culprit)) {
+            self.key.clear();
+            self.key.extend_from_slice(format!("c\0{pid}\0{tid}\0{comm}").as_bytes());
+            let ids = self.series.entry(&self.key, || {
+                vec![out.series(&CULPRIT, &[("session", id), ("pid", pid), ("tid", tid), ("comm", comm)])]
+            });
+            out.push(ids[0], ts, *ns as f64 / 1e9);
+        }
+        for (reason, n) in DROP_NAMES.iter().zip(drops) {
+            self.key.clear();
+            self.key.extend_from_slice(format!("d\0{reason}").as_bytes());
+            let ids =
+                self.series.entry(&self.key, || vec![out.series(&DROPPED, &[("session", id), ("reason", reason)])]);
+            out.push(ids[0], ts, n as f64);
+        }
+        self.series.sweep(out, ts);
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! The `sched` deep-tracing profile: attached only while a session runs (the always-on
+//! programs never pay for it). Each thread's time on a runqueue — from being woken,
+//! created or preempted while runnable, to running — is added to its entry, and the
+//! thread that was on the CPU when the waiter got it is credited with the wait it ended.
+//!
+//! The agent's own threads are skipped in the kernel, so reading these maps cannot feed
+//! them; a full map drops the event and counts it by reason.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, map},
+    maps::{Array, HashMap, PerCpuArray},
+    programs::BtfTracePointContext,
+};
+use lsvmi_common::trace_sched::{
+    Culprit, DROP_CULPRITS_FULL, DROP_QUEUED_FULL, DROP_REASONS, DROP_THREADS_FULL, Filter, PREEMPTED, Queued,
+    THREAD_ENTRIES, ThreadWait, TraceOffsets, WOKEN,
+};
+
+use crate::kernel::{field, global};
+
+// Allocated as entries appear (BPF_F_NO_PREALLOC): between sessions they are empty
+// and cost no kernel memory.
+#[map]
+static TRACE_QUEUED: HashMap<u32, Queued> = HashMap::with_max_entries(THREAD_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+static TRACE_THREADS: HashMap<u32, ThreadWait> = HashMap::with_max_entries(THREAD_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+static TRACE_CULPRITS: HashMap<u32, Culprit> = HashMap::with_max_entries(THREAD_ENTRIES, BPF_F_NO_PREALLOC);
+
+#[map]
+static TRACE_FILTER: Array<Filter> = Array::with_max_entries(1, 0);
+
+#[map]
+static TRACE_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS as u32, 0);
+
+/// `task_struct` offsets from the kernel's BTF and the agent's pid (set at load).
+#[unsafe(no_mangle)]
+static TRACE_OFFSETS: TraceOffsets = TraceOffsets { pid: 0, tgid: 0, comm: 0, agent_tgid: 0 };
+
+#[inline(always)]
+fn dropped(reason: usize) {
+    if let Some(c) = TRACE_DROPS.get_ptr_mut(reason as u32) {
+        // SAFETY: this CPU's counter; preemption is off in a tracepoint.
+        unsafe { *c += 1 };
+    }
+}
+
+/// The session's filter while one runs.
+#[inline(always)]
+fn session() -> Option<Filter> {
+    let f = *TRACE_FILTER.get(0)?;
+    (f.active != 0).then_some(f)
+}
+
+/// (thread id, process id) of `task` when the session traces it.
+#[inline(always)]
+fn traced(f: &Filter, o: &TraceOffsets, task: *const u8) -> Option<(u32, u32)> {
+    let tid: i32 = field(task, o.pid);
+    let tgid: i32 = field(task, o.tgid);
+    let (tid, tgid) = (tid as u32, tgid as u32);
+    if tid == 0 || tgid == o.agent_tgid || (f.tgid != 0 && tgid != f.tgid) {
+        return None;
+    }
+    Some((tid, tgid))
+}
+
+#[inline(always)]
+fn queue(tid: u32, how: u32) {
+    // SAFETY: helper without preconditions.
+    let q = Queued { at_ns: unsafe { bpf_ktime_get_ns() }, how, _pad: 0 };
+    if TRACE_QUEUED.insert(&tid, &q, 0).is_err() {
+        dropped(DROP_QUEUED_FULL);
+    }
+}
+
+#[inline(always)]
+fn woken(ctx: &BtfTracePointContext) {
+    let Some(f) = session() else { return };
+    let o = global(&TRACE_OFFSETS);
+    let p: *const u8 = ctx.arg(0);
+    if let Some((tid, _)) = traced(&f, &o, p) {
+        queue(tid, WOKEN);
+    }
+}
+
+/// `tp_btf/sched_waking(p)`: `p` is about to be queued.
+#[btf_tracepoint(function = "sched_waking")]
+pub fn trace_sched_waking(ctx: BtfTracePointContext) -> u32 {
+    woken(&ctx);
+    0
+}
+
+/// `tp_btf/sched_wakeup_new(p)`: a new task is queued for the first time.
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn trace_sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
+    woken(&ctx);
+    0
+}
+
+/// `tp_btf/sched_switch(preempt, prev, next, prev_state)`: `prev` goes back to the
+/// runqueue when still runnable; `next`'s wait ends, and `prev` ended it.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn trace_sched_switch(ctx: BtfTracePointContext) -> u32 {
+    let Some(f) = session() else { return 0 };
+    let o = global(&TRACE_OFFSETS);
+    let prev: *const u8 = ctx.arg(1);
+    let next: *const u8 = ctx.arg(2);
+    let prev_state: u32 = ctx.arg(3);
+    if prev_state == 0
+        && let Some((tid, _)) = traced(&f, &o, prev)
+    {
+        queue(tid, PREEMPTED);
+    }
+    let Some((tid, tgid)) = traced(&f, &o, next) else { return 0 };
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(q) = (unsafe { TRACE_QUEUED.get(&tid) }).copied() else { return 0 };
+    let _ = TRACE_QUEUED.remove(&tid);
+    // SAFETY: helper without preconditions.
+    let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(q.at_ns);
+    match TRACE_THREADS.get_ptr_mut(&tid) {
+        Some(t) => {
+            // SAFETY: the entry of `next`, which runs on this CPU only.
+            let t = unsafe { &mut *t };
+            add_wait(t, q.how, wait);
+        }
+        None => {
+            let lo: u64 = field(next, o.comm);
+            let hi: u64 = field(next, o.comm + 8);
+            let mut comm = [0u8; 16];
+            comm[..8].copy_from_slice(&lo.to_ne_bytes());
+            comm[8..].copy_from_slice(&hi.to_ne_bytes());
+            let mut t = ThreadWait {
+                woken_ns: 0,
+                woken: 0,
+                preempted_ns: 0,
+                preempted: 0,
+                max_ns: 0,
+                tgid,
+                _pad: 0,
+                comm,
+            };
+            add_wait(&mut t, q.how, wait);
+            if TRACE_THREADS.insert(&tid, &t, 0).is_err() {
+                dropped(DROP_THREADS_FULL);
+            }
+        }
+    }
+    // The thread leaving the CPU (the current one) ended that wait.
+    let prev_tid: i32 = field(prev, o.pid);
+    if prev_tid != 0 {
+        let prev_tid = prev_tid as u32;
+        match TRACE_CULPRITS.get_ptr_mut(&prev_tid) {
+            Some(c) => {
+                // SAFETY: entries are updated by the CPU the thread runs on.
+                let c = unsafe { &mut *c };
+                c.ended_wait_ns += wait;
+                c.ended += 1;
+            }
+            None => {
+                let c = Culprit {
+                    ended_wait_ns: wait,
+                    ended: 1,
+                    tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                    _pad: 0,
+                    comm: bpf_get_current_comm().unwrap_or([0; 16]),
+                };
+                if TRACE_CULPRITS.insert(&prev_tid, &c, 0).is_err() {
+                    dropped(DROP_CULPRITS_FULL);
+                }
+            }
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn add_wait(t: &mut ThreadWait, how: u32, wait: u64) {
+    if how == PREEMPTED {
+        t.preempted_ns += wait;
+        t.preempted += 1;
+    } else {
+        t.woken_ns += wait;
+        t.woken += 1;
+    }
+    if wait > t.max_ns {
+        t.max_ns = wait;
+    }
+}
