@@ -160,8 +160,15 @@ pub fn call(path: &Path, req: &Request) -> Result<Response, String> {
     stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
     let mut line = serde_json::to_string(req).map_err(|e| e.to_string())?;
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The daemon may answer (a refusal) before reading the request, and close: the
+    // answer is still there to read when the write fails.
+    let written = stream.write_all(line.as_bytes());
     let mut answer = String::new();
-    std::io::BufReader::new(stream).read_line(&mut answer).map_err(|e| format!("{}: {e}", path.display()))?;
+    let read = std::io::BufReader::new(stream).read_line(&mut answer);
+    match (read, written) {
+        (Ok(n), _) if n > 0 => {}
+        (_, Err(e)) | (Err(e), _) => return Err(format!("{}: {e}", path.display())),
+        (Ok(_), Ok(())) => return Err(format!("{}: the daemon closed without an answer", path.display())),
+    }
     serde_json::from_str(answer.trim()).map_err(|e| format!("the daemon's answer is not understood ({e}): {answer:?}"))
 }
