@@ -67,15 +67,7 @@ fn killed_while_spooling_then_restarted_delivers_every_spooled_sample() {
     let spool = tempfile::tempdir().expect("spool");
     let spool_dir = spool.path().to_str().expect("utf-8").to_string();
     let (_cfg_dir, config) = write_config(LEAN);
-    // Nothing listens: everything goes to the spool.
-    let dead = format!("http://127.0.0.1:{}/api/v1/write", free_port());
-    let mut child = Command::new(agent_bin())
-        .args(["--endpoint", &dead, "--config", &config, "--no-bpf", "--spool-dir", &spool_dir])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("agent");
+    let mut child = spool_into_nowhere(&config, &spool_dir);
     std::thread::sleep(Duration::from_secs(5));
     child.kill().expect("SIGKILL");
     let _ = child.wait();
@@ -101,6 +93,18 @@ fn killed_while_spooling_then_restarted_delivers_every_spooled_sample() {
     let (series, _) = all_values(&vm);
     let before_restart: usize = series.iter().map(|s| s.timestamps.iter().filter(|t| **t < restart_ms).count()).sum();
     assert_eq!(before_restart, spooled, "spooled {spooled}, delivered {before_restart} from the first run");
+}
+
+/// An agent whose endpoint nothing listens on: everything goes to the spool.
+fn spool_into_nowhere(config: &str, spool_dir: &str) -> std::process::Child {
+    let dead = format!("http://127.0.0.1:{}/api/v1/write", free_port());
+    Command::new(agent_bin())
+        .args(["--endpoint", &dead, "--config", config, "--no-bpf", "--spool-dir", spool_dir])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent")
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -364,14 +368,7 @@ fn a_sigkill_during_an_outage_loses_at_most_the_cycle_being_collected() {
     let spool_dir = spool.path().to_str().expect("utf-8").to_string();
     // Every value every cycle: the last one spooled shows how much the kill took.
     let (_cfg_dir, config) = write_config(&format!("{LEAN}  proc_stat: {{full_refresh_every: 0}}\n"));
-    let dead = format!("http://127.0.0.1:{}/api/v1/write", free_port());
-    let mut child = Command::new(agent_bin())
-        .args(["--endpoint", &dead, "--config", &config, "--no-bpf", "--spool-dir", &spool_dir])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("agent");
+    let mut child = spool_into_nowhere(&config, &spool_dir);
     std::thread::sleep(Duration::from_secs(4));
     let kill_ms = now_ms();
     child.kill().expect("SIGKILL");

@@ -20,18 +20,19 @@ fn trace(socket: &Path, args: &[&str]) -> Output {
     run_command(&mut cmd, Duration::from_secs(30))
 }
 
-/// A daemon with a control socket in `dir`, sending nowhere; killed when dropped.
+/// A daemon with a control socket in `dir` and `args` (where it sends); killed when
+/// dropped.
 struct Daemon(Child);
 
 impl Daemon {
-    fn start(dir: &Path, extra: &[&str]) -> Daemon {
+    fn start(dir: &Path, args: &[&str]) -> Daemon {
         let socket = dir.join("control.sock");
         let child = Command::new(agent_bin())
-            .args(["--dry-run", "--control-socket"])
+            .args(args)
+            .arg("--control-socket")
             .arg(&socket)
             .arg("--spool-dir")
             .arg(dir.join("spool"))
-            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -66,7 +67,7 @@ fn without_a_daemon_one_clear_line_and_exit_1() {
 #[test]
 fn without_ebpf_a_start_says_tracing_needs_it() {
     let dir = tempfile::tempdir().expect("dir");
-    let _daemon = Daemon::start(dir.path(), &["--no-bpf"]);
+    let _daemon = Daemon::start(dir.path(), &["--dry-run", "--no-bpf"]);
     let out = trace(&dir.path().join("control.sock"), &["start"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("deep tracing needs eBPF: eBPF is off (--no-bpf)"), "{out:?}");
@@ -80,7 +81,7 @@ fn one_session_at_a_time_capped_stoppable_and_reported() {
     }
     let _turn = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
     let dir = tempfile::tempdir().expect("dir");
-    let _daemon = Daemon::start(dir.path(), &[]);
+    let _daemon = Daemon::start(dir.path(), &["--dry-run"]);
     let socket = dir.path().join("control.sock");
     let mode = std::fs::metadata(&socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions())).unwrap();
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
@@ -125,7 +126,7 @@ fn a_caller_that_is_neither_root_nor_the_daemons_user_is_refused() {
         return;
     }
     let dir = tempfile::tempdir().expect("dir");
-    let _daemon = Daemon::start(dir.path(), &["--no-bpf"]);
+    let _daemon = Daemon::start(dir.path(), &["--dry-run", "--no-bpf"]);
     let socket = dir.path().join("control.sock");
     let as_nobody = |socket: &Path| {
         let mut cmd = Command::new("setpriv");
@@ -151,26 +152,18 @@ fn a_caller_that_is_neither_root_nor_the_daemons_user_is_refused() {
 /// Sessions load programs into the one kernel: the tests that run them take turns.
 static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// A daemon with BPF sending to `vm`.
-fn bpf_daemon(dir: &Path, vm: &lsvmi_tests::Vm) -> Daemon {
-    let endpoint = vm.write_url();
-    let socket = dir.join("control.sock");
-    let child = Command::new(agent_bin())
-        .args(["--endpoint", &endpoint, "--control-socket"])
-        .arg(&socket)
-        .arg("--spool-dir")
-        .arg(dir.join("spool"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("daemon");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !socket.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+/// For a test that runs sessions: its turn on the kernel, a VictoriaMetrics, and a
+/// daemon with BPF sending there. None (and said so) when not root.
+fn bpf_daemon() -> Option<(std::sync::MutexGuard<'static, ()>, lsvmi_tests::Vm, tempfile::TempDir, Daemon)> {
+    if !is_root() {
+        eprintln!("skipping: tracing sessions need root for BPF");
+        return None;
     }
-    assert!(socket.exists(), "the daemon never opened its control socket");
-    Daemon(child)
+    let turn = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
+    let vm = lsvmi_tests::Vm::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let daemon = Daemon::start(dir.path(), &["--endpoint", &vm.write_url()]);
+    Some((turn, vm, dir, daemon))
 }
 
 fn pin_to(cpu: usize) {
@@ -203,14 +196,7 @@ fn last_values(vm: &lsvmi_tests::Vm, selector: &str, label: &str) -> Vec<(String
 
 #[test]
 fn sched_session_sees_a_victims_wait_as_schedstat_does_and_names_the_culprits() {
-    if !is_root() {
-        eprintln!("skipping: tracing sessions need root for BPF");
-        return;
-    }
-    let _turn = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
-    let vm = lsvmi_tests::Vm::start();
-    let dir = tempfile::tempdir().expect("dir");
-    let _daemon = bpf_daemon(dir.path(), &vm);
+    let Some((_turn, vm, dir, _daemon)) = bpf_daemon() else { return };
     let socket = dir.path().join("control.sock");
     // CPU 1 if there is one: the agent keeps to housekeeping CPUs, both here.
     let cpu = usize::from(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) > 1);
@@ -289,14 +275,7 @@ fn session_programs_loaded() -> Vec<String> {
 
 #[test]
 fn a_daemon_killed_mid_session_leaves_no_program_behind() {
-    if !is_root() {
-        eprintln!("skipping: tracing sessions need root for BPF");
-        return;
-    }
-    let _turn = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
-    let vm = lsvmi_tests::Vm::start();
-    let dir = tempfile::tempdir().expect("dir");
-    let mut daemon = bpf_daemon(dir.path(), &vm);
+    let Some((_turn, _vm, dir, mut daemon)) = bpf_daemon() else { return };
     let out = trace(&dir.path().join("control.sock"), &["start", "--duration", "60s"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(session_programs_loaded().len(), 3, "the session's programs are not loaded");
