@@ -136,8 +136,12 @@ fn describe(s: &SessionInfo) -> String {
         filters.push(format!("cpus {c}"));
     }
     let filters = if filters.is_empty() { String::new() } else { format!(", {}", filters.join(", ")) };
+    let measured = match (s.events_per_s, s.cost_percent) {
+        (Some(e), Some(c)) => format!("; {e:.0} program runs/s costing {c:.3}% of a CPU"),
+        _ => String::new(),
+    };
     format!(
-        "session {} (profile {}{filters}, budget {}%) started {}, {state}",
+        "session {} (profile {}{filters}, budget {}%) started {}, {state}{measured}",
         s.id,
         s.profile.as_str(),
         s.budget_percent,

@@ -366,6 +366,14 @@ pub mod trace_sched {
     pub const FILTER_MAP: &str = "TRACE_FILTER";
     /// Per-CPU array of `DROP_REASONS` u64 counters.
     pub const DROPS_MAP: &str = "TRACE_DROPS";
+    /// Per-CPU array of `PROGRAMS` u64 counters: runs of each program while a session is
+    /// active. Runs × the measured ns per run is the session's cost, with no clock read.
+    pub const RUNS_MAP: &str = "TRACE_RUNS";
+    /// Slots of `TRACE_RUNS`.
+    pub const RUN_WAKING: u32 = 0;
+    pub const RUN_WAKEUP_NEW: u32 = 1;
+    pub const RUN_SWITCH: u32 = 2;
+    pub const PROGRAMS: usize = 3;
     /// Global of type [`TraceOffsets`].
     pub const GLOBAL_OFFSETS: &str = "TRACE_OFFSETS";
 

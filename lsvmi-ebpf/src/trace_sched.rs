@@ -14,8 +14,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use lsvmi_common::trace_sched::{
-    Culprit, DROP_CULPRITS_FULL, DROP_QUEUED_FULL, DROP_REASONS, DROP_THREADS_FULL, Filter, PREEMPTED, Queued,
-    THREAD_ENTRIES, ThreadWait, TraceOffsets, WOKEN,
+    Culprit, DROP_CULPRITS_FULL, DROP_QUEUED_FULL, DROP_REASONS, DROP_THREADS_FULL, Filter, PREEMPTED, PROGRAMS,
+    Queued, RUN_SWITCH, RUN_WAKEUP_NEW, RUN_WAKING, THREAD_ENTRIES, ThreadWait, TraceOffsets, WOKEN,
 };
 
 use crate::kernel::{field, global};
@@ -37,23 +37,35 @@ static TRACE_FILTER: Array<Filter> = Array::with_max_entries(1, 0);
 #[map]
 static TRACE_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS as u32, 0);
 
+#[map]
+static TRACE_RUNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROGRAMS as u32, 0);
+
 /// `task_struct` offsets from the kernel's BTF and the agent's pid (set at load).
 #[unsafe(no_mangle)]
 static TRACE_OFFSETS: TraceOffsets = TraceOffsets { pid: 0, tgid: 0, comm: 0, agent_tgid: 0 };
 
 #[inline(always)]
-fn dropped(reason: usize) {
-    if let Some(c) = TRACE_DROPS.get_ptr_mut(reason as u32) {
+fn count(map: &PerCpuArray<u64>, slot: u32) {
+    if let Some(c) = map.get_ptr_mut(slot) {
         // SAFETY: this CPU's counter; preemption is off in a tracepoint.
         unsafe { *c += 1 };
     }
 }
 
-/// The session's filter while one runs.
 #[inline(always)]
-fn session() -> Option<Filter> {
+fn dropped(reason: usize) {
+    count(&TRACE_DROPS, reason as u32);
+}
+
+/// The session's filter while one runs; the run is counted (its cost).
+#[inline(always)]
+fn session(program: u32) -> Option<Filter> {
     let f = *TRACE_FILTER.get(0)?;
-    (f.active != 0).then_some(f)
+    if f.active == 0 {
+        return None;
+    }
+    count(&TRACE_RUNS, program);
+    Some(f)
 }
 
 /// (thread id, process id) of `task` when the session traces it.
@@ -78,8 +90,8 @@ fn queue(tid: u32, how: u32) {
 }
 
 #[inline(always)]
-fn woken(ctx: &BtfTracePointContext) {
-    let Some(f) = session() else { return };
+fn woken(ctx: &BtfTracePointContext, program: u32) {
+    let Some(f) = session(program) else { return };
     let o = global(&TRACE_OFFSETS);
     let p: *const u8 = ctx.arg(0);
     if let Some((tid, _)) = traced(&f, &o, p) {
@@ -90,14 +102,14 @@ fn woken(ctx: &BtfTracePointContext) {
 /// `tp_btf/sched_waking(p)`: `p` is about to be queued.
 #[btf_tracepoint(function = "sched_waking")]
 pub fn trace_sched_waking(ctx: BtfTracePointContext) -> u32 {
-    woken(&ctx);
+    woken(&ctx, RUN_WAKING);
     0
 }
 
 /// `tp_btf/sched_wakeup_new(p)`: a new task is queued for the first time.
 #[btf_tracepoint(function = "sched_wakeup_new")]
 pub fn trace_sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
-    woken(&ctx);
+    woken(&ctx, RUN_WAKEUP_NEW);
     0
 }
 
@@ -105,7 +117,7 @@ pub fn trace_sched_wakeup_new(ctx: BtfTracePointContext) -> u32 {
 /// runqueue when still runnable; `next`'s wait ends, and `prev` ended it.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn trace_sched_switch(ctx: BtfTracePointContext) -> u32 {
-    let Some(f) = session() else { return 0 };
+    let Some(f) = session(RUN_SWITCH) else { return 0 };
     let o = global(&TRACE_OFFSETS);
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);

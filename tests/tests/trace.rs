@@ -154,7 +154,9 @@ static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// For a test that runs sessions: its turn on the kernel, a VictoriaMetrics, and a
 /// daemon with BPF sending there. None (and said so) when not root.
-fn bpf_daemon() -> Option<(std::sync::MutexGuard<'static, ()>, lsvmi_tests::Vm, tempfile::TempDir, Daemon)> {
+fn bpf_daemon(
+    args: &[&str],
+) -> Option<(std::sync::MutexGuard<'static, ()>, lsvmi_tests::Vm, tempfile::TempDir, Daemon)> {
     if !is_root() {
         eprintln!("skipping: tracing sessions need root for BPF");
         return None;
@@ -162,7 +164,8 @@ fn bpf_daemon() -> Option<(std::sync::MutexGuard<'static, ()>, lsvmi_tests::Vm, 
     let turn = KERNEL.lock().unwrap_or_else(|p| p.into_inner());
     let vm = lsvmi_tests::Vm::start();
     let dir = tempfile::tempdir().expect("dir");
-    let daemon = Daemon::start(dir.path(), &["--endpoint", &vm.write_url()]);
+    let url = vm.write_url();
+    let daemon = Daemon::start(dir.path(), &[&["--endpoint", url.as_str()], args].concat());
     Some((turn, vm, dir, daemon))
 }
 
@@ -196,7 +199,7 @@ fn last_values(vm: &lsvmi_tests::Vm, selector: &str, label: &str) -> Vec<(String
 
 #[test]
 fn sched_session_sees_a_victims_wait_as_schedstat_does_and_names_the_culprits() {
-    let Some((_turn, vm, dir, _daemon)) = bpf_daemon() else { return };
+    let Some((_turn, vm, dir, _daemon)) = bpf_daemon(&[]) else { return };
     let socket = dir.path().join("control.sock");
     // CPU 1 if there is one: the agent keeps to housekeeping CPUs, both here.
     let cpu = usize::from(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) > 1);
@@ -275,7 +278,7 @@ fn session_programs_loaded() -> Vec<String> {
 
 #[test]
 fn a_daemon_killed_mid_session_leaves_no_program_behind() {
-    let Some((_turn, _vm, dir, mut daemon)) = bpf_daemon() else { return };
+    let Some((_turn, _vm, dir, mut daemon)) = bpf_daemon(&[]) else { return };
     let out = trace(&dir.path().join("control.sock"), &["start", "--duration", "60s"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(session_programs_loaded().len(), 3, "the session's programs are not loaded");
@@ -287,4 +290,43 @@ fn a_daemon_killed_mid_session_leaves_no_program_behind() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(session_programs_loaded(), Vec::<String>::new());
+}
+
+#[test]
+fn a_session_over_its_budget_is_stopped_and_the_always_on_series_go_on() {
+    // Every value every cycle, so a gap in cpu0's series could only be a stalled tick.
+    let (_cfg_dir, config) = lsvmi_tests::write_config("sources: {proc_stat: {full_refresh_every: 0}}\n");
+    let Some((_turn, vm, dir, _daemon)) = bpf_daemon(&["--config", &config]) else { return };
+    let socket = dir.path().join("control.sock");
+    let out = trace(&socket, &["start", "--budget", "0.1%", "--duration", "60s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let from = lsvmi_tests::now_ms();
+    // Tens of thousands of switches a second: far over 0.1 % of a CPU.
+    let load = std::thread::spawn(|| lsvmi_tests::load::ping_pong(100_000));
+    let load_started = Instant::now();
+    let mut ended = None;
+    while load_started.elapsed() < Duration::from_secs(10) {
+        let status = text(&trace(&socket, &["status"]).stdout);
+        if status.contains("ended (budget") {
+            ended = Some((load_started.elapsed(), status));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (took, status) = ended.expect("the session was not stopped for its budget");
+    eprintln!("stopped {took:?} after the load began: {status}");
+    assert!(took < Duration::from_secs(3), "stopped {took:?} after the load began: {status}");
+    load.join().expect("load");
+    let to = lsvmi_tests::now_ms();
+    std::thread::sleep(Duration::from_millis(1500));
+    vm.force_flush();
+    let mut ts: Vec<i64> = vm
+        .export(r#"proc_stat_cpu_seconds_total{cpu="0",mode="idle"}"#)
+        .iter()
+        .flat_map(|s| s.timestamps.iter().copied())
+        .filter(|t| (from..to).contains(t))
+        .collect();
+    ts.sort_unstable();
+    let worst = ts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(i64::MAX);
+    assert!(worst <= 300, "a {worst} ms gap in the always-on series during the session");
 }

@@ -92,6 +92,12 @@ pub struct SessionInfo {
     pub comm: Option<String>,
     pub cpus: Option<String>,
     pub budget_percent: f64,
+    /// Program runs per second over the last second, and what they cost in percent of
+    /// one CPU (runs × the measured ns per run), while it runs.
+    #[serde(default)]
+    pub events_per_s: Option<f64>,
+    #[serde(default)]
+    pub cost_percent: Option<f64>,
 }
 
 /// What a request leaves to do once answered.
@@ -253,6 +259,8 @@ impl Sessions {
             comm: req.comm,
             cpus: req.cpus,
             budget_percent: budget,
+            events_per_s: None,
+            cost_percent: None,
         };
         tracing::info!(
             session = %session.id,
@@ -283,6 +291,16 @@ impl Sessions {
     pub fn end_if(&self, id: &str, why: &str) -> Option<SessionInfo> {
         let same = self.lock().current.as_ref().is_some_and(|s| s.id == id);
         if same { self.end(why) } else { None }
+    }
+
+    /// What session `id` measured of itself over the last second.
+    pub fn measured(&self, id: &str, events_per_s: f64, cost_percent: f64) {
+        if let Some(s) = self.lock().current.as_mut()
+            && s.id == id
+        {
+            s.events_per_s = Some(events_per_s);
+            s.cost_percent = Some(cost_percent);
+        }
     }
 
     /// The running session, if any.

@@ -17,10 +17,16 @@ use aya::{
 };
 use lsvmi_common::trace_sched::{
     CULPRITS_MAP, Culprit, DROP_NAMES, DROP_REASONS, DROPS_MAP, FILTER_MAP, Filter, GLOBAL_OFFSETS, PROG_SWITCH,
-    PROG_WAKEUP_NEW, PROG_WAKING, QUEUED_MAP, Queued, THREADS_MAP, ThreadWait, TraceOffsets,
+    PROG_WAKEUP_NEW, PROG_WAKING, PROGRAMS as RUN_SLOTS, QUEUED_MAP, Queued, RUN_SWITCH, RUN_WAKING, RUNS_MAP,
+    THREADS_MAP, ThreadWait, TraceOffsets,
 };
 
-use super::{SessionInfo, Tracer};
+use super::{SessionInfo, Sessions, Tracer};
+
+/// ns per run of each program (slots of `TRACE_RUNS`), measured with the kernel's BPF
+/// stats under `perf bench sched pipe` (docs/performance.md, "Deep tracing"). Runs ×
+/// these is the session's cost: no clock is read in the programs to know it.
+const COST_NS: [f64; RUN_SLOTS] = [225.0, 670.0, 225.0];
 use crate::{
     bpf::{Bpf, BpfError, BpfSource, Global, Kernel, Plain, btf},
     model::{MetricDesc, now_ms},
@@ -106,6 +112,8 @@ fn offsets(kernel: &Kernel) -> Result<TraceOffsets, String> {
 /// The maps, and what the session source needs to know of the session.
 pub struct Shared {
     maps: Mutex<Maps>,
+    /// Where the source reports the session's cost, and ends it when over budget.
+    sessions: OnceLock<Sessions>,
 }
 
 struct Maps {
@@ -114,6 +122,7 @@ struct Maps {
     culprits: BpfHashMap<MapData, u32, Plain<Culprit>>,
     filter: Array<MapData, Plain<Filter>>,
     drops: PerCpuArray<MapData, u64>,
+    runs: PerCpuArray<MapData, u64>,
     /// The session being traced, or the one that just ended (for its last values).
     session: Option<SessionInfo>,
 }
@@ -135,18 +144,22 @@ impl Maps {
         keys.iter().for_each(|k| drop(self.threads.remove(k)));
         let keys: Vec<u32> = self.culprits.keys().filter_map(Result::ok).collect();
         keys.iter().for_each(|k| drop(self.culprits.remove(k)));
-        for reason in 0..DROP_REASONS as u32 {
-            if let Ok(v) = self.drops.get(&reason, 0) {
-                let zeros = aya::maps::PerCpuValues::try_from(vec![0u64; v.len()]);
-                if let Ok(z) = zeros {
-                    let _ = self.drops.set(reason, z, 0);
-                }
-            }
-        }
+        zero(&mut self.drops, DROP_REASONS);
+        zero(&mut self.runs, RUN_SLOTS);
     }
 
     fn set_filter(&mut self, f: Filter) -> Result<(), String> {
         self.filter.set(0, Plain(f), 0).map_err(|e| format!("setting the session filter: {e}"))
+    }
+}
+
+/// Set every CPU's counters of `slots` slots to 0.
+fn zero(map: &mut PerCpuArray<MapData, u64>, slots: usize) {
+    let cpus = aya::util::nr_cpus().unwrap_or(1);
+    for slot in 0..slots as u32 {
+        if let Ok(z) = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]) {
+            let _ = map.set(slot, z, 0);
+        }
     }
 }
 
@@ -157,9 +170,25 @@ pub struct SchedTracer {
 }
 
 /// The tracer, when the `trace_sched` source is running.
-pub fn tracer(ebpf: Arc<Mutex<Ebpf>>) -> Result<SchedTracer, String> {
+pub fn tracer(ebpf: Arc<Mutex<Ebpf>>, sessions: &Sessions) -> Result<SchedTracer, String> {
     let shared = SHARED.get().cloned().ok_or("the trace_sched source is not running")?;
+    let _ = shared.sessions.set(sessions.clone());
     Ok(SchedTracer { ebpf, shared })
+}
+
+/// What tracing would cost now, in percent of one CPU: every context switch runs
+/// sched_switch, and about every other one follows a wake-up (sched_waking). Measured
+/// from /proc/stat's switch count over a quarter second.
+fn projected_cost_percent() -> Option<(f64, f64)> {
+    let ctxt = || -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        text.lines().find_map(|l| l.strip_prefix("ctxt ")?.trim().parse().ok())
+    };
+    let (a, t) = (ctxt()?, std::time::Instant::now());
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    let per_s = ctxt()?.saturating_sub(a) as f64 / t.elapsed().as_secs_f64();
+    let ns = per_s * (COST_NS[RUN_SWITCH as usize] + 0.5 * COST_NS[RUN_WAKING as usize]);
+    Some((per_s, ns / 1e9 * 100.0))
 }
 
 impl SchedTracer {
@@ -183,6 +212,17 @@ impl Tracer for SchedTracer {
         }
         if session.cpus.is_some() {
             return Err("--cpu is not supported by the sched profile yet".into());
+        }
+        // The programs run at every switch whatever the filter: a session that would
+        // cost more than its budget at today's switch rate is refused before it starts.
+        if let Some((switches, cost)) = projected_cost_percent()
+            && cost > session.budget_percent
+        {
+            return Err(format!(
+                "at {switches:.0} context switches/s it would cost about {cost:.2}% of a CPU, over the budget of {}% \
+                 (--budget raises it)",
+                session.budget_percent
+            ));
         }
         {
             let mut maps = self.shared.lock();
@@ -233,6 +273,36 @@ struct Row {
     max_ns: u64,
 }
 
+impl TraceSchedSource {
+    /// The session's cost over the last interval, reported to `status`; over budget,
+    /// the session is ended (its programs unloaded off the tick), never the always-on
+    /// collection.
+    fn budget(&mut self, session: &SessionInfo, runs: [u64; RUN_SLOTS]) {
+        let now = std::time::Instant::now();
+        let last = self.last_runs.replace((session.id.clone(), runs, now));
+        let Some((id, before, at)) = last.filter(|(id, ..)| *id == session.id) else { return };
+        let secs = now.duration_since(at).as_secs_f64();
+        if secs <= 0.0 {
+            return;
+        }
+        let delta: Vec<f64> = runs.iter().zip(before).map(|(n, b)| n.saturating_sub(b) as f64).collect();
+        let events_per_s = delta.iter().sum::<f64>() / secs;
+        let cost = delta.iter().zip(COST_NS).map(|(n, ns)| n * ns).sum::<f64>() / secs / 1e9 * 100.0;
+        let Some(sessions) = self.shared.sessions.get() else { return };
+        sessions.measured(&id, events_per_s, cost);
+        if cost > session.budget_percent {
+            let why = format!("budget: {cost:.2}% of a CPU over {}%", session.budget_percent);
+            tracing::warn!(session = %id, "trace session over its budget ({cost:.2}% > {}%): stopping it", session.budget_percent);
+            let sessions = sessions.clone();
+            tokio::spawn(async move {
+                if let Some(ended) = sessions.end_if(&id, &why) {
+                    super::control::stop_programs(&sessions, ended).await;
+                }
+            });
+        }
+    }
+}
+
 fn comm_str(comm: &[u8; 16]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
     String::from_utf8_lossy(&comm[..end]).into_owned()
@@ -243,6 +313,8 @@ pub struct TraceSchedSource {
     shared: Arc<Shared>,
     series: Tracked<Vec<crate::model::SeriesId>>,
     key: Vec<u8>,
+    /// Runs per program at the last collection, and when: the session's cost.
+    last_runs: Option<(String, [u64; RUN_SLOTS], std::time::Instant)>,
 }
 
 impl TraceSchedSource {
@@ -253,12 +325,13 @@ impl TraceSchedSource {
             culprits: bpf.take_map(CULPRITS_MAP)?,
             filter: bpf.take_map(FILTER_MAP)?,
             drops: bpf.take_map(DROPS_MAP)?,
+            runs: bpf.take_map(RUNS_MAP)?,
             session: None,
         };
-        let shared = Arc::new(Shared { maps: Mutex::new(maps) });
+        let shared = Arc::new(Shared { maps: Mutex::new(maps), sessions: OnceLock::new() });
         // One BPF object per agent, so one source: a second set is impossible.
         let _ = SHARED.set(shared.clone());
-        Ok(TraceSchedSource { shared, series: Tracked::default(), key: Vec::new() })
+        Ok(TraceSchedSource { shared, series: Tracked::default(), key: Vec::new(), last_runs: None })
     }
 }
 
@@ -300,12 +373,19 @@ impl Source for TraceSchedSource {
         culprits.sort_by_key(|c| std::cmp::Reverse(c.3));
         let drops: Vec<u64> =
             (0..DROP_REASONS as u32).map(|r| maps.drops.get(&r, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect();
+        let mut runs = [0u64; RUN_SLOTS];
+        for (slot, n) in runs.iter_mut().enumerate() {
+            *n = maps.runs.get(&(slot as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
+        }
         let ended = session.ended.is_some();
         if ended {
             // The last values of a session that ended are sent once; then its series end.
             maps.session = None;
         }
         drop(maps);
+        if !ended {
+            self.budget(&session, runs);
+        }
 
         let id = session.id.as_str();
         let mut other = Row {
