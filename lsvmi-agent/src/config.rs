@@ -124,6 +124,7 @@ pub struct AuthFileConfig {
 #[serde(deny_unknown_fields)]
 pub struct TraceFileConfig {
     pub socket: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     pub default_duration: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -506,6 +507,7 @@ fn resolve_trace(cli: &Cli, file: TraceFileConfig) -> Result<crate::trace::Trace
     let d = crate::trace::TraceSettings::default();
     let t = crate::trace::TraceSettings {
         socket: cli.control_socket.clone().or(file.socket).unwrap_or(d.socket),
+        dir: file.dir.unwrap_or(d.dir),
         default_duration: file.default_duration.unwrap_or(d.default_duration),
         max_duration: file.max_duration.unwrap_or(d.max_duration),
         default_budget_percent: file.budget_percent.unwrap_or(d.default_budget_percent),

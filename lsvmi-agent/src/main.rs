@@ -136,10 +136,13 @@ fn describe(s: &SessionInfo) -> String {
         filters.push(format!("cpus {c}"));
     }
     let filters = if filters.is_empty() { String::new() } else { format!(", {}", filters.join(", ")) };
-    let measured = match (s.events_per_s, s.cost_percent) {
+    let mut measured = match (s.events_per_s, s.cost_percent) {
         (Some(e), Some(c)) => format!("; {e:.0} program runs/s costing {c:.3}% of a CPU"),
         _ => String::new(),
     };
+    if let Some(t) = &s.timeline {
+        measured.push_str(&format!("; timeline: {t}"));
+    }
     format!(
         "session {} (profile {}{filters}, budget {}%) started {}, {state}{measured}",
         s.id,

@@ -376,6 +376,11 @@ pub mod trace_sched {
     pub const PROGRAMS: usize = 3;
     /// Global of type [`TraceOffsets`].
     pub const GLOBAL_OFFSETS: &str = "TRACE_OFFSETS";
+    /// Ring buffer of [`WaitRecord`]s: each wait of at least `Filter::min_wait_ns`,
+    /// written without waking the agent, drained on its tick, for the session's timeline.
+    pub const WAITS_RING: &str = "TRACE_WAITS";
+    /// Size of `TRACE_WAITS` in bytes (~3 600 records; the agent drains it every second).
+    pub const WAITS_RING_BYTES: u32 = 256 * 1024;
 
     /// Threads followed at once (queued, and aggregated); beyond, events are dropped and
     /// counted.
@@ -384,8 +389,10 @@ pub mod trace_sched {
     pub const DROP_QUEUED_FULL: usize = 0;
     pub const DROP_THREADS_FULL: usize = 1;
     pub const DROP_CULPRITS_FULL: usize = 2;
-    pub const DROP_REASONS: usize = 3;
-    pub const DROP_NAMES: [&str; DROP_REASONS] = ["queued_map_full", "threads_map_full", "culprits_map_full"];
+    pub const DROP_RING_FULL: usize = 3;
+    pub const DROP_REASONS: usize = 4;
+    pub const DROP_NAMES: [&str; DROP_REASONS] =
+        ["queued_map_full", "threads_map_full", "culprits_map_full", "ring_full"];
 
     /// How a thread came to wait (`Queued::how`).
     pub const WOKEN: u32 = 0;
@@ -409,6 +416,27 @@ pub mod trace_sched {
         /// Non-zero while a session runs: the programs do nothing otherwise.
         pub active: u32,
         pub tgid: u32,
+        /// Waits at least this long (ns) are also written to the timeline ring.
+        pub min_wait_ns: u64,
+    }
+
+    /// One wait, for the session's timeline.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct WaitRecord {
+        /// When it ended (`bpf_ktime_get_ns()`), and how long it was.
+        pub end_ns: u64,
+        pub wait_ns: u64,
+        pub tid: u32,
+        pub tgid: u32,
+        pub cpu: u32,
+        /// [`WOKEN`] or [`PREEMPTED`].
+        pub how: u32,
+        /// The thread that left the CPU to it (0: idle).
+        pub culprit_tid: u32,
+        pub _pad: u32,
+        pub comm: [u8; 16],
+        pub culprit_comm: [u8; 16],
     }
 
     /// A queued thread.

@@ -7,15 +7,16 @@
 //! them; a full map drops the event and counts it by reason.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
 use lsvmi_common::trace_sched::{
-    Culprit, DROP_CULPRITS_FULL, DROP_QUEUED_FULL, DROP_REASONS, DROP_THREADS_FULL, Filter, PREEMPTED, PROGRAMS,
-    Queued, RUN_SWITCH, RUN_WAKEUP_NEW, RUN_WAKING, THREAD_ENTRIES, ThreadWait, TraceOffsets, WOKEN,
+    Culprit, DROP_CULPRITS_FULL, DROP_QUEUED_FULL, DROP_REASONS, DROP_RING_FULL, DROP_THREADS_FULL, Filter, PREEMPTED,
+    PROGRAMS, Queued, RUN_SWITCH, RUN_WAKEUP_NEW, RUN_WAKING, THREAD_ENTRIES, ThreadWait, TraceOffsets, WAITS_RING_BYTES,
+    WOKEN, WaitRecord,
 };
 
 use crate::kernel::{field, global};
@@ -36,6 +37,9 @@ static TRACE_FILTER: Array<Filter> = Array::with_max_entries(1, 0);
 
 #[map]
 static TRACE_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS as u32, 0);
+
+#[map]
+static TRACE_WAITS: RingBuf = RingBuf::with_byte_size(WAITS_RING_BYTES, 0);
 
 #[map]
 static TRACE_RUNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROGRAMS as u32, 0);
@@ -140,11 +144,7 @@ pub fn trace_sched_switch(ctx: BtfTracePointContext) -> u32 {
             add_wait(t, q.how, wait);
         }
         None => {
-            let lo: u64 = field(next, o.comm);
-            let hi: u64 = field(next, o.comm + 8);
-            let mut comm = [0u8; 16];
-            comm[..8].copy_from_slice(&lo.to_ne_bytes());
-            comm[8..].copy_from_slice(&hi.to_ne_bytes());
+            let comm = comm_of(next, &o);
             let mut t = ThreadWait {
                 woken_ns: 0,
                 woken: 0,
@@ -163,6 +163,9 @@ pub fn trace_sched_switch(ctx: BtfTracePointContext) -> u32 {
     }
     // The thread leaving the CPU (the current one) ended that wait.
     let prev_tid: i32 = field(prev, o.pid);
+    if wait >= f.min_wait_ns {
+        record(&o, next, tid, tgid, q.how, wait, prev_tid as u32);
+    }
     if prev_tid != 0 {
         let prev_tid = prev_tid as u32;
         match TRACE_CULPRITS.get_ptr_mut(&prev_tid) {
@@ -187,6 +190,41 @@ pub fn trace_sched_switch(ctx: BtfTracePointContext) -> u32 {
         }
     }
     0
+}
+
+/// `task`'s name (`task_struct.comm`), in two loads.
+#[inline(always)]
+fn comm_of(task: *const u8, o: &TraceOffsets) -> [u8; 16] {
+    let lo: u64 = field(task, o.comm);
+    let hi: u64 = field(task, o.comm + 8);
+    let mut comm = [0u8; 16];
+    comm[..8].copy_from_slice(&lo.to_ne_bytes());
+    comm[8..].copy_from_slice(&hi.to_ne_bytes());
+    comm
+}
+
+/// One wait for the timeline; the agent is not woken (it drains on its tick).
+#[inline(always)]
+fn record(o: &TraceOffsets, next: *const u8, tid: u32, tgid: u32, how: u32, wait: u64, culprit_tid: u32) {
+    let Some(mut entry) = TRACE_WAITS.reserve::<WaitRecord>(0) else {
+        dropped(DROP_RING_FULL);
+        return;
+    };
+    // SAFETY: helpers without preconditions.
+    let (end_ns, cpu) = unsafe { (bpf_ktime_get_ns(), bpf_get_smp_processor_id()) };
+    entry.write(WaitRecord {
+        end_ns,
+        wait_ns: wait,
+        tid,
+        tgid,
+        cpu,
+        how,
+        culprit_tid,
+        _pad: 0,
+        comm: comm_of(next, o),
+        culprit_comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    });
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
 }
 
 #[inline(always)]

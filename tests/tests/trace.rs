@@ -165,7 +165,12 @@ fn bpf_daemon(
     let vm = lsvmi_tests::Vm::start();
     let dir = tempfile::tempdir().expect("dir");
     let url = vm.write_url();
-    let daemon = Daemon::start(dir.path(), &[&["--endpoint", url.as_str()], args].concat());
+    // Session files in the test's own directory (unless the caller brings a config).
+    let config = dir.path().join("trace.yaml");
+    std::fs::write(&config, format!("trace: {{dir: {}}}\n", dir.path().join("trace").display())).expect("config");
+    let config = config.to_str().expect("utf-8").to_string();
+    let own_config: &[&str] = if args.contains(&"--config") { &[] } else { &["--config", &config] };
+    let daemon = Daemon::start(dir.path(), &[&["--endpoint", url.as_str()], args, own_config].concat());
     Some((turn, vm, dir, daemon))
 }
 
@@ -265,6 +270,30 @@ fn sched_session_sees_a_victims_wait_as_schedstat_does_and_names_the_culprits() 
             "busy thread {b} not among the culprits: {culprits:?}"
         );
     }
+
+    // The timeline: trace-event JSON with the victim's waits on its track and on the
+    // CPU's, ended by the busy threads, and the raw records beside it.
+    let status = text(&trace(&socket, &["status"]).stdout);
+    let path = status.split("timeline: ").nth(1).map(str::trim).unwrap_or_else(|| panic!("no timeline: {status}"));
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("timeline")).expect("JSON");
+    let events = doc["traceEvents"].as_array().expect("traceEvents");
+    let victim_slices: Vec<&serde_json::Value> =
+        events.iter().filter(|e| e["ph"] == "X" && e["tid"] == victim_tid && e["pid"] != -1).collect();
+    assert!(!victim_slices.is_empty(), "no wait of the victim on its track");
+    assert!(victim_slices.iter().all(|e| e["dur"].as_f64().is_some_and(|d| d >= 100.0)), "a slice under 100 µs");
+    let ended_by_busy = victim_slices
+        .iter()
+        .filter(|e| {
+            busy_tids.iter().any(|b| e["args"]["ended_by"].as_str().is_some_and(|x| x.contains(&format!("({b})"))))
+        })
+        .count();
+    assert!(ended_by_busy > 0, "no wait ended by a busy thread: {:?}", victim_slices.first());
+    assert!(
+        events.iter().any(|e| e["ph"] == "M" && e["args"]["name"] == format!("CPU {cpu}")),
+        "no track of CPU {cpu}"
+    );
+    let jsonl = std::fs::read_to_string(path.replace(".trace.json", ".events.jsonl")).expect("events.jsonl");
+    assert!(jsonl.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
 }
 
 /// Names of the session programs loaded in the kernel now (names are cut at 15 bytes).

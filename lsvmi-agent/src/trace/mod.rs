@@ -10,6 +10,7 @@
 
 pub mod control;
 pub mod sched;
+pub mod timeline;
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
@@ -98,6 +99,9 @@ pub struct SessionInfo {
     pub events_per_s: Option<f64>,
     #[serde(default)]
     pub cost_percent: Option<f64>,
+    /// The session's timeline file (Chrome trace-event JSON), once written.
+    #[serde(default)]
+    pub timeline: Option<String>,
 }
 
 /// What a request leaves to do once answered.
@@ -114,17 +118,21 @@ pub enum Then {
 pub struct TraceSettings {
     /// The control socket.
     pub socket: std::path::PathBuf,
+    /// Where session files go (the newest `KEEP_SESSIONS` are kept).
+    pub dir: std::path::PathBuf,
     pub default_duration: Duration,
     pub max_duration: Duration,
     pub default_budget_percent: f64,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/lsvmi/control.sock";
+pub const DEFAULT_DIR: &str = "/var/lib/lsvmi/trace";
 
 impl Default for TraceSettings {
     fn default() -> Self {
         TraceSettings {
             socket: DEFAULT_SOCKET.into(),
+            dir: DEFAULT_DIR.into(),
             default_duration: Duration::from_secs(10),
             max_duration: Duration::from_secs(120),
             default_budget_percent: 0.5,
@@ -261,6 +269,7 @@ impl Sessions {
             budget_percent: budget,
             events_per_s: None,
             cost_percent: None,
+            timeline: None,
         };
         tracing::info!(
             session = %session.id,
@@ -300,6 +309,17 @@ impl Sessions {
         {
             s.events_per_s = Some(events_per_s);
             s.cost_percent = Some(cost_percent);
+        }
+    }
+
+    /// Session `id`'s timeline file was written.
+    pub fn timeline_written(&self, id: &str, path: &std::path::Path) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        for s in [st.current.as_mut(), st.last.as_mut()].into_iter().flatten() {
+            if s.id == id {
+                s.timeline = Some(path.display().to_string());
+            }
         }
     }
 

@@ -12,13 +12,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::BtfTracePoint,
 };
 use lsvmi_common::trace_sched::{
     CULPRITS_MAP, Culprit, DROP_NAMES, DROP_REASONS, DROPS_MAP, FILTER_MAP, Filter, GLOBAL_OFFSETS, PROG_SWITCH,
     PROG_WAKEUP_NEW, PROG_WAKING, PROGRAMS as RUN_SLOTS, QUEUED_MAP, Queued, RUN_SWITCH, RUN_WAKING, RUNS_MAP,
-    THREADS_MAP, ThreadWait, TraceOffsets,
+    THREADS_MAP, ThreadWait, TraceOffsets, WAITS_RING, WaitRecord,
 };
 
 use super::{SessionInfo, Sessions, Tracer};
@@ -35,6 +35,12 @@ use crate::{
 
 /// Threads per series family; the rest go into one `_other` series.
 pub const TOP_K: usize = 10;
+
+/// Waits at least this long go on the session's timeline (shorter ones are only summed).
+const TIMELINE_MIN_WAIT_NS: u64 = 100_000;
+
+/// Timeline records kept per session (~5 MB of JSON); beyond, they are counted.
+const TIMELINE_MAX_RECORDS: usize = 50_000;
 
 const SOURCE: &str = "BPF tp_btf sched_waking, sched_wakeup_new, sched_switch (trace sessions)";
 
@@ -123,6 +129,10 @@ struct Maps {
     filter: Array<MapData, Plain<Filter>>,
     drops: PerCpuArray<MapData, u64>,
     runs: PerCpuArray<MapData, u64>,
+    waits: RingBuf<MapData>,
+    /// The session's timeline so far, and the records it had no room for.
+    timeline: Vec<WaitRecord>,
+    timeline_dropped: u64,
     /// The session being traced, or the one that just ended (for its last values).
     session: Option<SessionInfo>,
 }
@@ -137,7 +147,26 @@ impl Shared {
 }
 
 impl Maps {
+    /// Move what the ring holds to the timeline (bounded; the rest is counted).
+    fn drain(&mut self) {
+        while let Some(item) = self.waits.next() {
+            if item.len() < size_of::<WaitRecord>() {
+                continue;
+            }
+            if self.timeline.len() >= TIMELINE_MAX_RECORDS {
+                self.timeline_dropped += 1;
+                continue;
+            }
+            // SAFETY: a WaitRecord written by the program (length checked);
+            // read_unaligned copes with the ring's 8-byte alignment.
+            self.timeline.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+        }
+    }
+
     fn clear(&mut self) {
+        self.drain();
+        self.timeline.clear();
+        self.timeline_dropped = 0;
         let keys: Vec<u32> = self.queued.keys().filter_map(Result::ok).collect();
         keys.iter().for_each(|k| drop(self.queued.remove(k)));
         let keys: Vec<u32> = self.threads.keys().filter_map(Result::ok).collect();
@@ -227,7 +256,7 @@ impl Tracer for SchedTracer {
         {
             let mut maps = self.shared.lock();
             maps.clear();
-            maps.set_filter(Filter { active: 0, tgid: 0 })?;
+            maps.set_filter(Filter { active: 0, tgid: 0, min_wait_ns: 0 })?;
         }
         let attached = (|| -> Result<(), String> {
             let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
@@ -246,13 +275,13 @@ impl Tracer for SchedTracer {
         }
         let mut maps = self.shared.lock();
         maps.session = Some(session.clone());
-        maps.set_filter(Filter { active: 1, tgid: session.pid.unwrap_or(0) })
+        maps.set_filter(Filter { active: 1, tgid: session.pid.unwrap_or(0), min_wait_ns: TIMELINE_MIN_WAIT_NS })
     }
 
     fn stop(&self, session: &SessionInfo) {
         {
             let mut maps = self.shared.lock();
-            let _ = maps.set_filter(Filter { active: 0, tgid: 0 });
+            let _ = maps.set_filter(Filter { active: 0, tgid: 0, min_wait_ns: 0 });
             if let Some(s) = maps.session.as_mut()
                 && s.id == session.id
             {
@@ -274,6 +303,19 @@ struct Row {
 }
 
 impl TraceSchedSource {
+    /// Write the ended session's timeline file, off the tick.
+    fn write_timeline(&self, session: &SessionInfo, records: Vec<WaitRecord>, dropped: u64) {
+        let Some(sessions) = self.shared.sessions.get().cloned() else { return };
+        let (dir, id) = (sessions.settings().dir.clone(), session.id.clone());
+        tokio::task::spawn_blocking(move || match super::timeline::write(&dir, &id, &records, dropped) {
+            Ok(path) => {
+                tracing::info!(session = %id, records = records.len(), dropped, "trace timeline written to {}", path.display());
+                sessions.timeline_written(&id, &path);
+            }
+            Err(e) => tracing::warn!(session = %id, "trace timeline not written to {}: {e}", dir.display()),
+        });
+    }
+
     /// The session's cost over the last interval, reported to `status`; over budget,
     /// the session is ended (its programs unloaded off the tick), never the always-on
     /// collection.
@@ -326,6 +368,9 @@ impl TraceSchedSource {
             filter: bpf.take_map(FILTER_MAP)?,
             drops: bpf.take_map(DROPS_MAP)?,
             runs: bpf.take_map(RUNS_MAP)?,
+            waits: bpf.take_map(WAITS_RING)?,
+            timeline: Vec::new(),
+            timeline_dropped: 0,
             session: None,
         };
         let shared = Arc::new(Shared { maps: Mutex::new(maps), sessions: OnceLock::new() });
@@ -377,10 +422,14 @@ impl Source for TraceSchedSource {
         for (slot, n) in runs.iter_mut().enumerate() {
             *n = maps.runs.get(&(slot as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
         }
+        maps.drain();
         let ended = session.ended.is_some();
         if ended {
             // The last values of a session that ended are sent once; then its series end.
             maps.session = None;
+            let records = std::mem::take(&mut maps.timeline);
+            let dropped = std::mem::take(&mut maps.timeline_dropped);
+            self.write_timeline(&session, records, dropped);
         }
         drop(maps);
         if !ended {
