@@ -480,6 +480,68 @@ pub mod trace_sched {
     pub const PROG_SWITCH: &str = "trace_sched_switch";
 }
 
+/// The `irq` deep-tracing profile (`lsvmi-ebpf/src/trace_irq.rs`): hard-IRQ handler
+/// time per IRQ, softirq raise-to-entry delay and run time per vector. Attached only
+/// while a session runs.
+pub mod trace_irq {
+    use crate::softirq::VECTORS;
+
+    /// Array (one entry) of u32: non-zero while a session runs.
+    pub const ACTIVE_MAP: &str = "TRACE_IRQ_ACTIVE";
+    /// Per-CPU hash: IRQ number → [`IrqTime`].
+    pub const IRQS_MAP: &str = "TRACE_IRQS";
+    /// Per-CPU array (one entry) of [`CpuIrq`].
+    pub const CPU_MAP: &str = "TRACE_IRQ_CPU";
+    /// Per-CPU array of `PROGRAMS` run counters (the session's cost).
+    pub const RUNS_MAP: &str = "TRACE_IRQ_RUNS";
+    /// IRQ numbers followed; beyond, counted in `CpuIrq::dropped`.
+    pub const IRQ_ENTRIES: u32 = 1024;
+
+    pub const RUN_IRQ_ENTRY: u32 = 0;
+    pub const RUN_IRQ_EXIT: u32 = 1;
+    pub const RUN_SOFTIRQ_RAISE: u32 = 2;
+    pub const RUN_SOFTIRQ_ENTRY: u32 = 3;
+    pub const RUN_SOFTIRQ_EXIT: u32 = 4;
+    pub const PROGRAMS: usize = 5;
+
+    /// One IRQ's handler time on one CPU.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct IrqTime {
+        pub time_ns: u64,
+        pub count: u64,
+        pub max_ns: u64,
+    }
+
+    /// One CPU's state and softirq figures.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct CpuIrq {
+        /// The hard IRQ being handled (entry time, 0 when none) and its number.
+        pub irq_entered_ns: u64,
+        pub irq: u32,
+        pub _pad: u32,
+        /// Per vector: when it was raised (0: not pending) and when it started running.
+        pub raised_ns: [u64; VECTORS],
+        pub entered_ns: [u64; VECTORS],
+        /// Per vector: raise-to-entry delay, runs, and their maxima.
+        pub delay_ns: [u64; VECTORS],
+        pub delays: [u64; VECTORS],
+        pub max_delay_ns: [u64; VECTORS],
+        pub run_ns: [u64; VECTORS],
+        pub runs: [u64; VECTORS],
+        pub max_run_ns: [u64; VECTORS],
+        /// IRQ handler times not recorded: the IRQ map was full.
+        pub dropped: u64,
+    }
+
+    pub const PROG_IRQ_ENTRY: &str = "trace_irq_handler_entry";
+    pub const PROG_IRQ_EXIT: &str = "trace_irq_handler_exit";
+    pub const PROG_SOFTIRQ_RAISE: &str = "trace_softirq_raise";
+    pub const PROG_SOFTIRQ_ENTRY: &str = "trace_softirq_entry";
+    pub const PROG_SOFTIRQ_EXIT: &str = "trace_softirq_exit";
+}
+
 #[cfg(test)]
 mod tests {
     use super::hist::*;

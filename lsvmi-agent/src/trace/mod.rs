@@ -9,6 +9,7 @@
 //! detach its programs.
 
 pub mod control;
+pub mod programs;
 pub mod sched;
 pub mod timeline;
 

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
 };
 use lsvmi_common::trace_sched::{
     CULPRITS_MAP, Culprit, DROP_NAMES, DROP_REASONS, DROPS_MAP, FILTER_MAP, Filter, GLOBAL_OFFSETS, PROG_SWITCH,
@@ -21,7 +20,7 @@ use lsvmi_common::trace_sched::{
     THREADS_MAP, ThreadWait, TraceOffsets, WAITS_RING, WaitRecord,
 };
 
-use super::{SessionInfo, Sessions, Tracer};
+use super::{SessionInfo, Sessions, Tracer, programs};
 
 /// ns per run of each program (slots of `TRACE_RUNS`), measured with the kernel's BPF
 /// stats under `perf bench sched pipe` (docs/performance.md, "Deep tracing"). Runs ×
@@ -173,22 +172,12 @@ impl Maps {
         keys.iter().for_each(|k| drop(self.threads.remove(k)));
         let keys: Vec<u32> = self.culprits.keys().filter_map(Result::ok).collect();
         keys.iter().for_each(|k| drop(self.culprits.remove(k)));
-        zero(&mut self.drops, DROP_REASONS);
-        zero(&mut self.runs, RUN_SLOTS);
+        programs::zero(&mut self.drops, DROP_REASONS);
+        programs::zero(&mut self.runs, RUN_SLOTS);
     }
 
     fn set_filter(&mut self, f: Filter) -> Result<(), String> {
         self.filter.set(0, Plain(f), 0).map_err(|e| format!("setting the session filter: {e}"))
-    }
-}
-
-/// Set every CPU's counters of `slots` slots to 0.
-fn zero(map: &mut PerCpuArray<MapData, u64>, slots: usize) {
-    let cpus = aya::util::nr_cpus().unwrap_or(1);
-    for slot in 0..slots as u32 {
-        if let Ok(z) = aya::maps::PerCpuValues::try_from(vec![0u64; cpus]) {
-            let _ = map.set(slot, z, 0);
-        }
     }
 }
 
@@ -220,20 +209,6 @@ fn projected_cost_percent() -> Option<(f64, f64)> {
     Some((per_s, ns / 1e9 * 100.0))
 }
 
-impl SchedTracer {
-    fn unload(&self) {
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
-        for (prog, _) in PROGRAMS {
-            if let Some(p) = ebpf.program_mut(prog)
-                && let Ok(p) = <&mut BtfTracePoint>::try_from(p)
-            {
-                // Detaches its links and unloads it; an error means it was not loaded.
-                let _ = p.unload();
-            }
-        }
-    }
-}
-
 impl Tracer for SchedTracer {
     fn start(&self, session: &SessionInfo) -> Result<(), String> {
         if session.profile != super::Profile::Sched {
@@ -258,21 +233,7 @@ impl Tracer for SchedTracer {
             maps.clear();
             maps.set_filter(Filter { active: 0, tgid: 0, min_wait_ns: 0 })?;
         }
-        let attached = (|| -> Result<(), String> {
-            let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
-            let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
-            for (prog, tp) in PROGRAMS {
-                let p = ebpf.program_mut(prog).ok_or_else(|| format!("{prog} missing from the BPF object"))?;
-                let p: &mut BtfTracePoint = p.try_into().map_err(|e| format!("{prog}: {e}"))?;
-                p.load(tp, &btf).map_err(|e| format!("loading {prog}: {}", crate::bpf::describe(&e)))?;
-                p.attach().map_err(|e| format!("attaching {prog}: {}", crate::bpf::describe(&e)))?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = attached {
-            self.unload();
-            return Err(e);
-        }
+        programs::load(&self.ebpf, &PROGRAMS)?;
         let mut maps = self.shared.lock();
         maps.session = Some(session.clone());
         maps.set_filter(Filter { active: 1, tgid: session.pid.unwrap_or(0), min_wait_ns: TIMELINE_MIN_WAIT_NS })
@@ -288,7 +249,7 @@ impl Tracer for SchedTracer {
                 s.ended = session.ended.clone();
             }
         }
-        self.unload();
+        programs::unload(&self.ebpf, &PROGRAMS);
     }
 }
 
@@ -315,34 +276,6 @@ impl TraceSchedSource {
             Err(e) => tracing::warn!(session = %id, "trace timeline not written to {}: {e}", dir.display()),
         });
     }
-
-    /// The session's cost over the last interval, reported to `status`; over budget,
-    /// the session is ended (its programs unloaded off the tick), never the always-on
-    /// collection.
-    fn budget(&mut self, session: &SessionInfo, runs: [u64; RUN_SLOTS]) {
-        let now = std::time::Instant::now();
-        let last = self.last_runs.replace((session.id.clone(), runs, now));
-        let Some((id, before, at)) = last.filter(|(id, ..)| *id == session.id) else { return };
-        let secs = now.duration_since(at).as_secs_f64();
-        if secs <= 0.0 {
-            return;
-        }
-        let delta: Vec<f64> = runs.iter().zip(before).map(|(n, b)| n.saturating_sub(b) as f64).collect();
-        let events_per_s = delta.iter().sum::<f64>() / secs;
-        let cost = delta.iter().zip(COST_NS).map(|(n, ns)| n * ns).sum::<f64>() / secs / 1e9 * 100.0;
-        let Some(sessions) = self.shared.sessions.get() else { return };
-        sessions.measured(&id, events_per_s, cost);
-        if cost > session.budget_percent {
-            let why = format!("budget: {cost:.2}% of a CPU over {}%", session.budget_percent);
-            tracing::warn!(session = %id, "trace session over its budget ({cost:.2}% > {}%): stopping it", session.budget_percent);
-            let sessions = sessions.clone();
-            tokio::spawn(async move {
-                if let Some(ended) = sessions.end_if(&id, &why) {
-                    super::control::stop_programs(&sessions, ended).await;
-                }
-            });
-        }
-    }
 }
 
 fn comm_str(comm: &[u8; 16]) -> String {
@@ -355,8 +288,7 @@ pub struct TraceSchedSource {
     shared: Arc<Shared>,
     series: Tracked<Vec<crate::model::SeriesId>>,
     key: Vec<u8>,
-    /// Runs per program at the last collection, and when: the session's cost.
-    last_runs: Option<(String, [u64; RUN_SLOTS], std::time::Instant)>,
+    cost: programs::CostMeter<RUN_SLOTS>,
 }
 
 impl TraceSchedSource {
@@ -376,7 +308,12 @@ impl TraceSchedSource {
         let shared = Arc::new(Shared { maps: Mutex::new(maps), sessions: OnceLock::new() });
         // One BPF object per agent, so one source: a second set is impossible.
         let _ = SHARED.set(shared.clone());
-        Ok(TraceSchedSource { shared, series: Tracked::default(), key: Vec::new(), last_runs: None })
+        Ok(TraceSchedSource {
+            shared,
+            series: Tracked::default(),
+            key: Vec::new(),
+            cost: programs::CostMeter::new(COST_NS),
+        })
     }
 }
 
@@ -418,10 +355,7 @@ impl Source for TraceSchedSource {
         culprits.sort_by_key(|c| std::cmp::Reverse(c.3));
         let drops: Vec<u64> =
             (0..DROP_REASONS as u32).map(|r| maps.drops.get(&r, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect();
-        let mut runs = [0u64; RUN_SLOTS];
-        for (slot, n) in runs.iter_mut().enumerate() {
-            *n = maps.runs.get(&(slot as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
-        }
+        let runs: [u64; RUN_SLOTS] = programs::sums(&maps.runs);
         maps.drain();
         let ended = session.ended.is_some();
         if ended {
@@ -432,8 +366,8 @@ impl Source for TraceSchedSource {
             self.write_timeline(&session, records, dropped);
         }
         drop(maps);
-        if !ended {
-            self.budget(&session, runs);
+        if !ended && let Some(sessions) = self.shared.sessions.get() {
+            self.cost.observe(&session, runs, sessions);
         }
 
         let id = session.id.as_str();
