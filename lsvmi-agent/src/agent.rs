@@ -94,9 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let batcher = tokio::spawn(batcher.run(rx));
     let sessions = crate::trace::Sessions::new(config.trace.clone());
     sessions.set_tracer(match &ebpf {
-        Some(e) => {
-            crate::trace::sched::tracer(e.clone(), &sessions).map(|t| Arc::new(t) as Arc<dyn crate::trace::Tracer>)
-        }
+        Some(e) => crate::trace::Tracers::new(e, &sessions).map(|t| Arc::new(t) as Arc<dyn crate::trace::Tracer>),
         None if !config.bpf => Err("eBPF is off (--no-bpf)".into()),
         None => Err("eBPF did not start (see the warning at start-up)".into()),
     });

@@ -359,3 +359,72 @@ fn a_session_over_its_budget_is_stopped_and_the_always_on_series_go_on() {
     let worst = ts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(i64::MAX);
     assert!(worst <= 300, "a {worst} ms gap in the always-on series during the session");
 }
+
+/// `n` small writes over a loopback TCP connection, each read back by a peer thread.
+fn loopback_stream(n: usize) {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        for _ in 0..n {
+            s.read_exact(&mut buf).expect("read");
+            s.write_all(&buf[..1]).expect("ack");
+        }
+    });
+    let mut c = std::net::TcpStream::connect(addr).expect("connect");
+    c.set_nodelay(true).expect("nodelay");
+    let mut ack = [0u8; 1];
+    for _ in 0..n {
+        c.write_all(&[7u8; 64]).expect("write");
+        c.read_exact(&mut ack).expect("ack");
+    }
+    reader.join().expect("reader");
+}
+
+/// /proc/softirqs: each vector's runs summed over CPUs.
+fn softirq_totals() -> std::collections::BTreeMap<String, u64> {
+    let text = std::fs::read_to_string("/proc/softirqs").expect("/proc/softirqs");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (name, counts) = l.trim_start().split_once(':')?;
+            Some((name.to_string(), counts.split_whitespace().filter_map(|c| c.parse::<u64>().ok()).sum()))
+        })
+        .collect()
+}
+
+#[test]
+fn irq_session_counts_softirq_runs_as_proc_softirqs_does() {
+    let Some((_turn, vm, dir, _daemon)) = bpf_daemon(&[]) else { return };
+    let socket = dir.path().join("control.sock");
+    let out = trace(&socket, &["start", "--profile", "irq", "--duration", "20s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before = softirq_totals();
+    // Network receive work on loopback (NET_RX), and scheduler work (SCHED).
+    loopback_stream(20_000);
+    lsvmi_tests::load::ping_pong(20_000);
+    std::thread::sleep(Duration::from_secs(1));
+    let after = softirq_totals();
+    let out = trace(&socket, &["stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::thread::sleep(Duration::from_millis(2500));
+    vm.force_flush();
+    let traced: std::collections::BTreeMap<String, f64> =
+        last_values(&vm, "trace_softirq_runs_total", "vector").into_iter().collect();
+    let mut compared = 0;
+    for (vector, after_n) in &after {
+        let grew = after_n - before.get(vector).copied().unwrap_or(0);
+        if grew < 200 {
+            continue; // too few to compare a window's edges against
+        }
+        let seen = traced.get(vector).copied().unwrap_or(0.0);
+        let ratio = seen / grew as f64;
+        eprintln!("{vector}: /proc/softirqs +{grew}, traced {seen}");
+        // The session is active over a little more than the window between the reads.
+        assert!((0.9..=1.1).contains(&ratio), "{vector}: traced {seen} vs /proc/softirqs {grew}");
+        compared += 1;
+    }
+    assert!(compared >= 1, "no softirq vector ran enough to compare: {after:?}");
+}

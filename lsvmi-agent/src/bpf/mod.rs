@@ -50,6 +50,10 @@ unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::Queued> {}
 unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::ThreadWait> {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::Culprit> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::IrqTime> {}
+// SAFETY: as above (the explicit `_pad` field fills the gap).
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::CpuIrq> {}
 
 /// A BPF source as the loader sees it.
 pub struct BpfSource {

@@ -102,7 +102,7 @@ const fn spec_off(
 /// Every source, in the order they are polled within a tick. Default intervals: what
 /// moves fast and matters at 100 ms (CPU, softirqs, NIC and disk counters, pressure)
 /// every tick; the rest every second; filesystems and host identity every 5 s.
-pub fn specs() -> [SourceSpec; 23] {
+pub fn specs() -> [SourceSpec; 24] {
     use Build::{Bpf, Config as Cfg, SelfMetrics};
     [
         spec(
@@ -149,6 +149,13 @@ pub fn specs() -> [SourceSpec; 23] {
             1000,
             crate::trace::sched::METRICS,
             Bpf(&crate::trace::sched::BPF),
+        ),
+        spec(
+            "trace_irq",
+            "Deep-tracing sessions, irq profile (eBPF, only while a session runs)",
+            1000,
+            crate::trace::irq::METRICS,
+            Bpf(&crate::trace::irq::BPF),
         ),
         spec_off(
             "sched_tasks",

@@ -9,6 +9,7 @@
 //! detach its programs.
 
 pub mod control;
+pub mod irq;
 pub mod programs;
 pub mod sched;
 pub mod timeline;
@@ -148,6 +149,45 @@ pub trait Tracer: Send + Sync {
     fn start(&self, session: &SessionInfo) -> Result<(), String>;
     /// Stop counting and detach every program of the session.
     fn stop(&self, session: &SessionInfo);
+}
+
+/// The tracers of the profiles that can run, by profile.
+pub struct Tracers(Vec<(Profile, Arc<dyn Tracer>)>);
+
+impl Tracers {
+    /// Every profile whose source started with the BPF object.
+    pub fn new(ebpf: &Arc<Mutex<aya::Ebpf>>, sessions: &Sessions) -> Result<Tracers, String> {
+        let mut all: Vec<(Profile, Arc<dyn Tracer>)> = Vec::new();
+        let mut why = Vec::new();
+        match sched::tracer(ebpf.clone(), sessions) {
+            Ok(t) => all.push((Profile::Sched, Arc::new(t))),
+            Err(e) => why.push(e),
+        }
+        match irq::tracer(ebpf.clone(), sessions) {
+            Ok(t) => all.push((Profile::Irq, Arc::new(t))),
+            Err(e) => why.push(e),
+        }
+        if all.is_empty() { Err(why.join("; ")) } else { Ok(Tracers(all)) }
+    }
+
+    fn of(&self, profile: Profile) -> Result<&Arc<dyn Tracer>, String> {
+        self.0.iter().find(|(p, _)| *p == profile).map(|(_, t)| t).ok_or_else(|| {
+            let have: Vec<&str> = self.0.iter().map(|(p, _)| p.as_str()).collect();
+            format!("profile {} is not available (these are: {})", profile.as_str(), have.join(", "))
+        })
+    }
+}
+
+impl Tracer for Tracers {
+    fn start(&self, session: &SessionInfo) -> Result<(), String> {
+        self.of(session.profile)?.start(session)
+    }
+
+    fn stop(&self, session: &SessionInfo) {
+        if let Ok(t) = self.of(session.profile) {
+            t.stop(session);
+        }
+    }
 }
 
 #[derive(Default)]

@@ -211,9 +211,6 @@ fn projected_cost_percent() -> Option<(f64, f64)> {
 
 impl Tracer for SchedTracer {
     fn start(&self, session: &SessionInfo) -> Result<(), String> {
-        if session.profile != super::Profile::Sched {
-            return Err(format!("profile {} is not built yet (sched is)", session.profile.as_str()));
-        }
         if session.cpus.is_some() {
             return Err("--cpu is not supported by the sched profile yet".into());
         }
