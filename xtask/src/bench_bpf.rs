@@ -33,6 +33,15 @@ const PROGRAMS: &[&str] = &[
     "inet_sock_set_state",
     "tcp_probe",
     "kfree_skb",
+    // Deep-tracing sessions (`lsvmi trace start --profile sched|irq`), loaded only then.
+    "trace_sched_waking",
+    "trace_sched_wakeup_new",
+    "trace_sched_switch",
+    "trace_irq_handler_entry",
+    "trace_irq_handler_exit",
+    "trace_softirq_raise",
+    "trace_softirq_entry",
+    "trace_softirq_exit",
 ];
 /// Programs that run because tasks switch or move: their sum per switch is the cost of
 /// the scheduler path.
@@ -52,17 +61,24 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     let tasks_config = workspace_root().join("target/bench-bpf-sched-tasks.yaml");
     std::fs::write(&tasks_config, "sources:\n  sched_tasks: {enabled: true}\n").context("writing the config")?;
     println!("\n### Default programs");
-    let result = measure(seconds, None).and_then(|()| {
+    let result = measure(seconds, None, None).and_then(|()| {
         println!("\n### With per-task times on (`sources: {{sched_tasks: {{enabled: true}}}}`)");
-        measure(seconds, Some(tasks_config.to_str().unwrap_or_default()))
+        measure(seconds, Some(tasks_config.to_str().unwrap_or_default()), None)?;
+        for profile in ["sched", "irq"] {
+            println!("\n### During a `{profile}` trace session (`lsvmi trace start --profile {profile}`)");
+            measure(seconds, None, Some(profile))?;
+        }
+        Ok(())
     });
     let _ = std::fs::write(STATS_SYSCTL, before_sysctl.trim());
     result
 }
 
-fn measure(seconds: u64, config: Option<&str>) -> anyhow::Result<()> {
+fn measure(seconds: u64, config: Option<&str>, session: Option<&str>) -> anyhow::Result<()> {
     let agent = workspace_root().join("target/release/lsvmi");
-    let mut args = vec!["--dry-run", "--cpus", "all"];
+    let socket = workspace_root().join("target/bench-bpf-control.sock");
+    let socket = socket.to_str().unwrap_or_default();
+    let mut args = vec!["--dry-run", "--cpus", "all", "--control-socket", socket];
     args.extend(config.iter().flat_map(|c| ["--config", c]));
     let mut child = Command::new(&agent)
         .args(&args)
@@ -71,6 +87,18 @@ fn measure(seconds: u64, config: Option<&str>) -> anyhow::Result<()> {
         .spawn()
         .with_context(|| format!("starting {}", agent.display()))?;
     std::thread::sleep(Duration::from_secs(2));
+    if let Some(profile) = session {
+        // Started before the load (its cost projection then fits) with room to run.
+        let duration = format!("{}s", (seconds + 10).min(120));
+        status(
+            Command::new(&agent).args(["--control-socket", socket, "trace", "start", "--profile", profile]).args([
+                "--duration",
+                &duration,
+                "--budget",
+                "100%",
+            ]),
+        )?;
+    }
     let first = snapshot()?;
     let t0 = Instant::now();
     drive_load(Duration::from_secs(seconds));

@@ -99,7 +99,7 @@ const PROGRAMS: [(&str, &str); 5] = [
 
 /// ns per run of each program (slots of `TRACE_IRQ_RUNS`), measured with the kernel's
 /// BPF stats (docs/performance.md, "Deep tracing").
-const COST_NS: [f64; RUN_SLOTS] = [370.0, 810.0, 160.0, 105.0, 110.0];
+const COST_NS: [f64; RUN_SLOTS] = [295.0, 1000.0, 104.0, 92.0, 103.0];
 
 /// No program at start-up: sessions load them.
 pub static BPF: BpfSource = BpfSource {
