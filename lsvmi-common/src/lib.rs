@@ -418,6 +418,8 @@ pub mod trace_sched {
         pub tgid: u32,
         /// Waits at least this long (ns) are also written to the timeline ring.
         pub min_wait_ns: u64,
+        /// Bit `n`: count waits that end on CPU `n`; 0 means every CPU (CPUs 0–63).
+        pub cpus: u64,
     }
 
     /// One wait, for the session's timeline.

@@ -135,6 +135,13 @@ pub fn trace_sched_switch(ctx: BtfTracePointContext) -> u32 {
     // SAFETY: the value is copied out before the entry is removed.
     let Some(q) = (unsafe { TRACE_QUEUED.get(&tid) }).copied() else { return 0 };
     let _ = TRACE_QUEUED.remove(&tid);
+    if f.cpus != 0 {
+        // SAFETY: helper without preconditions.
+        let cpu = unsafe { bpf_get_smp_processor_id() };
+        if cpu >= 64 || f.cpus & (1u64 << cpu) == 0 {
+            return 0;
+        }
+    }
     // SAFETY: helper without preconditions.
     let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(q.at_ns);
     match TRACE_THREADS.get_ptr_mut(&tid) {

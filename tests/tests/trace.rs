@@ -428,3 +428,53 @@ fn irq_session_counts_softirq_runs_as_proc_softirqs_does() {
     }
     assert!(compared >= 1, "no softirq vector ran enough to compare: {after:?}");
 }
+
+#[test]
+fn cpu_narrows_a_sched_session_to_waits_ending_there() {
+    if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) < 2 {
+        eprintln!("skipping: needs two CPUs");
+        return;
+    }
+    let Some((_turn, vm, dir, _daemon)) = bpf_daemon(&[]) else { return };
+    let socket = dir.path().join("control.sock");
+    // A thread that keeps waking up on CPU 1 beside a spinner there…
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spinner = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            pin_to(1);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sleeper = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            pin_to(1);
+            tx.send(gettid()).expect("tid");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let sleeper_tid = rx.recv().expect("tid").to_string();
+    // …traced on CPU 0 only: none of its waits is counted.
+    let pid = std::process::id().to_string();
+    let out = trace(&socket, &["start", "--pid", &pid, "--cpu", "0", "--duration", "20s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(trace(&socket, &["stop"]).status.success());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    spinner.join().expect("spinner");
+    sleeper.join().expect("sleeper");
+    std::thread::sleep(Duration::from_millis(2500));
+    vm.force_flush();
+    let waits = vm.export(&format!(r#"trace_sched_waits_total{{tid="{sleeper_tid}"}}"#));
+    assert!(waits.is_empty(), "waits on CPU 1 counted in a CPU 0 session: {waits:?}");
+    // An out-of-range CPU is refused in one line.
+    let out = trace(&socket, &["start", "--cpu", "64"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("CPUs 0-63"), "{}", text(&out.stderr));
+}

@@ -212,9 +212,16 @@ fn projected_cost_percent() -> Option<(f64, f64)> {
 
 impl Tracer for SchedTracer {
     fn start(&self, session: &SessionInfo) -> Result<(), String> {
-        if session.cpus.is_some() {
-            return Err("--cpu is not supported by the sched profile yet".into());
-        }
+        let cpus = match &session.cpus {
+            None => 0,
+            Some(list) => {
+                let cpus = crate::sources::host::parse_cpu_list(list).unwrap_or_default();
+                if cpus.iter().any(|&c| c >= 64) {
+                    return Err(format!("--cpu {list}: the sched profile narrows to CPUs 0-63 only"));
+                }
+                cpus.iter().fold(0u64, |m, &c| m | 1 << c)
+            }
+        };
         // The programs run at every switch whatever the filter: a session that would
         // cost more than its budget at today's switch rate is refused before it starts.
         if let Some((switches, cost)) = projected_cost_percent()
@@ -229,18 +236,18 @@ impl Tracer for SchedTracer {
         {
             let mut maps = self.shared.lock();
             maps.clear();
-            maps.set_filter(Filter { active: 0, tgid: 0, min_wait_ns: 0 })?;
+            maps.set_filter(Filter { active: 0, tgid: 0, min_wait_ns: 0, cpus: 0 })?;
         }
         programs::load(&self.ebpf, &PROGRAMS)?;
         let mut maps = self.shared.lock();
         maps.session = Some(session.clone());
-        maps.set_filter(Filter { active: 1, tgid: session.pid.unwrap_or(0), min_wait_ns: TIMELINE_MIN_WAIT_NS })
+        maps.set_filter(Filter { active: 1, tgid: session.pid.unwrap_or(0), min_wait_ns: TIMELINE_MIN_WAIT_NS, cpus })
     }
 
     fn stop(&self, session: &SessionInfo) {
         {
             let mut maps = self.shared.lock();
-            let _ = maps.set_filter(Filter { active: 0, tgid: 0, min_wait_ns: 0 });
+            let _ = maps.set_filter(Filter { active: 0, tgid: 0, min_wait_ns: 0, cpus: 0 });
             if let Some(s) = maps.session.as_mut()
                 && s.id == session.id
             {
