@@ -124,6 +124,10 @@ pub enum TraceAction {
         /// CPU budget for the session's programs, in percent of one CPU, e.g. 0.5%
         #[arg(long, value_parser = percent)]
         budget: Option<f64>,
+        /// Print the session's events as a table while it runs (Ctrl-C stops following,
+        /// not the session)
+        #[arg(long)]
+        follow: bool,
     },
     /// Show the running session (or the last one)
     Status,

@@ -83,7 +83,7 @@ fn trace_client(cli: &Cli, action: &TraceAction) -> ExitCode {
         (None, None) => trace::DEFAULT_SOCKET.into(),
     };
     let req = match action {
-        TraceAction::Start { profile, duration, pid, comm, cpus, budget } => Request::Start(StartRequest {
+        TraceAction::Start { profile, duration, pid, comm, cpus, budget, .. } => Request::Start(StartRequest {
             profile: *profile,
             duration_ms: duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             pid: *pid,
@@ -94,8 +94,16 @@ fn trace_client(cli: &Cli, action: &TraceAction) -> ExitCode {
         TraceAction::Status => Request::Status,
         TraceAction::Stop => Request::Stop,
     };
+    let follow = matches!(action, TraceAction::Start { follow: true, .. });
     match trace::control::call(&socket, &req) {
         Ok(Response::Session { session }) => {
+            println!("{}", describe(&session));
+            if follow {
+                return follow_session(&socket);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Events { session, .. }) => {
             println!("{}", describe(&session));
             ExitCode::SUCCESS
         }
@@ -114,6 +122,62 @@ fn trace_client(cli: &Cli, action: &TraceAction) -> ExitCode {
             eprintln!("lsvmi: error: {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `--follow`: the session's events as a table, every half second, until it ends. A
+/// closed stdout (`| head`) ends the following, quietly.
+fn follow_session(socket: &std::path::Path) -> ExitCode {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let header = format!(
+        "{:<12} {:>4} {:>8} {:>8} {:<16} {:>10} {:<9} ENDED BY",
+        "TIME", "CPU", "PID", "TID", "COMM", "WAIT", "CAUSE"
+    );
+    if writeln!(out, "{header}").is_err() {
+        return ExitCode::SUCCESS;
+    }
+    let mut since = 0;
+    loop {
+        match trace::control::call(socket, &Request::Events { since }) {
+            Ok(Response::Events { events, next, .. }) => {
+                for e in &events {
+                    let num = |k: &str| e[k].as_u64().unwrap_or(0);
+                    let text = |k: &str| e[k].as_str().unwrap_or("").to_string();
+                    let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(num("end_ns"));
+                    let time = humantime::format_rfc3339_millis(at).to_string();
+                    let line = format!(
+                        "{:<12} {:>4} {:>8} {:>8} {:<16} {:>8.3}ms {:<9} {} ({})",
+                        time.get(11..23).unwrap_or(&time),
+                        num("cpu"),
+                        num("pid"),
+                        num("tid"),
+                        text("comm"),
+                        num("wait_ns") as f64 / 1e6,
+                        text("cause"),
+                        text("ended_by_comm"),
+                        num("ended_by_tid"),
+                    );
+                    if writeln!(out, "{line}").is_err() {
+                        return ExitCode::SUCCESS;
+                    }
+                }
+                since = next;
+            }
+            Ok(Response::Idle { last }) => {
+                if let Some(s) = last {
+                    let _ = writeln!(out, "{}", describe(&s));
+                }
+                return ExitCode::SUCCESS;
+            }
+            Ok(Response::Error { message }) | Err(message) => {
+                eprintln!("lsvmi: error: {message}");
+                return ExitCode::FAILURE;
+            }
+            Ok(Response::Session { .. }) => {}
+        }
+        let _ = out.flush();
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 

@@ -438,37 +438,15 @@ fn cpu_narrows_a_sched_session_to_waits_ending_there() {
     let Some((_turn, vm, dir, _daemon)) = bpf_daemon(&[]) else { return };
     let socket = dir.path().join("control.sock");
     // A thread that keeps waking up on CPU 1 beside a spinner there…
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let spinner = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            pin_to(1);
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::hint::spin_loop();
-            }
-        })
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sleeper = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            pin_to(1);
-            tx.send(gettid()).expect("tid");
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        })
-    };
-    let sleeper_tid = rx.recv().expect("tid").to_string();
+    let load = Contention::on(1);
+    let sleeper_tid = load.sleeper.to_string();
     // …traced on CPU 0 only: none of its waits is counted.
     let pid = std::process::id().to_string();
     let out = trace(&socket, &["start", "--pid", &pid, "--cpu", "0", "--duration", "20s"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     std::thread::sleep(Duration::from_secs(2));
     assert!(trace(&socket, &["stop"]).status.success());
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    spinner.join().expect("spinner");
-    sleeper.join().expect("sleeper");
+    drop(load);
     std::thread::sleep(Duration::from_millis(2500));
     vm.force_flush();
     let waits = vm.export(&format!(r#"trace_sched_waits_total{{tid="{sleeper_tid}"}}"#));
@@ -477,4 +455,69 @@ fn cpu_narrows_a_sched_session_to_waits_ending_there() {
     let out = trace(&socket, &["start", "--cpu", "64"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("CPUs 0-63"), "{}", text(&out.stderr));
+}
+
+/// A spinner and a thread that sleeps 1 ms at a time, both pinned to one CPU: the sleeper
+/// waits behind the spinner at every wake-up. Stopped when dropped.
+struct Contention {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    sleeper: u32,
+}
+
+impl Contention {
+    fn on(cpu: usize) -> Contention {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spin = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                pin_to(cpu);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        let sleep = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                pin_to(cpu);
+                tx.send(gettid()).expect("tid");
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        let sleeper = rx.recv().expect("sleeper tid");
+        Contention { stop, threads: vec![spin, sleep], sleeper }
+    }
+}
+
+impl Drop for Contention {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn follow_prints_the_sessions_waits_as_a_table_until_it_ends() {
+    let Some((_turn, _vm, dir, _daemon)) = bpf_daemon(&[]) else { return };
+    let load = Contention::on(usize::from(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) > 1));
+    let pid = std::process::id().to_string();
+    let out = trace(&dir.path().join("control.sock"), &["start", "--pid", &pid, "--duration", "2s", "--follow"]);
+    drop(load);
+    let table = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines.get(1).is_some_and(|l| l.starts_with("TIME") && l.contains("ENDED BY")), "{table}");
+    assert!(first_row_tid(&table) > 0, "no wait printed:\n{table}");
+    assert!(lines.last().is_some_and(|l| l.contains("ended (deadline)")), "{table}");
+}
+
+/// The TID column of the first event row of a `--follow` table.
+fn first_row_tid(table: &str) -> u64 {
+    table.lines().skip(2).find_map(|l| l.split_whitespace().nth(3)?.parse().ok()).unwrap_or(0)
 }

@@ -67,6 +67,10 @@ pub enum Request {
     Start(StartRequest),
     Status,
     Stop,
+    /// The running session's events from index `since` on (`--follow`).
+    Events {
+        since: usize,
+    },
 }
 
 /// One answer line.
@@ -79,6 +83,8 @@ pub enum Response {
     Idle { last: Option<SessionInfo> },
     /// Refused, with why in one line.
     Error { message: String },
+    /// Events of the running session from `since`, and the index to ask from next.
+    Events { session: SessionInfo, events: Vec<serde_json::Value>, next: usize },
 }
 
 /// A session as the control socket reports it.
@@ -149,6 +155,11 @@ pub trait Tracer: Send + Sync {
     fn start(&self, session: &SessionInfo) -> Result<(), String>;
     /// Stop counting and detach every program of the session.
     fn stop(&self, session: &SessionInfo);
+    /// The session's events so far from index `since` (at most a few hundred), and the
+    /// index after them. Profiles without per-event records have none.
+    fn events(&self, _session: &SessionInfo, since: usize) -> (Vec<serde_json::Value>, usize) {
+        (Vec::new(), since)
+    }
 }
 
 /// The tracers of the profiles that can run, by profile.
@@ -187,6 +198,10 @@ impl Tracer for Tracers {
         if let Ok(t) = self.of(session.profile) {
             t.stop(session);
         }
+    }
+
+    fn events(&self, session: &SessionInfo, since: usize) -> (Vec<serde_json::Value>, usize) {
+        self.of(session.profile).map_or((Vec::new(), since), |t| t.events(session, since))
     }
 }
 
@@ -250,6 +265,13 @@ impl Sessions {
                     None => Response::Idle { last: self.lock_last() },
                 }
             }
+            Request::Events { since } => match (self.current(), self.tracer()) {
+                (Some(session), Ok(tracer)) => {
+                    let (events, next) = tracer.events(&session, since);
+                    Response::Events { session, events, next }
+                }
+                _ => Response::Idle { last: self.lock_last() },
+            },
             Request::Stop => match self.end("stopped") {
                 Some(session) => {
                     then.push(Then::Stop(session.clone()));

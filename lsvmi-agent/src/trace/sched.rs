@@ -256,6 +256,19 @@ impl Tracer for SchedTracer {
         }
         programs::unload(&self.ebpf, &PROGRAMS);
     }
+
+    fn events(&self, session: &SessionInfo, since: usize) -> (Vec<serde_json::Value>, usize) {
+        let maps = self.shared.lock();
+        if maps.session.as_ref().is_none_or(|s| s.id != session.id) {
+            return (Vec::new(), since);
+        }
+        let start = since.min(maps.timeline.len());
+        let offset = super::timeline::realtime_offset_ns();
+        let events: Vec<serde_json::Value> =
+            maps.timeline[start..].iter().take(500).map(|r| super::timeline::record_json(r, offset)).collect();
+        let next = start + events.len();
+        (events, next)
+    }
 }
 
 /// One thread's figures as exported.

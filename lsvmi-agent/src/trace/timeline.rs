@@ -26,7 +26,7 @@ fn comm_str(comm: &[u8; 16]) -> String {
 }
 
 /// CLOCK_REALTIME − CLOCK_MONOTONIC in ns: turns the programs' timestamps into wall time.
-fn realtime_offset_ns() -> i128 {
+pub fn realtime_offset_ns() -> i128 {
     let mono = i128::from(crate::bpf::monotonic_ns());
     let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i128);
     real - mono
@@ -74,6 +74,17 @@ pub fn chrome_trace(session_id: &str, records: &[WaitRecord], dropped: u64) -> V
     })
 }
 
+/// One record as a JSON object (the `.events.jsonl` line and `--follow`'s event), its
+/// end on the wall clock (`offset`: [`realtime_offset_ns`]).
+pub fn record_json(r: &WaitRecord, offset: i128) -> Value {
+    json!({
+        "end_ns": (i128::from(r.end_ns) + offset) as u64, "wait_ns": r.wait_ns,
+        "pid": r.tgid, "tid": r.tid, "comm": comm_str(&r.comm), "cpu": r.cpu,
+        "cause": if r.how == PREEMPTED { "preempted" } else { "woken" },
+        "ended_by_tid": r.culprit_tid, "ended_by_comm": comm_str(&r.culprit_comm),
+    })
+}
+
 /// Write `<dir>/<id>.trace.json` and `<dir>/<id>.events.jsonl`, then drop the files of
 /// all but the newest sessions. Returns the trace file's path.
 pub fn write(dir: &Path, session_id: &str, records: &[WaitRecord], dropped: u64) -> std::io::Result<PathBuf> {
@@ -85,13 +96,7 @@ pub fn write(dir: &Path, session_id: &str, records: &[WaitRecord], dropped: u64)
     let mut lines = std::io::BufWriter::new(std::fs::File::create(dir.join(format!("{session_id}.events.jsonl")))?);
     let offset = realtime_offset_ns();
     for r in records {
-        let line = json!({
-            "end_ns": (i128::from(r.end_ns) + offset) as u64, "wait_ns": r.wait_ns,
-            "pid": r.tgid, "tid": r.tid, "comm": comm_str(&r.comm), "cpu": r.cpu,
-            "cause": if r.how == PREEMPTED { "preempted" } else { "woken" },
-            "ended_by_tid": r.culprit_tid, "ended_by_comm": comm_str(&r.culprit_comm),
-        });
-        serde_json::to_writer(&mut lines, &line)?;
+        serde_json::to_writer(&mut lines, &record_json(r, offset))?;
         lines.write_all(b"\n")?;
     }
     lines.flush()?;
