@@ -521,3 +521,45 @@ fn follow_prints_the_sessions_waits_as_a_table_until_it_ends() {
 fn first_row_tid(table: &str) -> u64 {
     table.lines().skip(2).find_map(|l| l.split_whitespace().nth(3)?.parse().ok()).unwrap_or(0)
 }
+
+/// /proc/net/snmp's Tcp counter `name`.
+fn tcp_counter(name: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/net/snmp").expect("/proc/net/snmp");
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else { panic!("no Tcp lines") };
+    let at = names.split_whitespace().position(|n| n == name).expect(name);
+    values.split_whitespace().nth(at).and_then(|v| v.parse().ok()).expect("value")
+}
+
+#[test]
+fn net_session_counts_resets_per_connection_as_proc_net_snmp_does() {
+    let Some((_turn, vm, dir, _daemon)) = bpf_daemon(&[]) else { return };
+    let socket = dir.path().join("control.sock");
+    let out = trace(&socket, &["start", "--profile", "net", "--duration", "20s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The ring is drained on the 100 ms tick: let the session see its first one.
+    std::thread::sleep(Duration::from_millis(300));
+    let before = tcp_counter("OutRsts");
+    // Connections to a closed port: each answered by a reset.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port");
+    for _ in 0..300 {
+        assert!(std::net::TcpStream::connect(closed).is_err());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = tcp_counter("OutRsts") - before;
+    let out = trace(&socket, &["stop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::thread::sleep(Duration::from_millis(2500));
+    vm.force_flush();
+    let series = vm.export(r#"trace_net_events_total{event="send_reset"}"#);
+    let traced: f64 = series.iter().filter_map(|s| s.values.iter().flatten().last().copied()).sum();
+    let to_closed = series.iter().any(|s| {
+        s.label("src").ends_with(&format!(":{}", closed.port()))
+            || s.label("dst").ends_with(&format!(":{}", closed.port()))
+    });
+    eprintln!("OutRsts +{sent}, traced send_reset {traced}");
+    assert!(sent >= 300, "the kernel sent {sent} resets for 300 refused connections");
+    let ratio = traced / sent as f64;
+    assert!((0.9..=1.1).contains(&ratio), "traced {traced} resets vs /proc/net/snmp OutRsts +{sent}");
+    assert!(to_closed, "no series names the closed port: {series:?}");
+}

@@ -102,7 +102,7 @@ const fn spec_off(
 /// Every source, in the order they are polled within a tick. Default intervals: what
 /// moves fast and matters at 100 ms (CPU, softirqs, NIC and disk counters, pressure)
 /// every tick; the rest every second; filesystems and host identity every 5 s.
-pub fn specs() -> [SourceSpec; 24] {
+pub fn specs() -> [SourceSpec; 25] {
     use Build::{Bpf, Config as Cfg, SelfMetrics};
     [
         spec(
@@ -156,6 +156,13 @@ pub fn specs() -> [SourceSpec; 24] {
             1000,
             crate::trace::irq::METRICS,
             Bpf(&crate::trace::irq::BPF),
+        ),
+        spec(
+            "trace_net",
+            "Deep-tracing sessions, net profile (records of net_events, only while a session runs)",
+            1000,
+            crate::trace::net::METRICS,
+            Bpf(&crate::trace::net::BPF),
         ),
         spec_off(
             "sched_tasks",

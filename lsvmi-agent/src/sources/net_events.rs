@@ -306,8 +306,17 @@ impl NetEventsSource {
             let ev: NetEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             let kind = usize::from(ev.kind).min(EVENT_NAMES.len() - 1);
             self.events[kind] += 1;
-            if tracing::enabled!(target: "lsvmi::net_events", tracing::Level::DEBUG) {
-                log_event(&ev, &self.layout);
+            let logged = tracing::enabled!(target: "lsvmi::net_events", tracing::Level::DEBUG);
+            // A `net` trace session takes every record, per connection (trace/net.rs).
+            let traced = crate::trace::net::tracing();
+            if logged || traced {
+                let d = describe(&ev, &self.layout);
+                if logged {
+                    log_event(&ev, &d);
+                }
+                if traced {
+                    crate::trace::net::observe(d);
+                }
             }
         }
     }
@@ -326,7 +335,17 @@ fn address(family: u16, bytes: &[u8; 16], port: u16) -> String {
     }
 }
 
-fn log_event(ev: &NetEvent, layout: &Layout) {
+/// A record in words: what happened, between which addresses, the TCP state or drop
+/// reason, and the thread that was running.
+pub struct Described {
+    pub event: &'static str,
+    pub src: String,
+    pub dst: String,
+    pub detail: String,
+    pub comm: String,
+}
+
+fn describe(ev: &NetEvent, layout: &Layout) -> Described {
     let comm = String::from_utf8_lossy(&ev.comm[..ev.comm.iter().position(|&b| b == 0).unwrap_or(16)]).into_owned();
     let detail = match ev.kind {
         EVENT_DROP => layout.drop_reasons.get(ev.detail as usize).cloned().unwrap_or_else(|| ev.detail.to_string()),
@@ -335,16 +354,26 @@ fn log_event(ev: &NetEvent, layout: &Layout) {
         }
         _ => String::new(),
     };
+    Described {
+        event: EVENT_NAMES[usize::from(ev.kind).min(4)],
+        src: address(ev.family, &ev.saddr, ev.sport),
+        dst: address(ev.family, &ev.daddr, ev.dport),
+        detail,
+        comm,
+    }
+}
+
+fn log_event(ev: &NetEvent, d: &Described) {
     debug!(
         target: "lsvmi::net_events",
-        event = EVENT_NAMES[usize::from(ev.kind).min(4)],
+        event = d.event,
         ts_ns = ev.ts_ns,
         cpu = ev.cpu,
         pid = ev.pid,
-        comm,
-        src = address(ev.family, &ev.saddr, ev.sport),
-        dst = address(ev.family, &ev.daddr, ev.dport),
-        detail,
+        comm = d.comm,
+        src = d.src,
+        dst = d.dst,
+        detail = d.detail,
         "network event"
     );
 }

@@ -10,6 +10,7 @@
 
 pub mod control;
 pub mod irq;
+pub mod net;
 pub mod programs;
 pub mod sched;
 pub mod timeline;
@@ -176,6 +177,10 @@ impl Tracers {
         }
         match irq::tracer(ebpf.clone(), sessions) {
             Ok(t) => all.push((Profile::Irq, Arc::new(t))),
+            Err(e) => why.push(e),
+        }
+        match net::tracer(sessions) {
+            Ok(t) => all.push((Profile::Net, Arc::new(t))),
             Err(e) => why.push(e),
         }
         if all.is_empty() { Err(why.join("; ")) } else { Ok(Tracers(all)) }
