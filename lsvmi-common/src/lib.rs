@@ -379,8 +379,10 @@ pub mod trace_sched {
     /// Ring buffer of [`WaitRecord`]s: each wait of at least `Filter::min_wait_ns`,
     /// written without waking the agent, drained on its tick, for the session's timeline.
     pub const WAITS_RING: &str = "TRACE_WAITS";
-    /// Size of `TRACE_WAITS` in bytes (~3 600 records; the agent drains it every second).
-    pub const WAITS_RING_BYTES: u32 = 256 * 1024;
+    /// Size of `TRACE_WAITS` in bytes: ~1 800 records, drained every second (beyond,
+    /// counted as `ring_full`). The agent maps the ring twice over, so each KiB here is
+    /// 2 KiB of its RSS, sessions or not.
+    pub const WAITS_RING_BYTES: u32 = 128 * 1024;
 
     /// Threads followed at once (queued, and aggregated); beyond, events are dropped and
     /// counted.
