@@ -546,6 +546,76 @@ pub mod trace_irq {
     pub const PROG_SOFTIRQ_EXIT: &str = "trace_softirq_exit";
 }
 
+/// The `block` deep-tracing profile (`lsvmi-ebpf/src/trace_block.rs`): per block
+/// request, the wait in the queue (insert to issue) apart from the device's time (issue
+/// to completion), summed per device and process. Attached only while a session runs.
+pub mod trace_block {
+    /// Array (one entry) of u32: non-zero while a session runs.
+    pub const ACTIVE_MAP: &str = "TRACE_BLOCK_ACTIVE";
+    /// Hash: request address → [`Request`] while it is in flight.
+    pub const REQUESTS_MAP: &str = "TRACE_BLOCK_REQS";
+    /// Hash: [`Key`] → [`Stat`].
+    pub const STATS_MAP: &str = "TRACE_BLOCK_STATS";
+    /// Per-CPU array of `PROGRAMS` run counters, then `DROPS` drop counters.
+    pub const COUNTERS_MAP: &str = "TRACE_BLOCK_COUNTERS";
+    /// Global of type [`BlockOffsets`].
+    pub const GLOBAL_OFFSETS: &str = "TRACE_BLOCK_OFFSETS";
+    pub const ENTRIES: u32 = 16384;
+
+    pub const RUN_INSERT: u32 = 0;
+    pub const RUN_ISSUE: u32 = 1;
+    pub const RUN_COMPLETE: u32 = 2;
+    pub const PROGRAMS: usize = 3;
+    /// Counter slots after the run counters: requests or stats not recorded (map full).
+    pub const DROP_REQUESTS_FULL: u32 = 3;
+    pub const DROP_STATS_FULL: u32 = 4;
+    pub const COUNTERS: usize = 5;
+
+    /// `request.part` and `block_device.bd_dev`, from the kernel's BTF.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct BlockOffsets {
+        pub rq_part: u32,
+        pub bd_dev: u32,
+    }
+
+    /// A request in flight.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct Request {
+        /// 0 when it was issued without being queued.
+        pub insert_ns: u64,
+        pub issue_ns: u64,
+        pub dev: u32,
+        pub tgid: u32,
+        pub comm: [u8; 16],
+    }
+
+    /// Device (the kernel's dev_t: major << 20 | minor) and process.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Key {
+        pub dev: u32,
+        pub tgid: u32,
+    }
+
+    /// Requests of one process on one device during the session.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct Stat {
+        pub queue_ns: u64,
+        pub device_ns: u64,
+        pub completed: u64,
+        pub max_queue_ns: u64,
+        pub max_device_ns: u64,
+        pub comm: [u8; 16],
+    }
+
+    pub const PROG_INSERT: &str = "trace_block_rq_insert";
+    pub const PROG_ISSUE: &str = "trace_block_rq_issue";
+    pub const PROG_COMPLETE: &str = "trace_block_rq_complete";
+}
+
 #[cfg(test)]
 mod tests {
     use super::hist::*;

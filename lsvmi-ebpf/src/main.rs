@@ -9,6 +9,7 @@ mod kernel;
 mod net;
 mod sched;
 mod softirq;
+mod trace_block;
 mod trace_irq;
 mod trace_sched;
 

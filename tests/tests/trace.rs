@@ -563,3 +563,67 @@ fn net_session_counts_resets_per_connection_as_proc_net_snmp_does() {
     assert!((0.9..=1.1).contains(&ratio), "traced {traced} resets vs /proc/net/snmp OutRsts +{sent}");
     assert!(to_closed, "no series names the closed port: {series:?}");
 }
+
+/// A loop device over a file of the test's own; detached when dropped.
+struct Loop(String);
+
+impl Loop {
+    fn new(dir: &Path) -> Option<Loop> {
+        let img = dir.join("disk.img");
+        std::fs::File::create(&img).and_then(|f| f.set_len(64 << 20)).ok()?;
+        let out = Command::new("losetup").args(["-f", "--show"]).arg(&img).output().ok()?;
+        out.status.success().then(|| Loop(text(&out.stdout).trim().to_string()))
+    }
+
+    /// Writes and reads completed (/proc/diskstats).
+    fn completed(&self) -> u64 {
+        let name = self.0.trim_start_matches("/dev/");
+        let text = std::fs::read_to_string("/proc/diskstats").expect("/proc/diskstats");
+        text.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(2) == Some(&name))
+            .map(|f| f[3].parse::<u64>().unwrap_or(0) + f[7].parse::<u64>().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn block_session_counts_requests_as_proc_diskstats_does() {
+    let Some((_turn, vm, dir, _daemon)) = bpf_daemon(&[]) else { return };
+    let Some(disk) = Loop::new(dir.path()) else {
+        eprintln!("skipping: no loop device could be set up here");
+        return;
+    };
+    let socket = dir.path().join("control.sock");
+    let out = trace(&socket, &["start", "--profile", "block", "--duration", "20s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before = disk.completed();
+    // Direct I/O: every 4 KiB write is one request to the loop device.
+    let st = Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", disk.0), "bs=4k", "count=500", "oflag=direct"])
+        .stderr(Stdio::null())
+        .status()
+        .expect("dd");
+    assert!(st.success());
+    let done = disk.completed() - before;
+    assert!(trace(&socket, &["stop"]).status.success());
+    std::thread::sleep(Duration::from_millis(2500));
+    vm.force_flush();
+    let device = disk.0.trim_start_matches("/dev/");
+    let traced: f64 = last_values(&vm, &format!(r#"trace_block_requests_total{{device="{device}"}}"#), "comm")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    eprintln!("{device}: /proc/diskstats +{done}, traced {traced}");
+    assert!(done >= 500, "{done} requests completed for 500 direct writes");
+    let ratio = traced / done as f64;
+    assert!((0.9..=1.1).contains(&ratio), "traced {traced} requests vs /proc/diskstats +{done}");
+    let by_dd = last_values(&vm, &format!(r#"trace_block_requests_total{{device="{device}",comm="dd"}}"#), "pid");
+    assert!(!by_dd.is_empty(), "the requests were not put on dd");
+}

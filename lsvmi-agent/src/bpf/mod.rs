@@ -54,6 +54,14 @@ unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::Culprit> {}
 unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::IrqTime> {}
 // SAFETY: as above (the explicit `_pad` field fills the gap).
 unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::CpuIrq> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::BlockOffsets> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::Request> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::Key> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::Stat> {}
 
 /// A BPF source as the loader sees it.
 pub struct BpfSource {

@@ -8,6 +8,7 @@
 //! daemon; nothing it loads is pinned, so even a SIGKILL of the daemon lets the kernel
 //! detach its programs.
 
+pub mod block;
 pub mod control;
 pub mod irq;
 pub mod net;
@@ -177,6 +178,10 @@ impl Tracers {
         }
         match irq::tracer(ebpf.clone(), sessions) {
             Ok(t) => all.push((Profile::Irq, Arc::new(t))),
+            Err(e) => why.push(e),
+        }
+        match block::tracer(ebpf.clone(), sessions) {
+            Ok(t) => all.push((Profile::Block, Arc::new(t))),
             Err(e) => why.push(e),
         }
         match net::tracer(sessions) {
