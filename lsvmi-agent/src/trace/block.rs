@@ -4,7 +4,7 @@
 //! unloaded at its end. The top 10 (device, process) pairs by total time get series; the
 //! rest are folded into one `comm="_other"` series per device.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aya::{
     Ebpf,
@@ -15,7 +15,11 @@ use lsvmi_common::trace_block::{
     PROG_COMPLETE, PROG_INSERT, PROG_ISSUE, PROGRAMS as RUN_SLOTS, REQUESTS_MAP, Request, STATS_MAP, Stat,
 };
 
-use super::{SessionInfo, Sessions, Tracer, programs, sched::TOP_K};
+use super::{
+    SessionInfo, Sessions, Tracer,
+    programs::{self, ProgramTracer, SessionMaps, Shared},
+    sched::TOP_K,
+};
 use crate::{
     bpf::{Bpf, BpfError, BpfSource, Global, Kernel, Plain, btf},
     model::{MetricDesc, SeriesId, now_ms},
@@ -104,20 +108,9 @@ struct Maps {
     session: Option<SessionInfo>,
 }
 
-pub struct Shared {
-    maps: Mutex<Maps>,
-    sessions: OnceLock<Sessions>,
-}
+static SHARED: OnceLock<Arc<Shared<Maps>>> = OnceLock::new();
 
-static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Maps> {
-        self.maps.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Maps {
+impl SessionMaps for Maps {
     fn clear(&mut self) {
         let keys: Vec<u64> = self.requests.keys().filter_map(Result::ok).collect();
         keys.iter().for_each(|k| drop(self.requests.remove(k)));
@@ -126,50 +119,25 @@ impl Maps {
         programs::zero(&mut self.counters, COUNTERS);
     }
 
-    fn set_active(&mut self, on: bool) -> Result<(), String> {
-        self.active.set(0, Plain(u32::from(on)), 0).map_err(|e| format!("switching the block session: {e}"))
+    fn switch(&mut self, session: Option<&SessionInfo>) -> Result<(), String> {
+        let on = u32::from(session.is_some());
+        self.active.set(0, Plain(on), 0).map_err(|e| format!("switching the block session: {e}"))
+    }
+
+    fn session(&mut self) -> &mut Option<SessionInfo> {
+        &mut self.session
     }
 }
 
-pub struct BlockTracer {
-    ebpf: Arc<Mutex<Ebpf>>,
-    shared: Arc<Shared>,
+pub fn tracer(ebpf: Arc<Mutex<Ebpf>>, sessions: &Sessions) -> Result<Arc<dyn Tracer>, String> {
+    Ok(Arc::new(ProgramTracer::new(ebpf, SHARED.get(), sessions, &PROGRAMS, check, "trace_block")?))
 }
 
-pub fn tracer(ebpf: Arc<Mutex<Ebpf>>, sessions: &Sessions) -> Result<BlockTracer, String> {
-    let shared = SHARED.get().cloned().ok_or("the trace_block source is not running")?;
-    let _ = shared.sessions.set(sessions.clone());
-    Ok(BlockTracer { ebpf, shared })
-}
-
-impl Tracer for BlockTracer {
-    fn start(&self, session: &SessionInfo) -> Result<(), String> {
-        if session.comm.is_some() || session.cpus.is_some() {
-            return Err("the block profile narrows by --pid only (in userspace)".into());
-        }
-        {
-            let mut maps = self.shared.lock();
-            maps.set_active(false)?;
-            maps.clear();
-        }
-        programs::load(&self.ebpf, &PROGRAMS)?;
-        let mut maps = self.shared.lock();
-        maps.session = Some(session.clone());
-        maps.set_active(true)
+fn check(session: &SessionInfo) -> Result<(), String> {
+    if session.comm.is_some() || session.cpus.is_some() {
+        return Err("the block profile narrows by --pid only (in userspace)".into());
     }
-
-    fn stop(&self, session: &SessionInfo) {
-        {
-            let mut maps = self.shared.lock();
-            let _ = maps.set_active(false);
-            if let Some(s) = maps.session.as_mut()
-                && s.id == session.id
-            {
-                s.ended = session.ended.clone();
-            }
-        }
-        programs::unload(&self.ebpf, &PROGRAMS);
-    }
+    Ok(())
 }
 
 /// The kernel's dev_t (major << 20 | minor) as `name` (from sysfs) or `major:minor`.
@@ -188,7 +156,7 @@ fn comm_str(comm: &[u8; 16]) -> String {
 }
 
 pub struct TraceBlockSource {
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Maps>>,
     series: Tracked<Vec<SeriesId>>,
     key: Vec<u8>,
     names: std::collections::HashMap<u32, String>,
@@ -204,7 +172,7 @@ impl TraceBlockSource {
             counters: bpf.take_map(COUNTERS_MAP)?,
             session: None,
         };
-        let shared = Arc::new(Shared { maps: Mutex::new(maps), sessions: OnceLock::new() });
+        let shared = Shared::new(maps);
         let _ = SHARED.set(shared.clone());
         Ok(TraceBlockSource {
             shared,
@@ -223,7 +191,7 @@ impl Source for TraceBlockSource {
 
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
         let ts = now_ms();
-        let Ok(mut maps) = self.shared.maps.try_lock() else { return Ok(()) };
+        let Some(mut maps) = self.shared.try_lock() else { return Ok(()) };
         let Some(session) = maps.session.clone() else {
             self.series.sweep(out, ts);
             return Ok(());

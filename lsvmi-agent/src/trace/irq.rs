@@ -4,7 +4,7 @@
 //! state is per CPU, summed here on the `trace_irq` source's tick. IRQs beyond the top
 //! 10 by handler time are folded into one `irq="_other"` series.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aya::{
     Ebpf,
@@ -18,7 +18,11 @@ use lsvmi_common::{
     },
 };
 
-use super::{SessionInfo, Sessions, Tracer, programs, sched::TOP_K};
+use super::{
+    SessionInfo, Sessions, Tracer,
+    programs::{self, ProgramTracer, SessionMaps, Shared},
+    sched::TOP_K,
+};
 use crate::{
     bpf::{Bpf, BpfError, BpfSource, Plain},
     model::{MetricDesc, SeriesId, now_ms},
@@ -117,20 +121,9 @@ struct Maps {
     session: Option<SessionInfo>,
 }
 
-pub struct Shared {
-    maps: Mutex<Maps>,
-    sessions: OnceLock<Sessions>,
-}
+static SHARED: OnceLock<Arc<Shared<Maps>>> = OnceLock::new();
 
-static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Maps> {
-        self.maps.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Maps {
+impl SessionMaps for Maps {
     fn clear(&mut self) {
         let keys: Vec<u32> = self.irqs.keys().filter_map(Result::ok).collect();
         keys.iter().for_each(|k| drop(self.irqs.remove(k)));
@@ -143,52 +136,26 @@ impl Maps {
         programs::zero(&mut self.runs, RUN_SLOTS);
     }
 
-    fn set_active(&mut self, on: bool) -> Result<(), String> {
-        self.active.set(0, Plain(u32::from(on)), 0).map_err(|e| format!("switching the irq session: {e}"))
+    fn switch(&mut self, session: Option<&SessionInfo>) -> Result<(), String> {
+        let on = u32::from(session.is_some());
+        self.active.set(0, Plain(on), 0).map_err(|e| format!("switching the irq session: {e}"))
     }
-}
 
-/// Loads and unloads the irq profile's programs.
-pub struct IrqTracer {
-    ebpf: Arc<Mutex<Ebpf>>,
-    shared: Arc<Shared>,
+    fn session(&mut self) -> &mut Option<SessionInfo> {
+        &mut self.session
+    }
 }
 
 /// The tracer, when the `trace_irq` source is running.
-pub fn tracer(ebpf: Arc<Mutex<Ebpf>>, sessions: &Sessions) -> Result<IrqTracer, String> {
-    let shared = SHARED.get().cloned().ok_or("the trace_irq source is not running")?;
-    let _ = shared.sessions.set(sessions.clone());
-    Ok(IrqTracer { ebpf, shared })
+pub fn tracer(ebpf: Arc<Mutex<Ebpf>>, sessions: &Sessions) -> Result<Arc<dyn Tracer>, String> {
+    Ok(Arc::new(ProgramTracer::new(ebpf, SHARED.get(), sessions, &PROGRAMS, check, "trace_irq")?))
 }
 
-impl Tracer for IrqTracer {
-    fn start(&self, session: &SessionInfo) -> Result<(), String> {
-        if session.pid.is_some() || session.comm.is_some() || session.cpus.is_some() {
-            return Err("the irq profile traces the whole host: --pid, --comm and --cpu do not apply".into());
-        }
-        {
-            let mut maps = self.shared.lock();
-            maps.set_active(false)?;
-            maps.clear();
-        }
-        programs::load(&self.ebpf, &PROGRAMS)?;
-        let mut maps = self.shared.lock();
-        maps.session = Some(session.clone());
-        maps.set_active(true)
+fn check(session: &SessionInfo) -> Result<(), String> {
+    if session.pid.is_some() || session.comm.is_some() || session.cpus.is_some() {
+        return Err("the irq profile traces the whole host: --pid, --comm and --cpu do not apply".into());
     }
-
-    fn stop(&self, session: &SessionInfo) {
-        {
-            let mut maps = self.shared.lock();
-            let _ = maps.set_active(false);
-            if let Some(s) = maps.session.as_mut()
-                && s.id == session.id
-            {
-                s.ended = session.ended.clone();
-            }
-        }
-        programs::unload(&self.ebpf, &PROGRAMS);
-    }
+    Ok(())
 }
 
 /// IRQ number → its description in /proc/interrupts (`virtio0-input.0`, …).
@@ -206,7 +173,7 @@ fn irq_names() -> std::collections::HashMap<u32, String> {
 }
 
 pub struct TraceIrqSource {
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Maps>>,
     series: Tracked<Vec<SeriesId>>,
     key: Vec<u8>,
     names: Option<(String, std::collections::HashMap<u32, String>)>,
@@ -222,7 +189,7 @@ impl TraceIrqSource {
             runs: bpf.take_map(RUNS_MAP)?,
             session: None,
         };
-        let shared = Arc::new(Shared { maps: Mutex::new(maps), sessions: OnceLock::new() });
+        let shared = Shared::new(maps);
         let _ = SHARED.set(shared.clone());
         Ok(TraceIrqSource {
             shared,
@@ -257,7 +224,7 @@ impl Source for TraceIrqSource {
 
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
         let ts = now_ms();
-        let Ok(mut maps) = self.shared.maps.try_lock() else { return Ok(()) };
+        let Some(mut maps) = self.shared.try_lock() else { return Ok(()) };
         let Some(session) = maps.session.clone() else {
             self.series.sweep(out, ts);
             return Ok(());

@@ -173,15 +173,15 @@ impl Tracers {
         let mut all: Vec<(Profile, Arc<dyn Tracer>)> = Vec::new();
         let mut why = Vec::new();
         match sched::tracer(ebpf.clone(), sessions) {
-            Ok(t) => all.push((Profile::Sched, Arc::new(t))),
+            Ok(t) => all.push((Profile::Sched, t)),
             Err(e) => why.push(e),
         }
         match irq::tracer(ebpf.clone(), sessions) {
-            Ok(t) => all.push((Profile::Irq, Arc::new(t))),
+            Ok(t) => all.push((Profile::Irq, t)),
             Err(e) => why.push(e),
         }
         match block::tracer(ebpf.clone(), sessions) {
-            Ok(t) => all.push((Profile::Block, Arc::new(t))),
+            Ok(t) => all.push((Profile::Block, t)),
             Err(e) => why.push(e),
         }
         match net::tracer(sessions) {

@@ -3,7 +3,7 @@
 //! counters, and meter the session's cost against its budget.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::Instant,
 };
 
@@ -13,7 +13,7 @@ use aya::{
     programs::BtfTracePoint,
 };
 
-use super::{SessionInfo, Sessions};
+use super::{SessionInfo, Sessions, Tracer};
 
 /// A profile's programs: (program name, tp_btf tracepoint).
 pub type ProgramSet = &'static [(&'static str, &'static str)];
@@ -105,5 +105,104 @@ impl<const N: usize> CostMeter<N> {
                 }
             });
         }
+    }
+}
+
+/// A profile's maps as the session lifecycle sees them.
+pub trait SessionMaps: Send + 'static {
+    /// Empty every map (before a session).
+    fn clear(&mut self);
+    /// Turn the programs' recording on for `session`, or off.
+    fn switch(&mut self, session: Option<&SessionInfo>) -> Result<(), String>;
+    /// The session the profile's source reports: set at start, kept once ended until
+    /// its last values are out.
+    fn session(&mut self) -> &mut Option<SessionInfo>;
+    /// Per-event records from index `since` (`--follow`); none by default.
+    fn events(&self, _since: usize) -> (Vec<serde_json::Value>, usize) {
+        (Vec::new(), _since)
+    }
+}
+
+/// What a profile's tracer and its source share: its maps, and where sessions are told
+/// their cost.
+pub struct Shared<M> {
+    maps: Mutex<M>,
+    pub sessions: OnceLock<Sessions>,
+}
+
+impl<M: SessionMaps> Shared<M> {
+    pub fn new(maps: M) -> Arc<Self> {
+        Arc::new(Shared { maps: Mutex::new(maps), sessions: OnceLock::new() })
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, M> {
+        self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// For the source on the tick: never waits (a session being set up holds the lock
+    /// only briefly; that tick skips).
+    pub fn try_lock(&self) -> Option<MutexGuard<'_, M>> {
+        self.maps.try_lock().ok()
+    }
+}
+
+/// The tracer of a profile with programs of its own: the same lifecycle for each.
+pub struct ProgramTracer<M: SessionMaps> {
+    ebpf: Arc<Mutex<Ebpf>>,
+    shared: Arc<Shared<M>>,
+    programs: ProgramSet,
+    /// Refuses a session the profile cannot run, before anything is loaded.
+    check: fn(&SessionInfo) -> Result<(), String>,
+}
+
+impl<M: SessionMaps> ProgramTracer<M> {
+    /// The tracer, once the profile's source started (it set `shared`).
+    pub fn new(
+        ebpf: Arc<Mutex<Ebpf>>,
+        shared: Option<&Arc<Shared<M>>>,
+        sessions: &Sessions,
+        programs: ProgramSet,
+        check: fn(&SessionInfo) -> Result<(), String>,
+        source: &str,
+    ) -> Result<Self, String> {
+        let shared = shared.cloned().ok_or_else(|| format!("the {source} source is not running"))?;
+        let _ = shared.sessions.set(sessions.clone());
+        Ok(ProgramTracer { ebpf, shared, programs, check })
+    }
+}
+
+impl<M: SessionMaps> Tracer for ProgramTracer<M> {
+    fn start(&self, session: &SessionInfo) -> Result<(), String> {
+        (self.check)(session)?;
+        {
+            let mut maps = self.shared.lock();
+            maps.switch(None)?;
+            maps.clear();
+        }
+        load(&self.ebpf, self.programs)?;
+        let mut maps = self.shared.lock();
+        *maps.session() = Some(session.clone());
+        maps.switch(Some(session))
+    }
+
+    fn stop(&self, session: &SessionInfo) {
+        {
+            let mut maps = self.shared.lock();
+            let _ = maps.switch(None);
+            if let Some(s) = maps.session().as_mut()
+                && s.id == session.id
+            {
+                s.ended = session.ended.clone();
+            }
+        }
+        unload(&self.ebpf, self.programs);
+    }
+
+    fn events(&self, session: &SessionInfo, since: usize) -> (Vec<serde_json::Value>, usize) {
+        let mut maps = self.shared.lock();
+        if maps.session().as_ref().is_none_or(|s| s.id != session.id) {
+            return (Vec::new(), since);
+        }
+        maps.events(since)
     }
 }

@@ -8,7 +8,7 @@
 //! on its tick, labelled with the session id: the top K threads by wait and by wait
 //! ended, the rest folded into one `comm="_other"` series, so cardinality is bounded.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aya::{
     Ebpf,
@@ -20,7 +20,10 @@ use lsvmi_common::trace_sched::{
     THREADS_MAP, ThreadWait, TraceOffsets, WAITS_RING, WaitRecord,
 };
 
-use super::{SessionInfo, Sessions, Tracer, programs};
+use super::{
+    SessionInfo, Sessions, Tracer,
+    programs::{self, ProgramTracer, SessionMaps, Shared},
+};
 
 /// ns per run of each program (slots of `TRACE_RUNS`), measured with the kernel's BPF
 /// stats under `perf bench sched pipe` (docs/performance.md, "Deep tracing"). Runs ×
@@ -114,13 +117,6 @@ fn offsets(kernel: &Kernel) -> Result<TraceOffsets, String> {
     Ok(TraceOffsets { pid: at("pid")?, tgid: at("tgid")?, comm: at("comm")?, agent_tgid: std::process::id() })
 }
 
-/// The maps, and what the session source needs to know of the session.
-pub struct Shared {
-    maps: Mutex<Maps>,
-    /// Where the source reports the session's cost, and ends it when over budget.
-    sessions: OnceLock<Sessions>,
-}
-
 struct Maps {
     queued: BpfHashMap<MapData, u32, Plain<Queued>>,
     threads: BpfHashMap<MapData, u32, Plain<ThreadWait>>,
@@ -137,13 +133,7 @@ struct Maps {
 }
 
 /// Set when the `trace_sched` source started: the tracer is built from it.
-static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Maps> {
-        self.maps.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+static SHARED: OnceLock<Arc<Shared<Maps>>> = OnceLock::new();
 
 impl Maps {
     /// Move what the ring holds to the timeline (bounded; the rest is counted).
@@ -162,6 +152,12 @@ impl Maps {
         }
     }
 
+    fn set_filter(&mut self, f: Filter) -> Result<(), String> {
+        self.filter.set(0, Plain(f), 0).map_err(|e| format!("setting the session filter: {e}"))
+    }
+}
+
+impl SessionMaps for Maps {
     fn clear(&mut self) {
         self.drain();
         self.timeline.clear();
@@ -176,22 +172,63 @@ impl Maps {
         programs::zero(&mut self.runs, RUN_SLOTS);
     }
 
-    fn set_filter(&mut self, f: Filter) -> Result<(), String> {
-        self.filter.set(0, Plain(f), 0).map_err(|e| format!("setting the session filter: {e}"))
+    fn switch(&mut self, session: Option<&SessionInfo>) -> Result<(), String> {
+        let f = match session {
+            None => Filter { active: 0, tgid: 0, min_wait_ns: 0, cpus: 0 },
+            Some(s) => Filter {
+                active: 1,
+                tgid: s.pid.unwrap_or(0),
+                min_wait_ns: TIMELINE_MIN_WAIT_NS,
+                cpus: cpu_mask(s.cpus.as_deref())?,
+            },
+        };
+        self.set_filter(f)
+    }
+
+    fn session(&mut self) -> &mut Option<SessionInfo> {
+        &mut self.session
+    }
+
+    fn events(&self, since: usize) -> (Vec<serde_json::Value>, usize) {
+        let start = since.min(self.timeline.len());
+        let offset = super::timeline::realtime_offset_ns();
+        let events: Vec<serde_json::Value> =
+            self.timeline[start..].iter().take(500).map(|r| super::timeline::record_json(r, offset)).collect();
+        let next = start + events.len();
+        (events, next)
     }
 }
 
-/// Loads and unloads the profile's programs in the agent's BPF object.
-pub struct SchedTracer {
-    ebpf: Arc<Mutex<Ebpf>>,
-    shared: Arc<Shared>,
+/// The tracer, when the `trace_sched` source is running.
+pub fn tracer(ebpf: Arc<Mutex<Ebpf>>, sessions: &Sessions) -> Result<Arc<dyn Tracer>, String> {
+    Ok(Arc::new(ProgramTracer::new(ebpf, SHARED.get(), sessions, &PROGRAMS, check, "trace_sched")?))
 }
 
-/// The tracer, when the `trace_sched` source is running.
-pub fn tracer(ebpf: Arc<Mutex<Ebpf>>, sessions: &Sessions) -> Result<SchedTracer, String> {
-    let shared = SHARED.get().cloned().ok_or("the trace_sched source is not running")?;
-    let _ = shared.sessions.set(sessions.clone());
-    Ok(SchedTracer { ebpf, shared })
+/// `--cpu` as the programs' mask: bit n for CPU n (0 for every CPU).
+fn cpu_mask(list: Option<&str>) -> Result<u64, String> {
+    let Some(list) = list else { return Ok(0) };
+    let cpus = crate::sources::host::parse_cpu_list(list).unwrap_or_default();
+    if cpus.is_empty() || cpus.iter().any(|&c| c >= 64) {
+        return Err(format!("--cpu {list}: the sched profile narrows to CPUs 0-63 only"));
+    }
+    Ok(cpus.iter().fold(0u64, |m, &c| m | 1 << c))
+}
+
+/// Before anything is loaded: the CPU list is one the programs can take, and the cost
+/// projected at today's switch rate fits the budget (the programs run at every switch
+/// whatever the filter).
+fn check(session: &SessionInfo) -> Result<(), String> {
+    cpu_mask(session.cpus.as_deref())?;
+    if let Some((switches, cost)) = projected_cost_percent()
+        && cost > session.budget_percent
+    {
+        return Err(format!(
+            "at {switches:.0} context switches/s it would cost about {cost:.2}% of a CPU, over the budget of {}% \
+             (--budget raises it)",
+            session.budget_percent
+        ));
+    }
+    Ok(())
 }
 
 /// What tracing would cost now, in percent of one CPU: every context switch runs
@@ -208,67 +245,6 @@ fn projected_cost_percent() -> Option<(f64, f64)> {
     let per_s = ctxt()?.saturating_sub(a) as f64 / t.elapsed().as_secs_f64();
     let ns = per_s * (COST_NS[RUN_SWITCH as usize] + 0.7 * COST_NS[RUN_WAKING as usize]);
     Some((per_s, ns / 1e9 * 100.0))
-}
-
-impl Tracer for SchedTracer {
-    fn start(&self, session: &SessionInfo) -> Result<(), String> {
-        let cpus = match &session.cpus {
-            None => 0,
-            Some(list) => {
-                let cpus = crate::sources::host::parse_cpu_list(list).unwrap_or_default();
-                if cpus.iter().any(|&c| c >= 64) {
-                    return Err(format!("--cpu {list}: the sched profile narrows to CPUs 0-63 only"));
-                }
-                cpus.iter().fold(0u64, |m, &c| m | 1 << c)
-            }
-        };
-        // The programs run at every switch whatever the filter: a session that would
-        // cost more than its budget at today's switch rate is refused before it starts.
-        if let Some((switches, cost)) = projected_cost_percent()
-            && cost > session.budget_percent
-        {
-            return Err(format!(
-                "at {switches:.0} context switches/s it would cost about {cost:.2}% of a CPU, over the budget of {}% \
-                 (--budget raises it)",
-                session.budget_percent
-            ));
-        }
-        {
-            let mut maps = self.shared.lock();
-            maps.clear();
-            maps.set_filter(Filter { active: 0, tgid: 0, min_wait_ns: 0, cpus: 0 })?;
-        }
-        programs::load(&self.ebpf, &PROGRAMS)?;
-        let mut maps = self.shared.lock();
-        maps.session = Some(session.clone());
-        maps.set_filter(Filter { active: 1, tgid: session.pid.unwrap_or(0), min_wait_ns: TIMELINE_MIN_WAIT_NS, cpus })
-    }
-
-    fn stop(&self, session: &SessionInfo) {
-        {
-            let mut maps = self.shared.lock();
-            let _ = maps.set_filter(Filter { active: 0, tgid: 0, min_wait_ns: 0, cpus: 0 });
-            if let Some(s) = maps.session.as_mut()
-                && s.id == session.id
-            {
-                s.ended = session.ended.clone();
-            }
-        }
-        programs::unload(&self.ebpf, &PROGRAMS);
-    }
-
-    fn events(&self, session: &SessionInfo, since: usize) -> (Vec<serde_json::Value>, usize) {
-        let maps = self.shared.lock();
-        if maps.session.as_ref().is_none_or(|s| s.id != session.id) {
-            return (Vec::new(), since);
-        }
-        let start = since.min(maps.timeline.len());
-        let offset = super::timeline::realtime_offset_ns();
-        let events: Vec<serde_json::Value> =
-            maps.timeline[start..].iter().take(500).map(|r| super::timeline::record_json(r, offset)).collect();
-        let next = start + events.len();
-        (events, next)
-    }
 }
 
 /// One thread's figures as exported.
@@ -303,7 +279,7 @@ fn comm_str(comm: &[u8; 16]) -> String {
 
 /// The session's series: waits and culprits of the top threads, drops.
 pub struct TraceSchedSource {
-    shared: Arc<Shared>,
+    shared: Arc<Shared<Maps>>,
     series: Tracked<Vec<crate::model::SeriesId>>,
     key: Vec<u8>,
     cost: programs::CostMeter<RUN_SLOTS>,
@@ -323,7 +299,7 @@ impl TraceSchedSource {
             timeline_dropped: 0,
             session: None,
         };
-        let shared = Arc::new(Shared { maps: Mutex::new(maps), sessions: OnceLock::new() });
+        let shared = Shared::new(maps);
         // One BPF object per agent, so one source: a second set is impossible.
         let _ = SHARED.set(shared.clone());
         Ok(TraceSchedSource {
@@ -344,7 +320,7 @@ impl Source for TraceSchedSource {
         let ts = now_ms();
         // Between sessions the maps are idle and the lock is free: a try_lock keeps a
         // session being set up (it holds the lock briefly) from ever delaying the tick.
-        let Ok(mut maps) = self.shared.maps.try_lock() else { return Ok(()) };
+        let Some(mut maps) = self.shared.try_lock() else { return Ok(()) };
         let Some(session) = maps.session.clone() else {
             self.series.sweep(out, ts);
             return Ok(());
