@@ -112,10 +112,8 @@ static SHARED: OnceLock<Arc<Shared<Maps>>> = OnceLock::new();
 
 impl SessionMaps for Maps {
     fn clear(&mut self) {
-        let keys: Vec<u64> = self.requests.keys().filter_map(Result::ok).collect();
-        keys.iter().for_each(|k| drop(self.requests.remove(k)));
-        let keys: Vec<Plain<Key>> = self.stats.keys().filter_map(Result::ok).collect();
-        keys.iter().for_each(|k| drop(self.stats.remove(k)));
+        programs::clear_hash(&mut self.requests);
+        programs::clear_hash(&mut self.stats);
         programs::zero(&mut self.counters, COUNTERS);
     }
 

@@ -60,6 +60,14 @@ pub fn zero(map: &mut PerCpuArray<MapData, u64>, slots: usize) {
     }
 }
 
+/// Remove every entry of a hash map.
+pub fn clear_hash<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::HashMap<MapData, K, V>) {
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    for k in &keys {
+        let _ = map.remove(k);
+    }
+}
+
 /// Each slot's count summed over CPUs.
 pub fn sums<const N: usize>(map: &PerCpuArray<MapData, u64>) -> [u64; N] {
     let mut out = [0u64; N];

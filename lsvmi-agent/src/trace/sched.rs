@@ -162,12 +162,9 @@ impl SessionMaps for Maps {
         self.drain();
         self.timeline.clear();
         self.timeline_dropped = 0;
-        let keys: Vec<u32> = self.queued.keys().filter_map(Result::ok).collect();
-        keys.iter().for_each(|k| drop(self.queued.remove(k)));
-        let keys: Vec<u32> = self.threads.keys().filter_map(Result::ok).collect();
-        keys.iter().for_each(|k| drop(self.threads.remove(k)));
-        let keys: Vec<u32> = self.culprits.keys().filter_map(Result::ok).collect();
-        keys.iter().for_each(|k| drop(self.culprits.remove(k)));
+        programs::clear_hash(&mut self.queued);
+        programs::clear_hash(&mut self.threads);
+        programs::clear_hash(&mut self.culprits);
         programs::zero(&mut self.drops, DROP_REASONS);
         programs::zero(&mut self.runs, RUN_SLOTS);
     }
