@@ -79,21 +79,23 @@ pub struct BpfSource {
 /// How a BPF source is built: given the loaded object and the programs not to run.
 pub type Attach = fn(&mut Bpf, &[String]) -> Result<Box<dyn Source>, BpfError>;
 
-/// What the kernel says about itself, read once before load.
-pub struct Kernel {
-    /// `/sys/kernel/btf/vmlinux`, raw (for [`btf::Btf::parse`]), or why it is unreadable.
-    pub btf: Result<Vec<u8>, String>,
+/// What the kernel says about itself, read once before load: its BTF, parsed once for
+/// every source's globals and freed before aya parses it again to load, and tracefs.
+pub struct Kernel<'a> {
+    btf: Result<btf::Btf<'a>, String>,
     /// Where tracefs is mounted, or why it is not.
     pub tracefs: Result<PathBuf, String>,
 }
 
-impl Kernel {
-    fn read() -> Kernel {
-        Kernel { btf: std::fs::read(VMLINUX_BTF).map_err(|e| e.to_string()), tracefs: tracefs::ensure_mounted() }
+impl Kernel<'_> {
+    /// Byte offset of `member` in `struct name`, from the kernel's BTF.
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, String> {
+        self.btf.as_ref().map_err(Clone::clone)?.member_offset(name, member).map_err(|e| e.to_string())
     }
 }
 
 /// A value for one of the object's globals.
+#[derive(Clone)]
 pub struct Global {
     name: &'static str,
     bytes: Vec<u8>,
@@ -139,16 +141,29 @@ impl BpfError {
 pub struct Bpf {
     pub ebpf: Ebpf,
     pub btf: Btf,
-    pub kernel: Kernel,
+    /// Where tracefs is mounted, or why it is not.
+    pub tracefs: Result<PathBuf, String>,
+    /// The globals the object was loaded with.
+    globals: Vec<Global>,
 }
 
 impl Bpf {
+    /// The value global `name` was loaded with, if a source set it.
+    pub fn global<T: Copy>(&self, name: &str) -> Option<T>
+    where
+        Plain<T>: aya::Pod,
+    {
+        let g = self.globals.iter().find(|g| g.name == name && g.bytes.len() == size_of::<T>())?;
+        // SAFETY: the bytes were made from a T by `Global::new` (length checked); any bit
+        // pattern is a valid plain-integer T, and read_unaligned needs no alignment.
+        Some(unsafe { std::ptr::read_unaligned(g.bytes.as_ptr().cast::<T>()) })
+    }
+
     /// Keep only what must live on (the programs' links and maps) once every program is
     /// attached. The parsed kernel BTF is ~25 MB of heap that is only needed while loading;
     /// freeing it and handing the pages back keeps the agent's RSS in single-digit MB.
     pub fn finish_loading(self) -> Ebpf {
         drop(self.btf);
-        drop(self.kernel);
         #[cfg(target_env = "gnu")]
         // SAFETY: malloc_trim only releases free heap pages back to the kernel.
         unsafe {
@@ -170,10 +185,16 @@ pub fn start(
 ) -> Option<(Ebpf, Vec<Box<dyn Source>>)> {
     let names: Vec<&str> = wanted.iter().map(|(n, _)| *n).collect();
     let startable = |spec: &BpfSource| spec.needs.iter().all(|n| names.contains(n));
-    let kernel = Kernel::read();
-    let globals: Vec<Global> =
-        wanted.iter().filter(|(_, s)| startable(s)).flat_map(|(_, s)| (s.globals)(&kernel)).collect();
-    let mut bpf = match load(kernel, &globals) {
+    let raw = std::fs::read(VMLINUX_BTF).map_err(|e| e.to_string());
+    let tracefs = tracefs::ensure_mounted();
+    let globals: Vec<Global> = {
+        let btf = raw.as_ref().map_err(Clone::clone).and_then(|r| btf::Btf::parse(r).map_err(|e| e.to_string()));
+        let kernel = Kernel { btf, tracefs: tracefs.clone() };
+        wanted.iter().filter(|(_, s)| startable(s)).flat_map(|(_, s)| (s.globals)(&kernel)).collect()
+    };
+    // The raw BTF (~5 MB) goes before aya parses the kernel's BTF (~25 MB) to load.
+    let no_btf = raw.err();
+    let mut bpf = match load(no_btf, tracefs, globals) {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!("eBPF disabled: {e}; continuing with procfs sources");
@@ -203,21 +224,21 @@ pub fn start(
 
 /// Load the embedded object into the kernel (maps created, programs not yet loaded),
 /// with `globals` set.
-fn load(kernel: Kernel, globals: &[Global]) -> Result<Bpf, BpfError> {
+fn load(no_btf: Option<String>, tracefs: Result<PathBuf, String>, globals: Vec<Global>) -> Result<Bpf, BpfError> {
     if OBJECT.is_empty() {
         return Err(BpfError::NotBuiltIn);
     }
-    if let Err(e) = &kernel.btf {
-        return Err(BpfError::NoBtf(e.clone()));
+    if let Some(e) = no_btf {
+        return Err(BpfError::NoBtf(e));
     }
     let btf = Btf::from_sys_fs().map_err(|e| BpfError::NoBtf(describe(&e)))?;
     let mut loader = EbpfLoader::new();
     loader.btf(Some(&btf));
-    for g in globals {
+    for g in &globals {
         loader.override_global(g.name, g.bytes.as_slice(), true);
     }
     let ebpf = loader.load(OBJECT).map_err(|e| BpfError::kernel("loading the BPF object", &e))?;
-    Ok(Bpf { ebpf, btf, kernel })
+    Ok(Bpf { ebpf, btf, tracefs, globals })
 }
 
 /// One line for an error chain: each cause's first line, joined, with a hint when the
@@ -279,7 +300,7 @@ impl Bpf {
             }
             Hook::Tracepoint(category) => {
                 let what = format!("tracepoint {category}/{name}");
-                if let Err(e) = &self.kernel.tracefs {
+                if let Err(e) = &self.tracefs {
                     return Err(BpfError::Kernel { what, cause: e.clone() });
                 }
                 let p: &mut TracePoint = prog.try_into().map_err(|e| BpfError::kernel(&what, &e))?;

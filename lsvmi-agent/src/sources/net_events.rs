@@ -261,7 +261,7 @@ const EVENT_NAMES: [&str; 5] = ["other", "retransmit", "send_reset", "receive_re
 
 impl NetEventsSource {
     pub fn attach(bpf: &mut Bpf, disabled: &[String]) -> Result<Self, BpfError> {
-        let layout = match &bpf.kernel.tracefs {
+        let layout = match &bpf.tracefs {
             Ok(root) => Layout::discover(root),
             Err(cause) => return Err(BpfError::Kernel { what: "network tracepoints".into(), cause: cause.clone() }),
         };
@@ -346,7 +346,7 @@ pub struct Described {
 }
 
 fn describe(ev: &NetEvent, layout: &Layout) -> Described {
-    let comm = String::from_utf8_lossy(&ev.comm[..ev.comm.iter().position(|&b| b == 0).unwrap_or(16)]).into_owned();
+    let comm = super::text::comm(&ev.comm);
     let detail = match ev.kind {
         EVENT_DROP => layout.drop_reasons.get(ev.detail as usize).cloned().unwrap_or_else(|| ev.detail.to_string()),
         EVENT_RETRANSMIT | EVENT_SEND_RESET => {

@@ -119,6 +119,12 @@ pub fn numbered_lines(buf: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
     buf.split(|&b| b == b'\n').enumerate().map(|(i, l)| (i + 1, l))
 }
 
+/// A kernel task name (`comm`, NUL-padded to 16 bytes) as text.
+pub fn comm(bytes: &[u8; 16]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    label(&bytes[..end])
+}
+
 /// Label text from /proc bytes (interface, disk and IRQ names are ASCII; anything else
 /// is replaced rather than rejected).
 pub fn label(bytes: &[u8]) -> String {

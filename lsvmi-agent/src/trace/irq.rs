@@ -25,8 +25,8 @@ use super::{
 };
 use crate::{
     bpf::{Bpf, BpfError, BpfSource, Plain},
-    model::{MetricDesc, SeriesId, now_ms},
-    sources::{Collector, Source, SourceError, text::Tracked},
+    model::{MetricDesc, now_ms},
+    sources::{Collector, Source, SourceError},
 };
 
 const SOURCE: &str = "BPF tp_btf irq_handler_entry/exit, softirq_raise/entry/exit (trace sessions)";
@@ -174,8 +174,7 @@ fn irq_names() -> std::collections::HashMap<u32, String> {
 
 pub struct TraceIrqSource {
     shared: Arc<Shared<Maps>>,
-    series: Tracked<Vec<SeriesId>>,
-    key: Vec<u8>,
+    series: programs::SessionSeries,
     names: Option<(String, std::collections::HashMap<u32, String>)>,
     cost: programs::CostMeter<RUN_SLOTS>,
 }
@@ -193,27 +192,10 @@ impl TraceIrqSource {
         let _ = SHARED.set(shared.clone());
         Ok(TraceIrqSource {
             shared,
-            series: Tracked::default(),
-            key: Vec::new(),
+            series: programs::SessionSeries::default(),
             names: None,
             cost: programs::CostMeter::new(COST_NS),
         })
-    }
-
-    fn push(
-        &mut self,
-        out: &mut Collector<'_>,
-        key: String,
-        make: impl FnOnce(&mut Collector<'_>) -> Vec<SeriesId>,
-        values: &[f64],
-        ts: i64,
-    ) {
-        self.key.clear();
-        self.key.extend_from_slice(key.as_bytes());
-        let ids = self.series.entry(&self.key, || make(out));
-        for (id, v) in ids.iter().zip(values) {
-            out.push(*id, ts, *v);
-        }
     }
 }
 
@@ -275,9 +257,9 @@ impl Source for TraceIrqSource {
         for (irq, name, t) in rows {
             let values = [t.time_ns as f64 / 1e9, t.count as f64, t.max_ns as f64 / 1e9];
             let labels = [("session", id.clone()), ("irq", irq.clone()), ("name", name.clone())];
-            self.push(
+            self.series.set(
                 out,
-                format!("i\0{irq}\0{name}"),
+                &format!("i\0{irq}\0{name}"),
                 |out| {
                     let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
                     [&HANDLER, &HANDLERS, &HANDLER_MAX].iter().map(|d| out.series(d, &l)).collect()
@@ -305,9 +287,9 @@ impl Source for TraceIrqSource {
                 max_run as f64 / 1e9,
             ];
             let sid = id.clone();
-            self.push(
+            self.series.set(
                 out,
-                format!("s\0{name}"),
+                &format!("s\0{name}"),
                 |out| {
                     let l = [("session", sid.as_str()), ("vector", *name)];
                     [&DELAY, &DELAYS, &RUN, &RUNS, &MAX_DELAY, &MAX_RUN].iter().map(|d| out.series(d, &l)).collect()
@@ -317,14 +299,7 @@ impl Source for TraceIrqSource {
             );
         }
         let dropped: u64 = cpus.iter().map(|c| c.dropped).sum();
-        let sid = id.clone();
-        self.push(
-            out,
-            "d\0irq_map_full".into(),
-            |out| vec![out.series(&super::sched::DROPPED, &[("session", sid.as_str()), ("reason", "irq_map_full")])],
-            &[dropped as f64],
-            ts,
-        );
+        self.series.dropped(out, &id, "irq_map_full", dropped, ts);
         self.series.sweep(out, ts);
         Ok(())
     }

@@ -14,11 +14,11 @@ use std::{
     },
 };
 
-use super::{SessionInfo, Sessions, Tracer, sched::TOP_K};
+use super::{SessionInfo, Sessions, Tracer, programs::SessionSeries, sched::TOP_K};
 use crate::{
     bpf::BpfSource,
-    model::{MetricDesc, SeriesId, now_ms},
-    sources::{Collector, Source, SourceError, net_events::Described, text::Tracked},
+    model::{MetricDesc, now_ms},
+    sources::{Collector, Source, SourceError, net_events::Described},
 };
 
 metric!(
@@ -81,7 +81,7 @@ pub static BPF: BpfSource = BpfSource {
     globals: |_| Vec::new(),
     attach: |_, _| {
         let _ = SOURCE_UP.set(());
-        Ok(Box::new(TraceNetSource { series: Tracked::default(), key: Vec::new() }))
+        Ok(Box::new(TraceNetSource { series: SessionSeries::default() }))
     },
 };
 
@@ -121,8 +121,7 @@ impl Tracer for NetTracer {
 
 /// The session's per-connection series.
 pub struct TraceNetSource {
-    series: Tracked<Vec<SeriesId>>,
-    key: Vec<u8>,
+    series: SessionSeries,
 }
 
 impl Source for TraceNetSource {
@@ -167,12 +166,10 @@ impl Source for TraceNetSource {
             rows.push(((event, "_other".into(), String::new(), String::new()), n));
         }
         for ((event, src, dst, detail), n) in &rows {
-            self.key.clear();
-            self.key.extend_from_slice(format!("{event}\0{src}\0{dst}\0{detail}").as_bytes());
             let labels =
                 [("session", session.id.as_str()), ("event", *event), ("src", src), ("dst", dst), ("detail", detail)];
-            let ids = self.series.entry(&self.key, || vec![out.series(&EVENTS, &labels)]);
-            out.push(ids[0], ts, *n as f64);
+            let make = |out: &mut Collector<'_>| vec![out.series(&EVENTS, &labels)];
+            self.series.set(out, &format!("{event}\0{src}\0{dst}\0{detail}"), make, &[*n as f64], ts);
         }
         self.series.sweep(out, ts);
         Ok(())

@@ -14,6 +14,10 @@ use aya::{
 };
 
 use super::{SessionInfo, Sessions, Tracer};
+use crate::{
+    model::SeriesId,
+    sources::{Collector, text::Tracked},
+};
 
 /// A profile's programs: (program name, tp_btf tracepoint).
 pub type ProgramSet = &'static [(&'static str, &'static str)];
@@ -212,5 +216,45 @@ impl<M: SessionMaps> Tracer for ProgramTracer<M> {
             return (Vec::new(), since);
         }
         maps.events(since)
+    }
+}
+
+/// A profile source's series: registered on first sight of their key, ended (with
+/// staleness markers) once a collection no longer sets them — when their session ends.
+#[derive(Default)]
+pub struct SessionSeries {
+    series: Tracked<Vec<SeriesId>>,
+    key: Vec<u8>,
+}
+
+impl SessionSeries {
+    /// Push `values` to the series of `key`, made by `make` the first time.
+    pub fn set(
+        &mut self,
+        out: &mut Collector<'_>,
+        key: &str,
+        make: impl FnOnce(&mut Collector<'_>) -> Vec<SeriesId>,
+        values: &[f64],
+        ts: i64,
+    ) {
+        self.key.clear();
+        self.key.extend_from_slice(key.as_bytes());
+        let ids = self.series.entry(&self.key, || make(out));
+        for (id, v) in ids.iter().zip(values) {
+            out.push(*id, ts, *v);
+        }
+    }
+
+    /// `trace_dropped_events_total{session,reason}`.
+    pub fn dropped(&mut self, out: &mut Collector<'_>, session: &str, reason: &str, n: u64, ts: i64) {
+        let make = |out: &mut Collector<'_>| {
+            vec![out.series(&super::sched::DROPPED, &[("session", session), ("reason", reason)])]
+        };
+        self.set(out, &format!("dropped\0{reason}"), make, &[n as f64], ts);
+    }
+
+    /// End the series not set since the last sweep.
+    pub fn sweep(&mut self, out: &mut Collector<'_>, ts: i64) {
+        self.series.sweep(out, ts);
     }
 }

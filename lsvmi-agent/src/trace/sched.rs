@@ -30,9 +30,9 @@ use super::{
 /// these is the session's cost: no clock is read in the programs to know it.
 const COST_NS: [f64; RUN_SLOTS] = [155.0, 550.0, 222.0];
 use crate::{
-    bpf::{Bpf, BpfError, BpfSource, Global, Kernel, Plain, btf},
+    bpf::{Bpf, BpfError, BpfSource, Global, Kernel, Plain},
     model::{MetricDesc, now_ms},
-    sources::{Collector, Source, SourceError, text::Tracked},
+    sources::{Collector, Source, SourceError},
 };
 
 /// Threads per series family; the rest go into one `_other` series.
@@ -111,9 +111,7 @@ pub static BPF: BpfSource = BpfSource {
 };
 
 fn offsets(kernel: &Kernel) -> Result<TraceOffsets, String> {
-    let raw = kernel.btf.as_ref().map_err(Clone::clone)?;
-    let b = btf::Btf::parse(raw).map_err(|e| e.to_string())?;
-    let at = |m: &str| b.member_offset("task_struct", m).map_err(|e| e.to_string());
+    let at = |m: &str| kernel.member_offset("task_struct", m);
     Ok(TraceOffsets { pid: at("pid")?, tgid: at("tgid")?, comm: at("comm")?, agent_tgid: std::process::id() })
 }
 
@@ -269,16 +267,10 @@ impl TraceSchedSource {
     }
 }
 
-fn comm_str(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
-}
-
 /// The session's series: waits and culprits of the top threads, drops.
 pub struct TraceSchedSource {
     shared: Arc<Shared<Maps>>,
-    series: Tracked<Vec<crate::model::SeriesId>>,
-    key: Vec<u8>,
+    series: programs::SessionSeries,
     cost: programs::CostMeter<RUN_SLOTS>,
 }
 
@@ -301,8 +293,7 @@ impl TraceSchedSource {
         let _ = SHARED.set(shared.clone());
         Ok(TraceSchedSource {
             shared,
-            series: Tracked::default(),
-            key: Vec::new(),
+            series: programs::SessionSeries::default(),
             cost: programs::CostMeter::new(COST_NS),
         })
     }
@@ -329,7 +320,7 @@ impl Source for TraceSchedSource {
             .map(|(tid, Plain(t))| Row {
                 pid: t.tgid.to_string(),
                 tid: tid.to_string(),
-                comm: comm_str(&t.comm),
+                comm: crate::sources::text::comm(&t.comm),
                 woken: (t.woken_ns, t.woken),
                 preempted: (t.preempted_ns, t.preempted),
                 max_ns: t.max_ns,
@@ -341,11 +332,12 @@ impl Source for TraceSchedSource {
             .culprits
             .iter()
             .filter_map(Result::ok)
-            .map(|(tid, Plain(c))| (c.tgid.to_string(), tid.to_string(), comm_str(&c.comm), c.ended_wait_ns))
+            .map(|(tid, Plain(c))| {
+                (c.tgid.to_string(), tid.to_string(), crate::sources::text::comm(&c.comm), c.ended_wait_ns)
+            })
             .collect();
         culprits.sort_by_key(|c| std::cmp::Reverse(c.3));
-        let drops: Vec<u64> =
-            (0..DROP_REASONS as u32).map(|r| maps.drops.get(&r, 0).map(|v| v.iter().sum()).unwrap_or(0)).collect();
+        let drops: [u64; DROP_REASONS] = programs::sums(&maps.drops);
         let runs: [u64; RUN_SLOTS] = programs::sums(&maps.runs);
         maps.drain();
         let ended = session.ended.is_some();
@@ -377,9 +369,7 @@ impl Source for TraceSchedSource {
         }
         let fold = rows.len() > TOP_K;
         for r in rows.iter().take(TOP_K).chain(fold.then_some(&other)) {
-            self.key.clear();
-            self.key.extend_from_slice(format!("w\0{}\0{}\0{}", r.pid, r.tid, r.comm).as_bytes());
-            let ids = self.series.entry(&self.key, || {
+            let make = |out: &mut Collector<'_>| {
                 let one = |out: &mut Collector<'_>, d, cause: Option<&str>| {
                     let mut l = vec![
                         ("session", id),
@@ -399,7 +389,7 @@ impl Source for TraceSchedSource {
                     one(out, &WAITS, Some("preempted")),
                     one(out, &MAX_WAIT, None),
                 ]
-            });
+            };
             let values = [
                 r.woken.0 as f64 / 1e9,
                 r.preempted.0 as f64 / 1e9,
@@ -407,27 +397,19 @@ impl Source for TraceSchedSource {
                 r.preempted.1 as f64,
                 r.max_ns as f64 / 1e9,
             ];
-            for (sid, v) in ids.iter().zip(values) {
-                out.push(*sid, ts, v);
-            }
+            self.series.set(out, &format!("w\0{}\0{}\0{}", r.pid, r.tid, r.comm), make, &values, ts);
         }
         let rest: u64 = culprits.iter().skip(TOP_K).map(|c| c.3).sum();
         let other_culprit = (String::new(), String::new(), "_other".to_string(), rest);
         let fold = culprits.len() > TOP_K;
         for (pid, tid, comm, ns) in culprits.iter().take(TOP_K).chain(fold.then_some(&other_culprit)) {
-            self.key.clear();
-            self.key.extend_from_slice(format!("c\0{pid}\0{tid}\0{comm}").as_bytes());
-            let ids = self.series.entry(&self.key, || {
+            let make = |out: &mut Collector<'_>| {
                 vec![out.series(&CULPRIT, &[("session", id), ("pid", pid), ("tid", tid), ("comm", comm)])]
-            });
-            out.push(ids[0], ts, *ns as f64 / 1e9);
+            };
+            self.series.set(out, &format!("c\0{pid}\0{tid}\0{comm}"), make, &[*ns as f64 / 1e9], ts);
         }
         for (reason, n) in DROP_NAMES.iter().zip(drops) {
-            self.key.clear();
-            self.key.extend_from_slice(format!("d\0{reason}").as_bytes());
-            let ids =
-                self.series.entry(&self.key, || vec![out.series(&DROPPED, &[("session", id), ("reason", reason)])]);
-            out.push(ids[0], ts, n as f64);
+            self.series.dropped(out, id, reason, n, ts);
         }
         self.series.sweep(out, ts);
         Ok(())

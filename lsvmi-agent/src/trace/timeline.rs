@@ -20,11 +20,6 @@ pub const KEEP_SESSIONS: usize = 20;
 /// The pid of the CPU tracks (no process has it: pids are positive).
 const CPU_TRACKS: i64 = -1;
 
-fn comm_str(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
-}
-
 /// CLOCK_REALTIME − CLOCK_MONOTONIC in ns: turns the programs' timestamps into wall time.
 pub fn realtime_offset_ns() -> i128 {
     let mono = i128::from(crate::bpf::monotonic_ns());
@@ -42,11 +37,11 @@ pub fn chrome_trace(session_id: &str, records: &[WaitRecord], dropped: u64) -> V
         let start_us = (i128::from(r.end_ns) - i128::from(r.wait_ns) + offset) as f64 / 1e3;
         let dur_us = r.wait_ns as f64 / 1e3;
         let cause = if r.how == PREEMPTED { "preempted" } else { "woken" };
-        let comm = comm_str(&r.comm);
+        let comm = crate::sources::text::comm(&r.comm);
         let culprit = if r.culprit_tid == 0 {
             "idle".to_string()
         } else {
-            format!("{} ({})", comm_str(&r.culprit_comm), r.culprit_tid)
+            format!("{} ({})", crate::sources::text::comm(&r.culprit_comm), r.culprit_tid)
         };
         named_threads.insert((r.tgid, r.tid), comm.clone());
         cpus.insert(r.cpu);
@@ -79,9 +74,9 @@ pub fn chrome_trace(session_id: &str, records: &[WaitRecord], dropped: u64) -> V
 pub fn record_json(r: &WaitRecord, offset: i128) -> Value {
     json!({
         "end_ns": (i128::from(r.end_ns) + offset) as u64, "wait_ns": r.wait_ns,
-        "pid": r.tgid, "tid": r.tid, "comm": comm_str(&r.comm), "cpu": r.cpu,
+        "pid": r.tgid, "tid": r.tid, "comm": crate::sources::text::comm(&r.comm), "cpu": r.cpu,
         "cause": if r.how == PREEMPTED { "preempted" } else { "woken" },
-        "ended_by_tid": r.culprit_tid, "ended_by_comm": comm_str(&r.culprit_comm),
+        "ended_by_tid": r.culprit_tid, "ended_by_comm": crate::sources::text::comm(&r.culprit_comm),
     })
 }
 

@@ -7,7 +7,7 @@ use lsvmi_common::sched::{CPU_MAP, CpuSched, GLOBAL_OFFSETS, PROG_MIGRATE, PROG_
 
 use super::{Collector, Source, SourceError, histogram::HistogramFamily};
 use crate::{
-    bpf::{Bpf, BpfError, BpfSource, Global, Hook, Kernel, Plain, btf, monotonic_ns},
+    bpf::{Bpf, BpfError, BpfSource, Global, Hook, Kernel, Plain, monotonic_ns},
     model::{MetricDesc, SeriesId, now_ms},
 };
 
@@ -88,9 +88,7 @@ pub static BPF: BpfSource = BpfSource {
 /// kernel without CONFIG_FAIR_GROUP_SCHED or CONFIG_SCHED_INFO lacks some of them, and
 /// run-queue latency is then left out with one warning).
 fn offsets(kernel: &Kernel) -> Result<SchedOffsets, String> {
-    let raw = kernel.btf.as_ref().map_err(Clone::clone)?;
-    let b = btf::Btf::parse(raw).map_err(|e| e.to_string())?;
-    let at = |s: &str, m: &str| b.member_offset(s, m).map_err(|e| e.to_string());
+    let at = |s: &str, m: &str| kernel.member_offset(s, m);
     let mut o = SchedOffsets { pid: at("task_struct", "pid")?, ..Default::default() };
     let runq = (|| -> Result<(), String> {
         o.last_queued = at("task_struct", "sched_info")? + at("sched_info", "last_queued")?;
@@ -132,14 +130,20 @@ impl SchedSource {
     /// that fails is one warning and its series are left out; `Err` when sched_switch,
     /// which everything but migrations needs, cannot run and neither can migrations.
     pub fn attach(bpf: &mut Bpf, disabled: &[String]) -> Result<Self, BpfError> {
-        let runq = match offsets(&bpf.kernel) {
-            Ok(o) if o.runq == 0 => {
+        // The offsets the programs were loaded with (none: the kernel's BTF lacked them).
+        let runq = match bpf.global::<SchedOffsets>(GLOBAL_OFFSETS) {
+            Some(o) if o.runq == 0 => {
                 tracing::warn!("run-queue latency not measured: the kernel's BTF lacks the sched_info or rq fields");
                 false
             }
-            Ok(_) => true,
+            Some(_) => true,
             // Without the pid offset sched_switch would take every task for idle.
-            Err(e) => return Err(BpfError::Kernel { what: "task_struct.pid offset from BTF".into(), cause: e }),
+            None => {
+                return Err(BpfError::Kernel {
+                    what: "task_struct.pid offset".into(),
+                    cause: "not found in the kernel's BTF".into(),
+                });
+            }
         };
         let on = bpf.attach_each("sched", BPF.programs, disabled);
         let (switch, migrate) = (on[0], on[1]);

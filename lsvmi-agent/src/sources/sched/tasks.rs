@@ -96,11 +96,6 @@ impl SchedTasksSource {
     }
 }
 
-fn comm_str(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
-}
-
 impl Source for SchedTasksSource {
     fn name(&self) -> &'static str {
         "sched_tasks"
@@ -126,7 +121,7 @@ impl Source for SchedTasksSource {
                 None => true,
             };
             if fresh {
-                let (pid, tid_s, comm) = (t.tgid.to_string(), tid.to_string(), comm_str(&t.comm));
+                let (pid, tid_s, comm) = (t.tgid.to_string(), tid.to_string(), crate::sources::text::comm(&t.comm));
                 let labels = [("pid", pid.as_str()), ("tid", tid_s.as_str()), ("comm", comm.as_str())];
                 let k = Known {
                     tgid: t.tgid,
