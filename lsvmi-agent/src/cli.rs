@@ -124,6 +124,10 @@ pub enum TraceAction {
         /// CPU budget for the session's programs, in percent of one CPU, e.g. 0.5%
         #[arg(long, value_parser = percent)]
         budget: Option<f64>,
+        /// Put events at least this long on the session's timeline file (sched: waits,
+        /// default 100us; irq: handler and softirq runs, 50us; block: requests, 0s)
+        #[arg(long, value_parser = humantime::parse_duration)]
+        threshold: Option<std::time::Duration>,
         /// Print the session's events as a table while it runs (Ctrl-C stops following,
         /// not the session)
         #[arg(long)]

@@ -83,14 +83,17 @@ fn trace_client(cli: &Cli, action: &TraceAction) -> ExitCode {
         (None, None) => trace::DEFAULT_SOCKET.into(),
     };
     let req = match action {
-        TraceAction::Start { profile, duration, pid, comm, cpus, budget, .. } => Request::Start(StartRequest {
-            profile: *profile,
-            duration_ms: duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            pid: *pid,
-            comm: comm.clone(),
-            cpus: cpus.clone(),
-            budget_percent: *budget,
-        }),
+        TraceAction::Start { profile, duration, pid, comm, cpus, budget, threshold, .. } => {
+            Request::Start(StartRequest {
+                profile: *profile,
+                duration_ms: duration.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                pid: *pid,
+                comm: comm.clone(),
+                cpus: cpus.clone(),
+                budget_percent: *budget,
+                threshold_ns: threshold.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+            })
+        }
         TraceAction::Status => Request::Status,
         TraceAction::Stop => Request::Stop,
     };
@@ -201,9 +204,16 @@ fn describe(s: &SessionInfo) -> String {
     }
     let filters = if filters.is_empty() { String::new() } else { format!(", {}", filters.join(", ")) };
     let mut measured = match (s.events_per_s, s.cost_percent) {
-        (Some(e), Some(c)) => format!("; {e:.0} program runs/s costing {c:.3}% of a CPU"),
+        (Some(e), Some(c)) => {
+            let how = if s.cost_from.as_deref() == Some("estimate") { " (estimated)" } else { "" };
+            format!("; {e:.0} program runs/s costing {c:.3}% of a CPU{how}")
+        }
         _ => String::new(),
     };
+    for step in &s.steps {
+        measured.push_str(&format!("; budget step: {step}"));
+    }
+    // Last: scripts take the path from here to the end of the line.
     if let Some(t) = &s.timeline {
         measured.push_str(&format!("; timeline: {t}"));
     }

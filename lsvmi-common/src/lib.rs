@@ -51,6 +51,37 @@ pub mod hist {
         (u64::from(SUB + i % SUB) + 1) << (high - GROUPING)
     }
 
+    /// Buckets of the coarse histogram: one per power of two from `2^MIN_POW` ns to
+    /// `2^MAX_POW` ns, plus one below and one above. Its bounds are bounds of the
+    /// log-linear buckets too, so both read alike; 26 u32 fit a deep-tracing session's
+    /// per-thread entry where 98 u64 would not.
+    pub const LOG2_BUCKETS: usize = (MAX_POW - MIN_POW + 2) as usize;
+
+    /// The coarse bucket of `v`.
+    #[inline(always)]
+    pub fn log2_index(v: u64) -> usize {
+        if v < 1 << MIN_POW {
+            return 0;
+        }
+        if v >= 1 << MAX_POW {
+            return LOG2_BUCKETS - 1;
+        }
+        (64 - MIN_POW - v.leading_zeros()) as usize
+    }
+
+    /// The exclusive upper bound of coarse bucket `i` in ns; `u64::MAX` for the last.
+    pub fn log2_upper_bound(i: usize) -> u64 {
+        if i >= LOG2_BUCKETS - 1 { u64::MAX } else { 1 << (MIN_POW as usize + i) }
+    }
+
+    /// Count `v` in a coarse histogram.
+    #[inline(always)]
+    pub fn log2_record(h: &mut [u32; LOG2_BUCKETS], v: u64) {
+        if let Some(b) = h.get_mut(log2_index(v)) {
+            *b += 1;
+        }
+    }
+
     /// A histogram as a map value: bucket counts, their sum (ns) and count.
     #[repr(C)]
     #[derive(Clone, Copy)]
@@ -422,6 +453,11 @@ pub mod trace_sched {
         pub min_wait_ns: u64,
         /// Bit `n`: count waits that end on CPU `n`; 0 means every CPU (CPUs 0–63).
         pub cpus: u64,
+        /// Only this thread (0: any); set when the budget narrows the session.
+        pub tid: u32,
+        pub _pad: u32,
+        /// Waits shorter than this (ns) are not counted; raised by the budget.
+        pub min_count_ns: u64,
     }
 
     /// One wait, for the session's timeline.
@@ -466,6 +502,8 @@ pub mod trace_sched {
         pub tgid: u32,
         pub _pad: u32,
         pub comm: [u8; 16],
+        /// Every wait (both causes) in coarse buckets ([`crate::hist::log2_index`]).
+        pub hist: [u32; crate::hist::LOG2_BUCKETS],
     }
 
     /// A thread that was on a CPU when a waiter got it: the waits it ended.
@@ -490,8 +528,14 @@ pub mod trace_sched {
 pub mod trace_irq {
     use crate::softirq::VECTORS;
 
-    /// Array (one entry) of u32: non-zero while a session runs.
-    pub const ACTIVE_MAP: &str = "TRACE_IRQ_ACTIVE";
+    use crate::hist::LOG2_BUCKETS;
+
+    /// Array (one entry) of [`IrqFilter`], set by the agent.
+    pub const FILTER_MAP: &str = "TRACE_IRQ_FILTER";
+    /// Ring buffer of [`IrqRecord`]s: each handler or softirq run of at least
+    /// `IrqFilter::min_ns`, for the session's timeline (drained on the agent's tick).
+    pub const RING: &str = "TRACE_IRQ_RING";
+    pub const RING_BYTES: u32 = 64 * 1024;
     /// Per-CPU hash: IRQ number → [`IrqTime`].
     pub const IRQS_MAP: &str = "TRACE_IRQS";
     /// Per-CPU array (one entry) of [`CpuIrq`].
@@ -508,6 +552,42 @@ pub mod trace_irq {
     pub const RUN_SOFTIRQ_EXIT: u32 = 4;
     pub const PROGRAMS: usize = 5;
 
+    /// `IrqFilter::cpu` for every CPU.
+    pub const ANY_CPU: u32 = u32::MAX;
+
+    /// What a session records.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct IrqFilter {
+        /// Non-zero while a session runs.
+        pub active: u32,
+        /// Only this CPU ([`ANY_CPU`]: all); set when the budget narrows the session.
+        pub cpu: u32,
+        /// Runs at least this long (ns) go to the timeline ring.
+        pub min_ns: u64,
+    }
+
+    /// `IrqRecord::kind`.
+    pub const HARD: u32 = 0;
+    pub const SOFT: u32 = 1;
+
+    /// One handler or softirq run, for the timeline.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct IrqRecord {
+        /// When it started running (`bpf_ktime_get_ns()`) and how long it ran.
+        pub start_ns: u64,
+        pub run_ns: u64,
+        /// Softirq: from raised to running (0: not seen raised).
+        pub delay_ns: u64,
+        pub cpu: u32,
+        /// [`HARD`] or [`SOFT`].
+        pub kind: u32,
+        /// The IRQ number or the softirq vector.
+        pub num: u32,
+        pub _pad: u32,
+    }
+
     /// One IRQ's handler time on one CPU.
     #[repr(C)]
     #[derive(Clone, Copy, Default)]
@@ -515,6 +595,7 @@ pub mod trace_irq {
         pub time_ns: u64,
         pub count: u64,
         pub max_ns: u64,
+        pub hist: [u32; LOG2_BUCKETS],
     }
 
     /// One CPU's state and softirq figures.
@@ -528,6 +609,8 @@ pub mod trace_irq {
         /// Per vector: when it was raised (0: not pending) and when it started running.
         pub raised_ns: [u64; VECTORS],
         pub entered_ns: [u64; VECTORS],
+        /// The delay of the run in progress (for its timeline record).
+        pub entered_delay_ns: [u64; VECTORS],
         /// Per vector: raise-to-entry delay, runs, and their maxima.
         pub delay_ns: [u64; VECTORS],
         pub delays: [u64; VECTORS],
@@ -537,6 +620,11 @@ pub mod trace_irq {
         pub max_run_ns: [u64; VECTORS],
         /// IRQ handler times not recorded: the IRQ map was full.
         pub dropped: u64,
+        /// Timeline records not written: the ring was full.
+        pub ring_full: u64,
+        /// Per vector, coarse histograms of the delays and the runs.
+        pub delay_hist: [[u32; LOG2_BUCKETS]; VECTORS],
+        pub run_hist: [[u32; LOG2_BUCKETS]; VECTORS],
     }
 
     pub const PROG_IRQ_ENTRY: &str = "trace_irq_handler_entry";
@@ -550,8 +638,14 @@ pub mod trace_irq {
 /// request, the wait in the queue (insert to issue) apart from the device's time (issue
 /// to completion), summed per device and process. Attached only while a session runs.
 pub mod trace_block {
-    /// Array (one entry) of u32: non-zero while a session runs.
-    pub const ACTIVE_MAP: &str = "TRACE_BLOCK_ACTIVE";
+    use crate::hist::LOG2_BUCKETS;
+
+    /// Array (one entry) of [`BlockFilter`], set by the agent.
+    pub const FILTER_MAP: &str = "TRACE_BLOCK_FILTER";
+    /// Ring buffer of [`BlockRecord`]s: each request of at least `BlockFilter::min_ns`
+    /// (queue + device), for the session's timeline (drained on the agent's tick).
+    pub const RING: &str = "TRACE_BLOCK_RING";
+    pub const RING_BYTES: u32 = 64 * 1024;
     /// Hash: request address → [`Request`] while it is in flight.
     pub const REQUESTS_MAP: &str = "TRACE_BLOCK_REQS";
     /// Hash: [`Key`] → [`Stat`].
@@ -569,7 +663,32 @@ pub mod trace_block {
     /// Counter slots after the run counters: requests or stats not recorded (map full).
     pub const DROP_REQUESTS_FULL: u32 = 3;
     pub const DROP_STATS_FULL: u32 = 4;
-    pub const COUNTERS: usize = 5;
+    pub const DROP_RING_FULL: u32 = 5;
+    pub const COUNTERS: usize = 6;
+
+    /// What a session records.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct BlockFilter {
+        /// Non-zero while a session runs.
+        pub active: u32,
+        pub _pad: u32,
+        /// Requests at least this long (ns, queue + device) go to the timeline ring.
+        pub min_ns: u64,
+    }
+
+    /// One completed request, for the timeline.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct BlockRecord {
+        /// Inserted (0: issued directly), issued, completed (`bpf_ktime_get_ns()`).
+        pub insert_ns: u64,
+        pub issue_ns: u64,
+        pub complete_ns: u64,
+        pub dev: u32,
+        pub tgid: u32,
+        pub comm: [u8; 16],
+    }
 
     /// `request.part` and `block_device.bd_dev`, from the kernel's BTF.
     #[repr(C)]
@@ -609,6 +728,9 @@ pub mod trace_block {
         pub max_queue_ns: u64,
         pub max_device_ns: u64,
         pub comm: [u8; 16],
+        /// Coarse histograms of the queue and device times.
+        pub queue_hist: [u32; LOG2_BUCKETS],
+        pub device_hist: [u32; LOG2_BUCKETS],
     }
 
     pub const PROG_INSERT: &str = "trace_block_rq_insert";
@@ -637,5 +759,24 @@ mod tests {
         }
         assert_eq!(index(u64::MAX), BUCKETS - 1);
         assert_eq!(upper_bound(BUCKETS - 1), u64::MAX);
+    }
+
+    #[test]
+    fn coarse_buckets_are_powers_of_two_shared_with_the_fine_ones() {
+        let mut lower = 0u64;
+        for i in 0..LOG2_BUCKETS - 1 {
+            let upper = log2_upper_bound(i);
+            assert_eq!(log2_index(lower), i, "lower bound of {i}");
+            assert_eq!(log2_index(upper - 1), i, "upper bound of {i}");
+            assert_eq!(log2_index(upper), i + 1, "next after {i}");
+            // A coarse bound is a fine one too: both histograms read alike.
+            assert_eq!(upper_bound(index(upper - 1)), upper, "bucket {i}");
+            lower = upper;
+        }
+        assert_eq!(log2_index(u64::MAX), LOG2_BUCKETS - 1);
+        assert_eq!(log2_upper_bound(LOG2_BUCKETS - 1), u64::MAX);
+        let mut h = [0u32; LOG2_BUCKETS];
+        log2_record(&mut h, 1500);
+        assert_eq!(h[1], 1);
     }
 }

@@ -5,21 +5,27 @@
 //! when the request was queued or, issued directly, when it was issued.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_PREALLOC, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
-use lsvmi_common::trace_block::{
-    BlockOffsets, COUNTERS, DROP_REQUESTS_FULL, DROP_STATS_FULL, ENTRIES, Key, RUN_COMPLETE, RUN_INSERT, RUN_ISSUE,
-    Request, Stat,
+use lsvmi_common::{
+    hist::{LOG2_BUCKETS, log2_record},
+    trace_block::{
+        BlockFilter, BlockOffsets, BlockRecord, COUNTERS, DROP_REQUESTS_FULL, DROP_RING_FULL, DROP_STATS_FULL, ENTRIES,
+        Key, RING_BYTES, RUN_COMPLETE, RUN_INSERT, RUN_ISSUE, Request, Stat,
+    },
 };
 
 use crate::kernel::{field, global};
 
 #[map]
-static TRACE_BLOCK_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+static TRACE_BLOCK_FILTER: Array<BlockFilter> = Array::with_max_entries(1, 0);
+
+#[map]
+static TRACE_BLOCK_RING: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 #[map]
 static TRACE_BLOCK_REQS: HashMap<u64, Request> = HashMap::with_max_entries(ENTRIES, BPF_F_NO_PREALLOC);
@@ -41,14 +47,15 @@ fn count(slot: u32) {
     }
 }
 
-/// While a session runs, count the run (its cost) and say yes.
+/// While a session runs, count the run (its cost) and give the timeline's threshold.
 #[inline(always)]
-fn active(program: u32) -> bool {
-    if TRACE_BLOCK_ACTIVE.get(0).is_none_or(|a| *a == 0) {
-        return false;
+fn active(program: u32) -> Option<u64> {
+    let f = TRACE_BLOCK_FILTER.get(0)?;
+    if f.active == 0 {
+        return None;
     }
     count(program);
-    true
+    Some(f.min_ns)
 }
 
 #[inline(always)]
@@ -82,7 +89,7 @@ fn track(rq: *const u8, insert_ns: u64, issue_ns: u64) {
 /// `tp_btf/block_rq_insert(struct request *rq)`: queued.
 #[btf_tracepoint(function = "block_rq_insert")]
 pub fn trace_block_rq_insert(ctx: BtfTracePointContext) -> u32 {
-    if active(RUN_INSERT) {
+    if active(RUN_INSERT).is_some() {
         let rq: *const u8 = ctx.arg(0);
         track(rq, now(), 0);
     }
@@ -92,7 +99,7 @@ pub fn trace_block_rq_insert(ctx: BtfTracePointContext) -> u32 {
 /// `tp_btf/block_rq_issue(struct request *rq)`: handed to the device.
 #[btf_tracepoint(function = "block_rq_issue")]
 pub fn trace_block_rq_issue(ctx: BtfTracePointContext) -> u32 {
-    if !active(RUN_ISSUE) {
+    if active(RUN_ISSUE).is_none() {
         return 0;
     }
     let rq: *const u8 = ctx.arg(0);
@@ -107,9 +114,7 @@ pub fn trace_block_rq_issue(ctx: BtfTracePointContext) -> u32 {
 /// `tp_btf/block_rq_complete(struct request *rq, blk_status_t error, unsigned int nr_bytes)`.
 #[btf_tracepoint(function = "block_rq_complete")]
 pub fn trace_block_rq_complete(ctx: BtfTracePointContext) -> u32 {
-    if !active(RUN_COMPLETE) {
-        return 0;
-    }
+    let Some(min_ns) = active(RUN_COMPLETE) else { return 0 };
     let rq: *const u8 = ctx.arg(0);
     let key = rq as u64;
     // SAFETY: copied out before the entry is removed.
@@ -138,19 +143,41 @@ pub fn trace_block_rq_complete(ctx: BtfTracePointContext) -> u32 {
             if device > s.max_device_ns {
                 s.max_device_ns = device;
             }
+            log2_record(&mut s.queue_hist, queue);
+            log2_record(&mut s.device_hist, device);
         }
         None => {
-            let s = Stat {
+            let mut s = Stat {
                 queue_ns: queue,
                 device_ns: device,
                 completed: 1,
                 max_queue_ns: queue,
                 max_device_ns: device,
                 comm: r.comm,
+                queue_hist: [0; LOG2_BUCKETS],
+                device_hist: [0; LOG2_BUCKETS],
             };
+            log2_record(&mut s.queue_hist, queue);
+            log2_record(&mut s.device_hist, device);
             if TRACE_BLOCK_STATS.insert(&k, &s, 0).is_err() {
                 count(DROP_STATS_FULL);
             }
+        }
+    }
+    if queue + device >= min_ns {
+        match TRACE_BLOCK_RING.reserve::<BlockRecord>(0) {
+            Some(mut e) => {
+                e.write(BlockRecord {
+                    insert_ns: r.insert_ns,
+                    issue_ns: r.issue_ns,
+                    complete_ns: t,
+                    dev: r.dev,
+                    tgid: r.tgid,
+                    comm: r.comm,
+                });
+                e.submit(BPF_RB_NO_WAKEUP as u64);
+            }
+            None => count(DROP_RING_FULL),
         }
     }
     0

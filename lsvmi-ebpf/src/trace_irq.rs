@@ -4,21 +4,26 @@
 //! preemption), so no event takes a lock.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map},
-    maps::{Array, PerCpuArray, PerCpuHashMap},
+    maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::BtfTracePointContext,
 };
 use lsvmi_common::{
+    hist::{LOG2_BUCKETS, log2_record},
     softirq::VECTORS,
     trace_irq::{
-        CpuIrq, IRQ_ENTRIES, IrqTime, PROGRAMS, RUN_IRQ_ENTRY, RUN_IRQ_EXIT, RUN_SOFTIRQ_ENTRY, RUN_SOFTIRQ_EXIT,
-        RUN_SOFTIRQ_RAISE,
+        ANY_CPU, CpuIrq, HARD, IRQ_ENTRIES, IrqFilter, IrqRecord, IrqTime, PROGRAMS, RING_BYTES, RUN_IRQ_ENTRY,
+        RUN_IRQ_EXIT, RUN_SOFTIRQ_ENTRY, RUN_SOFTIRQ_EXIT, RUN_SOFTIRQ_RAISE, SOFT,
     },
 };
 
 #[map]
-static TRACE_IRQ_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+static TRACE_IRQ_FILTER: Array<IrqFilter> = Array::with_max_entries(1, 0);
+
+#[map]
+static TRACE_IRQ_RING: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
 #[map]
 static TRACE_IRQS: PerCpuHashMap<u32, IrqTime> = PerCpuHashMap::with_max_entries(IRQ_ENTRIES, 0);
@@ -29,18 +34,46 @@ static TRACE_IRQ_CPU: PerCpuArray<CpuIrq> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static TRACE_IRQ_RUNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PROGRAMS as u32, 0);
 
-/// This CPU's state while a session runs (the run counted: its cost).
+/// This CPU's state while a session runs here (the run counted: its cost), and the
+/// timeline's threshold.
 #[inline(always)]
-fn active(program: u32) -> Option<&'static mut CpuIrq> {
-    if *TRACE_IRQ_ACTIVE.get(0)? == 0 {
+fn active(program: u32) -> Option<(&'static mut CpuIrq, u64)> {
+    let f = TRACE_IRQ_FILTER.get(0)?;
+    if f.active == 0 {
         return None;
     }
+    // SAFETY: helper without preconditions.
+    if f.cpu != ANY_CPU && f.cpu != unsafe { bpf_get_smp_processor_id() } {
+        return None;
+    }
+    let min_ns = f.min_ns;
     if let Some(c) = TRACE_IRQ_RUNS.get_ptr_mut(program) {
         // SAFETY: this CPU's counter; IRQ and softirq tracepoints run with preemption off.
         unsafe { *c += 1 };
     }
     // SAFETY: this CPU's value, as above.
-    Some(unsafe { &mut *TRACE_IRQ_CPU.get_ptr_mut(0)? })
+    Some((unsafe { &mut *TRACE_IRQ_CPU.get_ptr_mut(0)? }, min_ns))
+}
+
+/// A run for the timeline when it lasted `min_ns` or more; the agent is not woken.
+#[inline(always)]
+fn record(cpu: &mut CpuIrq, min_ns: u64, r: IrqRecord) {
+    if r.run_ns < min_ns {
+        return;
+    }
+    match TRACE_IRQ_RING.reserve::<IrqRecord>(0) {
+        Some(mut e) => {
+            e.write(r);
+            e.submit(BPF_RB_NO_WAKEUP as u64);
+        }
+        None => cpu.ring_full += 1,
+    }
+}
+
+#[inline(always)]
+fn this_cpu() -> u32 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_smp_processor_id() }
 }
 
 #[inline(always)]
@@ -52,7 +85,7 @@ fn now() -> u64 {
 /// `tp_btf/irq_handler_entry(int irq, struct irqaction *action)`.
 #[btf_tracepoint(function = "irq_handler_entry")]
 pub fn trace_irq_handler_entry(ctx: BtfTracePointContext) -> u32 {
-    if let Some(cpu) = active(RUN_IRQ_ENTRY) {
+    if let Some((cpu, _)) = active(RUN_IRQ_ENTRY) {
         let irq: i32 = ctx.arg(0);
         cpu.irq = irq as u32;
         cpu.irq_entered_ns = now();
@@ -63,15 +96,18 @@ pub fn trace_irq_handler_entry(ctx: BtfTracePointContext) -> u32 {
 /// `tp_btf/irq_handler_exit(int irq, struct irqaction *action, int ret)`.
 #[btf_tracepoint(function = "irq_handler_exit")]
 pub fn trace_irq_handler_exit(ctx: BtfTracePointContext) -> u32 {
-    let Some(cpu) = active(RUN_IRQ_EXIT) else { return 0 };
+    let Some((cpu, min_ns)) = active(RUN_IRQ_EXIT) else { return 0 };
     let irq: i32 = ctx.arg(0);
     let irq = irq as u32;
     // An exit without its entry (attached in between, or another IRQ's) is skipped.
     if cpu.irq_entered_ns == 0 || cpu.irq != irq {
         return 0;
     }
-    let took = now().saturating_sub(cpu.irq_entered_ns);
+    let entered = cpu.irq_entered_ns;
+    let took = now().saturating_sub(entered);
     cpu.irq_entered_ns = 0;
+    let r = IrqRecord { start_ns: entered, run_ns: took, delay_ns: 0, cpu: this_cpu(), kind: HARD, num: irq, _pad: 0 };
+    record(cpu, min_ns, r);
     match TRACE_IRQS.get_ptr_mut(&irq) {
         Some(t) => {
             // SAFETY: this CPU's value for this IRQ.
@@ -81,9 +117,11 @@ pub fn trace_irq_handler_exit(ctx: BtfTracePointContext) -> u32 {
             if took > t.max_ns {
                 t.max_ns = took;
             }
+            log2_record(&mut t.hist, took);
         }
         None => {
-            let t = IrqTime { time_ns: took, count: 1, max_ns: took };
+            let mut t = IrqTime { time_ns: took, count: 1, max_ns: took, hist: [0; LOG2_BUCKETS] };
+            log2_record(&mut t.hist, took);
             if TRACE_IRQS.insert(&irq, &t, 0).is_err() {
                 cpu.dropped += 1;
             }
@@ -103,7 +141,7 @@ fn vector(ctx: &BtfTracePointContext) -> Option<usize> {
 /// starts its delay.
 #[btf_tracepoint(function = "softirq_raise")]
 pub fn trace_softirq_raise(ctx: BtfTracePointContext) -> u32 {
-    if let (Some(cpu), Some(v)) = (active(RUN_SOFTIRQ_RAISE), vector(&ctx))
+    if let (Some((cpu, _)), Some(v)) = (active(RUN_SOFTIRQ_RAISE), vector(&ctx))
         && cpu.raised_ns[v] == 0
     {
         cpu.raised_ns[v] = now();
@@ -114,26 +152,29 @@ pub fn trace_softirq_raise(ctx: BtfTracePointContext) -> u32 {
 /// `tp_btf/softirq_entry(unsigned int vec_nr)`.
 #[btf_tracepoint(function = "softirq_entry")]
 pub fn trace_softirq_entry(ctx: BtfTracePointContext) -> u32 {
-    let (Some(cpu), Some(v)) = (active(RUN_SOFTIRQ_ENTRY), vector(&ctx)) else { return 0 };
+    let (Some((cpu, _)), Some(v)) = (active(RUN_SOFTIRQ_ENTRY), vector(&ctx)) else { return 0 };
     let t = now();
     let raised = cpu.raised_ns[v];
+    let mut delay = 0;
     if raised != 0 {
-        let delay = t.saturating_sub(raised);
+        delay = t.saturating_sub(raised);
         cpu.delay_ns[v] += delay;
         cpu.delays[v] += 1;
         if delay > cpu.max_delay_ns[v] {
             cpu.max_delay_ns[v] = delay;
         }
+        log2_record(&mut cpu.delay_hist[v], delay);
         cpu.raised_ns[v] = 0;
     }
     cpu.entered_ns[v] = t;
+    cpu.entered_delay_ns[v] = delay;
     0
 }
 
 /// `tp_btf/softirq_exit(unsigned int vec_nr)`.
 #[btf_tracepoint(function = "softirq_exit")]
 pub fn trace_softirq_exit(ctx: BtfTracePointContext) -> u32 {
-    let (Some(cpu), Some(v)) = (active(RUN_SOFTIRQ_EXIT), vector(&ctx)) else { return 0 };
+    let (Some((cpu, min_ns)), Some(v)) = (active(RUN_SOFTIRQ_EXIT), vector(&ctx)) else { return 0 };
     let entered = cpu.entered_ns[v];
     if entered != 0 {
         let run = now().saturating_sub(entered);
@@ -142,7 +183,11 @@ pub fn trace_softirq_exit(ctx: BtfTracePointContext) -> u32 {
         if run > cpu.max_run_ns[v] {
             cpu.max_run_ns[v] = run;
         }
+        log2_record(&mut cpu.run_hist[v], run);
         cpu.entered_ns[v] = 0;
+        let delay_ns = cpu.entered_delay_ns[v];
+        let r = IrqRecord { start_ns: entered, run_ns: run, delay_ns, cpu: this_cpu(), kind: SOFT, num: v as u32, _pad: 0 };
+        record(cpu, min_ns, r);
     }
     0
 }

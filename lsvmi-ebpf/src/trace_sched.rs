@@ -13,10 +13,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::BtfTracePointContext,
 };
-use lsvmi_common::trace_sched::{
+use lsvmi_common::{
+    hist::{LOG2_BUCKETS, log2_record},
+    trace_sched::{
     Culprit, DROP_CULPRITS_FULL, DROP_QUEUED_FULL, DROP_REASONS, DROP_RING_FULL, DROP_THREADS_FULL, Filter, PREEMPTED,
     PROGRAMS, Queued, RUN_SWITCH, RUN_WAKEUP_NEW, RUN_WAKING, THREAD_ENTRIES, ThreadWait, TraceOffsets, WAITS_RING_BYTES,
     WOKEN, WaitRecord,
+    },
 };
 
 use crate::kernel::{field, global};
@@ -78,7 +81,7 @@ fn traced(f: &Filter, o: &TraceOffsets, task: *const u8) -> Option<(u32, u32)> {
     let tid: i32 = field(task, o.pid);
     let tgid: i32 = field(task, o.tgid);
     let (tid, tgid) = (tid as u32, tgid as u32);
-    if tid == 0 || tgid == o.agent_tgid || (f.tgid != 0 && tgid != f.tgid) {
+    if tid == 0 || tgid == o.agent_tgid || (f.tgid != 0 && tgid != f.tgid) || (f.tid != 0 && tid != f.tid) {
         return None;
     }
     Some((tid, tgid))
@@ -144,6 +147,9 @@ pub fn trace_sched_switch(ctx: BtfTracePointContext) -> u32 {
     }
     // SAFETY: helper without preconditions.
     let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(q.at_ns);
+    if wait < f.min_count_ns {
+        return 0; // below the threshold the budget raised
+    }
     match TRACE_THREADS.get_ptr_mut(&tid) {
         Some(t) => {
             // SAFETY: the entry of `next`, which runs on this CPU only.
@@ -161,6 +167,7 @@ pub fn trace_sched_switch(ctx: BtfTracePointContext) -> u32 {
                 tgid,
                 _pad: 0,
                 comm,
+                hist: [0; LOG2_BUCKETS],
             };
             add_wait(&mut t, q.how, wait);
             if TRACE_THREADS.insert(&tid, &t, 0).is_err() {
@@ -246,4 +253,5 @@ fn add_wait(t: &mut ThreadWait, how: u32, wait: u64) {
     if wait > t.max_ns {
         t.max_ns = wait;
     }
+    log2_record(&mut t.hist, wait);
 }

@@ -260,6 +260,9 @@ fn sched_session_sees_a_victims_wait_as_schedstat_does_and_names_the_culprits() 
         .sum();
     let schedstat = (after - before) as f64 / 1e9;
     assert!(schedstat > 0.1, "the victim hardly waited ({schedstat} s): the test set-up is off");
+    // Its histogram holds the same waits.
+    let hist_sum = last_values(&vm, &format!(r#"trace_sched_wait_latency_seconds_sum{{tid="{tid}"}}"#), "tid");
+    assert!(hist_sum.first().is_some_and(|(_, v)| (v - waited).abs() < 1e-6), "{hist_sum:?} vs {waited}");
     let ratio = waited / schedstat;
     eprintln!("victim waited {waited:.3} s traced, {schedstat:.3} s by schedstat (ratio {ratio:.3})");
     assert!((0.9..=1.1).contains(&ratio), "traced wait {waited:.3} s vs schedstat run_delay {schedstat:.3} s");
@@ -273,9 +276,7 @@ fn sched_session_sees_a_victims_wait_as_schedstat_does_and_names_the_culprits() 
 
     // The timeline: trace-event JSON with the victim's waits on its track and on the
     // CPU's, ended by the busy threads, and the raw records beside it.
-    let status = text(&trace(&socket, &["status"]).stdout);
-    let path = status.split("timeline: ").nth(1).map(str::trim).unwrap_or_else(|| panic!("no timeline: {status}"));
-    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("timeline")).expect("JSON");
+    let doc = timeline(&socket);
     let events = doc["traceEvents"].as_array().expect("traceEvents");
     let victim_slices: Vec<&serde_json::Value> =
         events.iter().filter(|e| e["ph"] == "X" && e["tid"] == victim_tid && e["pid"] != -1).collect();
@@ -292,8 +293,30 @@ fn sched_session_sees_a_victims_wait_as_schedstat_does_and_names_the_culprits() 
         events.iter().any(|e| e["ph"] == "M" && e["args"]["name"] == format!("CPU {cpu}")),
         "no track of CPU {cpu}"
     );
+}
+
+/// The last session's timeline (trace-event JSON), once `status` names it; its raw
+/// records beside it parse as JSON lines, as many as the document says it holds.
+fn timeline(socket: &Path) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let status = text(&trace(socket, &["status"]).stdout);
+        if status.contains("timeline: ") || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let path = status.split("timeline: ").nth(1).map(str::trim).unwrap_or_else(|| panic!("no timeline: {status}"));
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).expect("timeline")).expect("JSON");
     let jsonl = std::fs::read_to_string(path.replace(".trace.json", ".events.jsonl")).expect("events.jsonl");
     assert!(jsonl.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    assert_eq!(Some(jsonl.lines().count() as u64), doc["metadata"]["records"].as_u64(), "{path}");
+    doc
+}
+
+/// The trace events of `doc` with phase `ph`.
+fn phase<'a>(doc: &'a serde_json::Value, ph: &str) -> Vec<&'a serde_json::Value> {
+    doc["traceEvents"].as_array().expect("traceEvents").iter().filter(|e| e["ph"] == ph).collect()
 }
 
 /// Names of the session programs loaded in the kernel now (names are cut at 15 bytes).
@@ -333,17 +356,24 @@ fn a_session_over_its_budget_is_stopped_and_the_always_on_series_go_on() {
     // Tens of thousands of switches a second: far over 0.1 % of a CPU.
     let load = std::thread::spawn(|| lsvmi_tests::load::ping_pong(100_000));
     let load_started = Instant::now();
-    let mut ended = None;
+    let (mut stepped, mut ended) = (None, None);
     while load_started.elapsed() < Duration::from_secs(10) {
         let status = text(&trace(&socket, &["status"]).stdout);
+        if stepped.is_none() && status.contains("budget step:") {
+            stepped = Some(load_started.elapsed());
+        }
         if status.contains("ended (budget") {
             ended = Some((load_started.elapsed(), status));
             break;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
     let (took, status) = ended.expect("the session was not stopped for its budget");
-    eprintln!("stopped {took:?} after the load began: {status}");
+    eprintln!("stepped down {stepped:?} and stopped {took:?} after the load began: {status}");
+    // Steps down first (thresholds, then one thread), and says so in its summary.
+    let stepped = stepped.unwrap_or(took);
+    assert!(stepped < Duration::from_secs(1), "first step {stepped:?} after the load began: {status}");
+    assert!(status.contains("budget step: ") && status.contains("counting only waits of 10 µs"), "{status}");
     assert!(took < Duration::from_secs(3), "stopped {took:?} after the load began: {status}");
     load.join().expect("load");
     let to = lsvmi_tests::now_ms();
@@ -399,7 +429,9 @@ fn softirq_totals() -> std::collections::BTreeMap<String, u64> {
 fn irq_session_counts_softirq_runs_as_proc_softirqs_does() {
     let Some((_turn, vm, dir, _daemon)) = bpf_daemon(&[]) else { return };
     let socket = dir.path().join("control.sock");
-    let out = trace(&socket, &["start", "--profile", "irq", "--duration", "20s"]);
+    // A budget that leaves the whole host traced: this compares counts, not cost.
+    let out =
+        trace(&socket, &["start", "--profile", "irq", "--duration", "20s", "--budget", "10%", "--threshold", "0s"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let before = softirq_totals();
     // Network receive work on loopback (NET_RX), and scheduler work (SCHED).
@@ -427,6 +459,16 @@ fn irq_session_counts_softirq_runs_as_proc_softirqs_does() {
         compared += 1;
     }
     assert!(compared >= 1, "no softirq vector ran enough to compare: {after:?}");
+    // Per vector, a histogram that counts every run.
+    let net_rx_count = last_values(&vm, r#"trace_softirq_run_duration_seconds_count{vector="NET_RX"}"#, "vector");
+    assert_eq!(net_rx_count.first().map(|(_, v)| *v), traced.get("NET_RX").copied(), "histogram count");
+    let inf = last_values(&vm, r#"trace_softirq_run_duration_seconds_bucket{vector="NET_RX",le="+Inf"}"#, "le");
+    assert_eq!(inf.first().map(|(_, v)| *v), traced.get("NET_RX").copied(), "+Inf bucket");
+    // The timeline (every run, --threshold 0s): NET_RX runs on the CPU tracks.
+    let doc = timeline(&socket);
+    let net_rx = phase(&doc, "X").into_iter().filter(|e| e["name"] == "NET_RX" && e["pid"] == -1).count();
+    assert!(net_rx > 0, "no NET_RX slice on a CPU track");
+    assert!(phase(&doc, "M").iter().any(|e| e["args"]["name"] == "CPU 0"), "no track of CPU 0");
 }
 
 #[test]
@@ -562,6 +604,15 @@ fn net_session_counts_resets_per_connection_as_proc_net_snmp_does() {
     let ratio = traced / sent as f64;
     assert!((0.9..=1.1).contains(&ratio), "traced {traced} resets vs /proc/net/snmp OutRsts +{sent}");
     assert!(to_closed, "no series names the closed port: {series:?}");
+    // The timeline: an instant per reset, on the tracks of the connections to the port.
+    let doc = timeline(&socket);
+    let resets = phase(&doc, "i").into_iter().filter(|e| e["name"] == "send_reset").count();
+    assert!(resets as u64 >= 300, "{resets} reset instants on the timeline");
+    let port = format!(":{}", closed.port());
+    assert!(
+        phase(&doc, "M").iter().any(|e| e["args"]["name"].as_str().is_some_and(|n| n.contains(&port))),
+        "no connection track names the closed port"
+    );
 }
 
 /// A loop device over a file of the test's own; detached when dropped.
@@ -626,4 +677,10 @@ fn block_session_counts_requests_as_proc_diskstats_does() {
     assert!((0.9..=1.1).contains(&ratio), "traced {traced} requests vs /proc/diskstats +{done}");
     let by_dd = last_values(&vm, &format!(r#"trace_block_requests_total{{device="{device}",comm="dd"}}"#), "pid");
     assert!(!by_dd.is_empty(), "the requests were not put on dd");
+    let hist = last_values(&vm, &format!(r#"trace_block_device_latency_seconds_count{{device="{device}"}}"#), "comm");
+    assert_eq!(hist.iter().map(|(_, v)| v).sum::<f64>(), traced, "the device-time histograms count every request");
+    // The timeline: each of dd's requests at the device, as an async slice.
+    let doc = timeline(&socket);
+    let at_device = phase(&doc, "b").into_iter().filter(|e| e["name"] == "dd at device" && e["cat"] == device).count();
+    assert!(at_device >= 500, "{at_device} of dd's requests on the timeline");
 }

@@ -55,6 +55,10 @@ unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::IrqTime> {}
 // SAFETY: as above (the explicit `_pad` field fills the gap).
 unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::CpuIrq> {}
 // SAFETY: as above.
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::IrqFilter> {}
+// SAFETY: as above (the explicit `_pad` field fills the gap).
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::BlockFilter> {}
+// SAFETY: as above.
 unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::BlockOffsets> {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::Request> {}

@@ -338,6 +338,9 @@ fn address(family: u16, bytes: &[u8; 16], port: u16) -> String {
 /// A record in words: what happened, between which addresses, the TCP state or drop
 /// reason, and the thread that was running.
 pub struct Described {
+    /// When (`bpf_ktime_get_ns()`), on which CPU.
+    pub ts_ns: u64,
+    pub cpu: u32,
     pub event: &'static str,
     pub src: String,
     pub dst: String,
@@ -355,6 +358,8 @@ fn describe(ev: &NetEvent, layout: &Layout) -> Described {
         _ => String::new(),
     };
     Described {
+        ts_ns: ev.ts_ns,
+        cpu: ev.cpu,
         event: EVENT_NAMES[usize::from(ev.kind).min(4)],
         src: address(ev.family, &ev.saddr, ev.sport),
         dst: address(ev.family, &ev.daddr, ev.dport),

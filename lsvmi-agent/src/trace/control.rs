@@ -115,7 +115,9 @@ async fn follow_up(sessions: &Sessions, mut response: Response, then: Vec<Then>)
                     .await
                     .unwrap_or_else(|e| Err(format!("starting the session failed: {e}")));
                 match started {
-                    Ok(()) => watch_deadline(sessions.clone(), session),
+                    Ok(()) => {
+                        tokio::spawn(super::budget::govern(sessions.clone(), session));
+                    }
                     Err(e) => {
                         sessions.end(&format!("failed: {e}"));
                         response = Response::Error { message: format!("session {} could not start: {e}", session.id) };
@@ -126,17 +128,6 @@ async fn follow_up(sessions: &Sessions, mut response: Response, then: Vec<Then>)
         }
     }
     response
-}
-
-/// End the session at its deadline, its programs with it.
-fn watch_deadline(sessions: Sessions, session: SessionInfo) {
-    tokio::spawn(async move {
-        let left = session.until_ms.saturating_sub(crate::model::now_ms()).max(0) as u64;
-        tokio::time::sleep(Duration::from_millis(left)).await;
-        if let Some(ended) = sessions.end_if(&session.id, "deadline") {
-            stop_programs(&sessions, ended).await;
-        }
-    });
 }
 
 /// Detach a session's programs (on the blocking pool).

@@ -2,21 +2,25 @@
 //! delay from being raised to running, and the run time. The kernel side is
 //! `lsvmi-ebpf/src/trace_irq.rs`, loaded at session start, unloaded at its end; its
 //! state is per CPU, summed here on the `trace_irq` source's tick. IRQs beyond the top
-//! 10 by handler time are folded into one `irq="_other"` series.
+//! 10 by handler time are folded into one `irq="_other"` series. Runs of 50 µs or more
+//! also go to a ring buffer for the session's timeline (a track per CPU).
 
 use std::sync::{Arc, Mutex, OnceLock};
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
 };
 use lsvmi_common::{
+    hist::LOG2_BUCKETS,
     softirq::{NAMES, VECTORS},
     trace_irq::{
-        ACTIVE_MAP, CPU_MAP, CpuIrq, IRQS_MAP, IrqTime, PROG_IRQ_ENTRY, PROG_IRQ_EXIT, PROG_SOFTIRQ_ENTRY,
-        PROG_SOFTIRQ_EXIT, PROG_SOFTIRQ_RAISE, PROGRAMS as RUN_SLOTS, RUNS_MAP,
+        ANY_CPU, CPU_MAP, CpuIrq, FILTER_MAP, HARD, IRQS_MAP, IrqFilter, IrqRecord, IrqTime, PROG_IRQ_ENTRY,
+        PROG_IRQ_EXIT, PROG_SOFTIRQ_ENTRY, PROG_SOFTIRQ_EXIT, PROG_SOFTIRQ_RAISE, PROGRAMS as RUN_SLOTS, RING,
+        RUNS_MAP,
     },
 };
+use serde_json::json;
 
 use super::{
     SessionInfo, Sessions, Tracer,
@@ -90,8 +94,48 @@ metric!(
     "The longest run per vector."
 );
 
-pub static METRICS: &[&MetricDesc] =
-    &[&HANDLER, &HANDLERS, &HANDLER_MAX, &DELAY, &DELAYS, &RUN, &RUNS, &MAX_DELAY, &MAX_RUN];
+histogram!(
+    HANDLER_DURATION,
+    "trace_irq_handler_duration_seconds",
+    ["session", "irq", "name"],
+    SOURCE,
+    "Each hard IRQ's handler runs during an irq trace session, in buckets of powers of two."
+);
+histogram!(
+    DELAY_LATENCY,
+    "trace_softirq_delay_latency_seconds",
+    ["session", "vector"],
+    SOURCE,
+    "Per softirq vector, its raise-to-run delays during the session, in buckets of powers of two."
+);
+histogram!(
+    RUN_DURATION,
+    "trace_softirq_run_duration_seconds",
+    ["session", "vector"],
+    SOURCE,
+    "Per softirq vector, its runs during the session, in buckets of powers of two."
+);
+
+pub static METRICS: &[&MetricDesc] = &[
+    &HANDLER,
+    &HANDLERS,
+    &HANDLER_MAX,
+    &HANDLER_DURATION.bucket,
+    &HANDLER_DURATION.sum,
+    &HANDLER_DURATION.count,
+    &DELAY,
+    &DELAYS,
+    &RUN,
+    &RUNS,
+    &MAX_DELAY,
+    &MAX_RUN,
+    &DELAY_LATENCY.bucket,
+    &DELAY_LATENCY.sum,
+    &DELAY_LATENCY.count,
+    &RUN_DURATION.bucket,
+    &RUN_DURATION.sum,
+    &RUN_DURATION.count,
+];
 
 const PROGRAMS: [(&str, &str); 5] = [
     (PROG_IRQ_ENTRY, "irq_handler_entry"),
@@ -105,6 +149,14 @@ const PROGRAMS: [(&str, &str); 5] = [
 /// BPF stats (docs/performance.md, "Deep tracing").
 const COST_NS: [f64; RUN_SLOTS] = [295.0, 1000.0, 104.0, 92.0, 103.0];
 
+/// Handler and softirq runs at least this long go on the timeline; the budget's first
+/// step raises it to [`STEP_TIMELINE_NS`].
+const TIMELINE_MIN_NS: u64 = 50_000;
+const STEP_TIMELINE_NS: u64 = 500_000;
+
+/// Timeline records kept per session; beyond, they are counted.
+const TIMELINE_MAX_RECORDS: usize = 50_000;
+
 /// No program at start-up: sessions load them.
 pub static BPF: BpfSource = BpfSource {
     programs: &[],
@@ -114,17 +166,49 @@ pub static BPF: BpfSource = BpfSource {
 };
 
 struct Maps {
-    active: Array<MapData, Plain<u32>>,
+    filter: Array<MapData, Plain<IrqFilter>>,
     irqs: PerCpuHashMap<MapData, u32, Plain<IrqTime>>,
     cpu: PerCpuArray<MapData, Plain<CpuIrq>>,
     runs: PerCpuArray<MapData, u64>,
+    ring: RingBuf<MapData>,
+    timeline: Vec<IrqRecord>,
+    timeline_dropped: u64,
     session: Option<SessionInfo>,
 }
 
 static SHARED: OnceLock<Arc<Shared<Maps>>> = OnceLock::new();
 
+impl Maps {
+    fn drain(&mut self) {
+        while let Some(item) = self.ring.next() {
+            if item.len() < size_of::<IrqRecord>() {
+                continue;
+            }
+            if self.timeline.len() >= TIMELINE_MAX_RECORDS {
+                self.timeline_dropped += 1;
+                continue;
+            }
+            // SAFETY: an IrqRecord written by the program (length checked);
+            // read_unaligned copes with the ring's 8-byte alignment.
+            self.timeline.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+        }
+    }
+
+    fn set_filter(&mut self, f: IrqFilter) -> Result<(), String> {
+        self.filter.set(0, Plain(f), 0).map_err(|e| format!("setting the irq session's filter: {e}"))
+    }
+
+    /// Each CPU's state.
+    fn cpus(&self) -> Vec<CpuIrq> {
+        self.cpu.get(&0, 0).map(|v| v.iter().map(|Plain(c)| *c).collect()).unwrap_or_default()
+    }
+}
+
 impl SessionMaps for Maps {
     fn clear(&mut self) {
+        self.drain();
+        self.timeline.clear();
+        self.timeline_dropped = 0;
         let keys: Vec<u32> = self.irqs.keys().filter_map(Result::ok).collect();
         keys.iter().for_each(|k| drop(self.irqs.remove(k)));
         let cpus = aya::util::nr_cpus().unwrap_or(1);
@@ -137,12 +221,44 @@ impl SessionMaps for Maps {
     }
 
     fn switch(&mut self, session: Option<&SessionInfo>) -> Result<(), String> {
-        let on = u32::from(session.is_some());
-        self.active.set(0, Plain(on), 0).map_err(|e| format!("switching the irq session: {e}"))
+        let f = match session {
+            None => IrqFilter { active: 0, cpu: ANY_CPU, min_ns: 0 },
+            Some(s) => IrqFilter { active: 1, cpu: ANY_CPU, min_ns: s.threshold_ns.unwrap_or(TIMELINE_MIN_NS) },
+        };
+        self.set_filter(f)
     }
 
     fn session(&mut self) -> &mut Option<SessionInfo> {
         &mut self.session
+    }
+
+    fn estimate(&self) -> (u64, f64) {
+        programs::estimate(programs::sums::<RUN_SLOTS>(&self.runs), COST_NS)
+    }
+
+    /// 1: the timeline takes runs of 500 µs or more; 2: only the CPU that spent the
+    /// most time in softirqs (raised and running). Then nothing is left but to stop.
+    fn step_down(&mut self, n: u32) -> Option<String> {
+        let Plain(mut f) = self.filter.get(&0, 0).ok()?;
+        let what = match n {
+            1 => {
+                f.min_ns = f.min_ns.max(STEP_TIMELINE_NS);
+                "timeline from 500 µs runs".to_string()
+            }
+            2 => {
+                let busiest = self
+                    .cpus()
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(_, c)| c.delay_ns.iter().chain(&c.run_ns).sum::<u64>())
+                    .map(|(cpu, _)| cpu as u32)?;
+                f.cpu = busiest;
+                format!("narrowed to CPU {busiest}, the one with the most softirq time")
+            }
+            _ => return None,
+        };
+        self.set_filter(f).ok()?;
+        Some(what)
     }
 }
 
@@ -172,30 +288,101 @@ fn irq_names() -> std::collections::HashMap<u32, String> {
         .collect()
 }
 
+/// The session's files: a track per CPU with its handler and softirq runs, and one per
+/// CPU with the softirqs' raise-to-run delays (they overlap other runs, so apart).
+fn files(
+    session_id: &str,
+    records: &[IrqRecord],
+    dropped: u64,
+    names: &std::collections::HashMap<u32, String>,
+) -> super::timeline::Files {
+    const DELAY_TRACKS: i64 = -2;
+    let mut doc = super::timeline::Doc::default();
+    let offset = super::timeline::realtime_offset_ns();
+    let mut lines = Vec::with_capacity(records.len());
+    for r in records {
+        let (name, kind) = if r.kind == HARD {
+            (format!("irq {} {}", r.num, names.get(&r.num).map_or("", String::as_str)), "hard")
+        } else {
+            (NAMES.get(r.num as usize).copied().unwrap_or("?").to_string(), "soft")
+        };
+        let args = json!({ "cpu": r.cpu, "run_ns": r.run_ns, "delay_ns": r.delay_ns });
+        let cpu = doc.cpu(r.cpu);
+        doc.slice(cpu, name.clone(), kind, r.start_ns, r.run_ns, args);
+        if r.delay_ns > 0 {
+            let track = (DELAY_TRACKS, i64::from(r.cpu));
+            doc.process(DELAY_TRACKS, "softirq raised, waiting");
+            doc.thread(track, format!("CPU {}", r.cpu));
+            doc.slice(
+                track,
+                format!("{name} waiting"),
+                "delay",
+                r.start_ns.saturating_sub(r.delay_ns),
+                r.delay_ns,
+                json!({}),
+            );
+        }
+        lines.push(json!({
+            "start_ns": (i128::from(r.start_ns) + offset) as u64, "run_ns": r.run_ns, "delay_ns": r.delay_ns,
+            "cpu": r.cpu, "kind": kind, "num": r.num, "name": name.trim(),
+        }));
+    }
+    super::timeline::Files {
+        doc: doc.finish(session_id, records.len(), dropped),
+        lines,
+        records: records.len(),
+        dropped,
+    }
+}
+
 pub struct TraceIrqSource {
     shared: Arc<Shared<Maps>>,
     series: programs::SessionSeries,
     names: Option<(String, std::collections::HashMap<u32, String>)>,
-    cost: programs::CostMeter<RUN_SLOTS>,
 }
 
 impl TraceIrqSource {
     fn attach(bpf: &mut Bpf) -> Result<Self, BpfError> {
         let maps = Maps {
-            active: bpf.take_map(ACTIVE_MAP)?,
+            filter: bpf.take_map(FILTER_MAP)?,
             irqs: bpf.take_map(IRQS_MAP)?,
             cpu: bpf.take_map(CPU_MAP)?,
             runs: bpf.take_map(RUNS_MAP)?,
+            ring: bpf.take_map(RING)?,
+            timeline: Vec::new(),
+            timeline_dropped: 0,
             session: None,
         };
         let shared = Shared::new(maps);
         let _ = SHARED.set(shared.clone());
-        Ok(TraceIrqSource {
-            shared,
-            series: programs::SessionSeries::default(),
-            names: None,
-            cost: programs::CostMeter::new(COST_NS),
-        })
+        Ok(TraceIrqSource { shared, series: programs::SessionSeries::default(), names: None })
+    }
+}
+
+/// One IRQ's figures summed over CPUs.
+#[derive(Clone, Copy)]
+struct Irq {
+    time_ns: u64,
+    count: u64,
+    max_ns: u64,
+    hist: [u64; LOG2_BUCKETS],
+}
+
+impl Irq {
+    const ZERO: Irq = Irq { time_ns: 0, count: 0, max_ns: 0, hist: [0; LOG2_BUCKETS] };
+
+    fn add(&mut self, t: &IrqTime) {
+        self.time_ns += t.time_ns;
+        self.count += t.count;
+        self.max_ns = self.max_ns.max(t.max_ns);
+        programs::add_hist(&mut self.hist, &t.hist);
+    }
+
+    fn merge(&mut self, o: &Irq) {
+        self.time_ns += o.time_ns;
+        self.count += o.count;
+        self.max_ns = self.max_ns.max(o.max_ns);
+        self.hist.iter_mut().zip(o.hist).for_each(|(a, b)| *a += b);
     }
 }
 
@@ -211,42 +398,39 @@ impl Source for TraceIrqSource {
             self.series.sweep(out, ts);
             return Ok(());
         };
-        let mut irqs: Vec<(u32, IrqTime)> = maps
+        let mut irqs: Vec<(u32, Irq)> = maps
             .irqs
             .iter()
             .filter_map(Result::ok)
             .map(|(irq, per_cpu)| {
-                let sum = per_cpu.iter().fold(IrqTime::default(), |a, Plain(t)| IrqTime {
-                    time_ns: a.time_ns + t.time_ns,
-                    count: a.count + t.count,
-                    max_ns: a.max_ns.max(t.max_ns),
-                });
+                let mut sum = Irq::ZERO;
+                per_cpu.iter().for_each(|Plain(t)| sum.add(t));
                 (irq, sum)
             })
             .collect();
-        let cpus: Vec<CpuIrq> = maps.cpu.get(&0, 0).map(|v| v.iter().map(|Plain(c)| *c).collect()).unwrap_or_default();
-        let runs: [u64; RUN_SLOTS] = programs::sums(&maps.runs);
-        let ended = session.ended.is_some();
-        if ended {
-            maps.session = None;
-        }
-        drop(maps);
-        if !ended && let Some(sessions) = self.shared.sessions.get() {
-            self.cost.observe(&session, runs, sessions);
-        }
+        let cpus = maps.cpus();
+        maps.drain();
         if self.names.as_ref().is_none_or(|(id, _)| *id != session.id) {
             self.names = Some((session.id.clone(), irq_names()));
         }
         let names = self.names.as_ref().map(|(_, n)| n.clone()).unwrap_or_default();
+        let ended = session.ended.is_some();
+        if ended {
+            maps.session = None;
+            let records = std::mem::take(&mut maps.timeline);
+            let dropped = std::mem::take(&mut maps.timeline_dropped);
+            let (id, names) = (session.id.clone(), names.clone());
+            super::timeline::write_later(self.shared.sessions.get(), &session.id, move || {
+                files(&id, &records, dropped, &names)
+            });
+        }
+        drop(maps);
         let id = session.id.clone();
 
         irqs.sort_by_key(|(_, t)| std::cmp::Reverse(t.time_ns));
-        let rest = irqs.iter().skip(TOP_K).fold(IrqTime::default(), |a, (_, t)| IrqTime {
-            time_ns: a.time_ns + t.time_ns,
-            count: a.count + t.count,
-            max_ns: a.max_ns.max(t.max_ns),
-        });
-        let mut rows: Vec<(String, String, IrqTime)> = irqs
+        let mut rest = Irq::ZERO;
+        irqs.iter().skip(TOP_K).for_each(|(_, t)| rest.merge(t));
+        let mut rows: Vec<(String, String, Irq)> = irqs
             .iter()
             .take(TOP_K)
             .map(|(irq, t)| (irq.to_string(), names.get(irq).cloned().unwrap_or_default(), *t))
@@ -256,17 +440,13 @@ impl Source for TraceIrqSource {
         }
         for (irq, name, t) in rows {
             let values = [t.time_ns as f64 / 1e9, t.count as f64, t.max_ns as f64 / 1e9];
-            let labels = [("session", id.clone()), ("irq", irq.clone()), ("name", name.clone())];
-            self.series.set(
-                out,
-                &format!("i\0{irq}\0{name}"),
-                |out| {
-                    let l: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                    [&HANDLER, &HANDLERS, &HANDLER_MAX].iter().map(|d| out.series(d, &l)).collect()
-                },
-                &values,
-                ts,
-            );
+            let labels = [("session", id.as_str()), ("irq", irq.as_str()), ("name", name.as_str())];
+            let key = format!("i\0{irq}\0{name}");
+            let make = |out: &mut Collector<'_>| {
+                [&HANDLER, &HANDLERS, &HANDLER_MAX].iter().map(|d| out.series(d, &labels)).collect()
+            };
+            self.series.set(out, &key, make, &values, ts);
+            self.series.histogram(out, &key, &HANDLER_DURATION, &labels, &t.hist, t.time_ns, ts);
         }
         for (v, name) in NAMES.iter().enumerate().take(VECTORS) {
             let delay = cpus.iter().map(|c| c.delay_ns[v]).sum::<u64>();
@@ -286,20 +466,24 @@ impl Source for TraceIrqSource {
                 max_delay as f64 / 1e9,
                 max_run as f64 / 1e9,
             ];
-            let sid = id.clone();
-            self.series.set(
-                out,
-                &format!("s\0{name}"),
-                |out| {
-                    let l = [("session", sid.as_str()), ("vector", *name)];
-                    [&DELAY, &DELAYS, &RUN, &RUNS, &MAX_DELAY, &MAX_RUN].iter().map(|d| out.series(d, &l)).collect()
-                },
-                &values,
-                ts,
-            );
+            let labels = [("session", id.as_str()), ("vector", *name)];
+            let key = format!("s\0{name}");
+            let make = |out: &mut Collector<'_>| {
+                [&DELAY, &DELAYS, &RUN, &RUNS, &MAX_DELAY, &MAX_RUN].iter().map(|d| out.series(d, &labels)).collect()
+            };
+            self.series.set(out, &key, make, &values, ts);
+            let (mut delay_hist, mut run_hist) = ([0u64; LOG2_BUCKETS], [0u64; LOG2_BUCKETS]);
+            for c in &cpus {
+                programs::add_hist(&mut delay_hist, &c.delay_hist[v]);
+                programs::add_hist(&mut run_hist, &c.run_hist[v]);
+            }
+            self.series.histogram(out, &key, &DELAY_LATENCY, &labels, &delay_hist, delay, ts);
+            self.series.histogram(out, &key, &RUN_DURATION, &labels, &run_hist, run, ts);
         }
         let dropped: u64 = cpus.iter().map(|c| c.dropped).sum();
         self.series.dropped(out, &id, "irq_map_full", dropped, ts);
+        let ring_full: u64 = cpus.iter().map(|c| c.ring_full).sum();
+        self.series.dropped(out, &id, "ring_full", ring_full, ts);
         self.series.sweep(out, ts);
         Ok(())
     }

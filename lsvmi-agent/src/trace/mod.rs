@@ -9,6 +9,7 @@
 //! detach its programs.
 
 pub mod block;
+pub mod budget;
 pub mod control;
 pub mod irq;
 pub mod net;
@@ -60,6 +61,9 @@ pub struct StartRequest {
     pub cpus: Option<String>,
     /// CPU budget in percent of one CPU (0.5 = 0.5 %).
     pub budget_percent: Option<f64>,
+    /// Events at least this long go on the timeline; None: the profile's default.
+    #[serde(default)]
+    pub threshold_ns: Option<u64>,
 }
 
 /// One request line on the control socket.
@@ -112,6 +116,17 @@ pub struct SessionInfo {
     /// The session's timeline file (Chrome trace-event JSON), once written.
     #[serde(default)]
     pub timeline: Option<String>,
+    /// `--threshold`: events at least this long go on the timeline (None: the profile's
+    /// default).
+    #[serde(default)]
+    pub threshold_ns: Option<u64>,
+    /// What the budget did, in order (raised a threshold, narrowed, stopped).
+    #[serde(default)]
+    pub steps: Vec<String>,
+    /// How the cost is known: `kernel` (the kernel's BPF run-time stats) or `estimate`
+    /// (run counts × the measured ns per run).
+    #[serde(default)]
+    pub cost_from: Option<String>,
 }
 
 /// What a request leaves to do once answered.
@@ -161,6 +176,14 @@ pub trait Tracer: Send + Sync {
     /// index after them. Profiles without per-event records have none.
     fn events(&self, _session: &SessionInfo, since: usize) -> (Vec<serde_json::Value>, usize) {
         (Vec::new(), since)
+    }
+    /// What the session's programs cost so far; None when there is nothing to meter.
+    fn meter(&self, _session: &SessionInfo) -> Option<budget::Meter> {
+        None
+    }
+    /// Take step `n` (1, 2, …) down in cost: what was done, or None when none is left.
+    fn step_down(&self, _session: &SessionInfo, _n: u32) -> Option<String> {
+        None
     }
 }
 
@@ -212,6 +235,14 @@ impl Tracer for Tracers {
 
     fn events(&self, session: &SessionInfo, since: usize) -> (Vec<serde_json::Value>, usize) {
         self.of(session.profile).map_or((Vec::new(), since), |t| t.events(session, since))
+    }
+
+    fn meter(&self, session: &SessionInfo) -> Option<budget::Meter> {
+        self.of(session.profile).ok()?.meter(session)
+    }
+
+    fn step_down(&self, session: &SessionInfo, n: u32) -> Option<String> {
+        self.of(session.profile).ok()?.step_down(session, n)
     }
 }
 
@@ -343,6 +374,9 @@ impl Sessions {
             events_per_s: None,
             cost_percent: None,
             timeline: None,
+            threshold_ns: req.threshold_ns,
+            steps: Vec::new(),
+            cost_from: None,
         };
         tracing::info!(
             session = %session.id,
@@ -375,13 +409,23 @@ impl Sessions {
         if same { self.end(why) } else { None }
     }
 
-    /// What session `id` measured of itself over the last second.
-    pub fn measured(&self, id: &str, events_per_s: f64, cost_percent: f64) {
+    /// What session `id` measured of itself over the last window, and how.
+    pub fn measured(&self, id: &str, events_per_s: f64, cost_percent: f64, kernel: bool) {
         if let Some(s) = self.lock().current.as_mut()
             && s.id == id
         {
             s.events_per_s = Some(events_per_s);
             s.cost_percent = Some(cost_percent);
+            s.cost_from = Some(if kernel { "kernel" } else { "estimate" }.into());
+        }
+    }
+
+    /// The budget stepped session `id` down: `what` goes into its summary.
+    pub fn stepped(&self, id: &str, what: &str) {
+        if let Some(s) = self.lock().current.as_mut()
+            && s.id == id
+        {
+            s.steps.push(what.to_string());
         }
     }
 
@@ -418,6 +462,7 @@ mod tests {
             comm: None,
             cpus: None,
             budget_percent: None,
+            threshold_ns: None,
         })
     }
 

@@ -41,12 +41,21 @@ const MAX_CONNECTIONS: usize = 10_000;
 /// (event, src, dst, detail)
 type Conn = (&'static str, String, String, String);
 
+/// Records kept per session for its timeline; beyond, they are counted.
+const TIMELINE_MAX_RECORDS: usize = 50_000;
+
 #[derive(Default)]
 struct State {
     session: Option<SessionInfo>,
     conns: HashMap<Conn, u64>,
     overflow: u64,
+    /// Every record for the timeline (bounded), and those it had no room for.
+    timeline: Vec<Described>,
+    timeline_dropped: u64,
 }
+
+/// Where the session files go, once a tracer exists.
+static SESSIONS: OnceLock<Sessions> = OnceLock::new();
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static STATE: Mutex<Option<State>> = Mutex::new(None);
@@ -64,13 +73,46 @@ pub fn tracing() -> bool {
 pub fn observe(d: Described) {
     let mut st = state();
     let Some(st) = st.as_mut() else { return };
-    let key = (d.event, d.src, d.dst, d.detail);
+    let key = (d.event, d.src.clone(), d.dst.clone(), d.detail.clone());
     if let Some(n) = st.conns.get_mut(&key) {
         *n += 1;
     } else if st.conns.len() < MAX_CONNECTIONS {
         st.conns.insert(key, 1);
     } else {
         st.overflow += 1;
+    }
+    if st.timeline.len() < TIMELINE_MAX_RECORDS {
+        st.timeline.push(d);
+    } else {
+        st.timeline_dropped += 1;
+    }
+}
+
+/// The session's files: a track per connection with an instant per event (named by
+/// the event, its TCP state or drop reason in the arguments).
+fn files(session_id: &str, records: &[Described], dropped: u64) -> super::timeline::Files {
+    const CONNECTION_TRACKS: i64 = -4;
+    let mut doc = super::timeline::Doc::default();
+    let offset = super::timeline::realtime_offset_ns();
+    doc.process(CONNECTION_TRACKS, "connections");
+    let mut tracks: HashMap<(&str, &str), i64> = HashMap::new();
+    let mut lines = Vec::with_capacity(records.len());
+    for d in records {
+        let next = tracks.len() as i64;
+        let tid = *tracks.entry((d.src.as_str(), d.dst.as_str())).or_insert(next);
+        doc.thread((CONNECTION_TRACKS, tid), format!("{} → {}", d.src, d.dst));
+        let args = serde_json::json!({ "detail": d.detail, "cpu": d.cpu, "comm": d.comm });
+        doc.instant((CONNECTION_TRACKS, tid), d.event.to_string(), d.event, d.ts_ns, args);
+        lines.push(serde_json::json!({
+            "ts_ns": (i128::from(d.ts_ns) + offset) as u64, "event": d.event, "src": d.src, "dst": d.dst,
+            "detail": d.detail, "cpu": d.cpu, "comm": d.comm,
+        }));
+    }
+    super::timeline::Files {
+        doc: doc.finish(session_id, records.len(), dropped),
+        lines,
+        records: records.len(),
+        dropped,
     }
 }
 
@@ -91,7 +133,8 @@ static SOURCE_UP: OnceLock<()> = OnceLock::new();
 /// Starts and ends net sessions (there is nothing to load).
 pub struct NetTracer;
 
-pub fn tracer(_sessions: &Sessions) -> Result<NetTracer, String> {
+pub fn tracer(sessions: &Sessions) -> Result<NetTracer, String> {
+    let _ = SESSIONS.set(sessions.clone());
     SOURCE_UP
         .get()
         .map(|()| NetTracer)
@@ -145,6 +188,10 @@ impl Source for TraceNetSource {
             let overflow = st.overflow;
             if session.ended.is_some() {
                 // Its last values go out now; its series end on the next cycle.
+                let records = std::mem::take(&mut st.timeline);
+                let dropped = st.timeline_dropped;
+                let id = session.id.clone();
+                super::timeline::write_later(SESSIONS.get(), &session.id, move || files(&id, &records, dropped));
                 *guard = None;
             }
             (session, rows, overflow)
@@ -188,7 +235,15 @@ mod tests {
     use super::*;
 
     fn d(event: &'static str, dst: &str) -> Described {
-        Described { event, src: "a".into(), dst: dst.into(), detail: "ESTABLISHED".into(), comm: String::new() }
+        Described {
+            ts_ns: 1,
+            cpu: 0,
+            event,
+            src: "a".into(),
+            dst: dst.into(),
+            detail: "ESTABLISHED".into(),
+            comm: String::new(),
+        }
     }
 
     #[test]
@@ -209,6 +264,9 @@ mod tests {
             events_per_s: None,
             cost_percent: None,
             timeline: None,
+            threshold_ns: None,
+            steps: Vec::new(),
+            cost_from: None,
         };
         NetTracer.start(&s).unwrap();
         assert!(tracing());

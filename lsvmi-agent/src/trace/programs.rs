@@ -3,8 +3,8 @@
 //! counters, and meter the session's cost against its budget.
 
 use std::{
+    os::fd::OwnedFd,
     sync::{Arc, Mutex, MutexGuard, OnceLock},
-    time::Instant,
 };
 
 use aya::{
@@ -13,10 +13,12 @@ use aya::{
     programs::BtfTracePoint,
 };
 
-use super::{SessionInfo, Sessions, Tracer};
+use lsvmi_common::hist::{LOG2_BUCKETS, log2_upper_bound};
+
+use super::{SessionInfo, Sessions, Tracer, budget::Meter};
 use crate::{
     model::SeriesId,
-    sources::{Collector, text::Tracked},
+    sources::{Collector, histogram::HistogramDesc, text::Tracked},
 };
 
 /// A profile's programs: (program name, tp_btf tracepoint).
@@ -81,43 +83,10 @@ pub fn sums<const N: usize>(map: &PerCpuArray<MapData, u64>) -> [u64; N] {
     out
 }
 
-/// A session's cost: program runs counted in the kernel × the ns per run measured for
-/// each program (docs/performance.md), over each interval between two reads.
-pub struct CostMeter<const N: usize> {
-    cost_ns: [f64; N],
-    last: Option<(String, [u64; N], Instant)>,
-}
-
-impl<const N: usize> CostMeter<N> {
-    pub const fn new(cost_ns: [f64; N]) -> Self {
-        CostMeter { cost_ns, last: None }
-    }
-
-    /// Report the cost since the last read to `status`; over budget, end the session
-    /// (its programs unloaded off the tick). The always-on collection is never touched.
-    pub fn observe(&mut self, session: &SessionInfo, runs: [u64; N], sessions: &Sessions) {
-        let now = Instant::now();
-        let last = self.last.replace((session.id.clone(), runs, now));
-        let Some((id, before, at)) = last.filter(|(id, ..)| *id == session.id) else { return };
-        let secs = now.duration_since(at).as_secs_f64();
-        if secs <= 0.0 {
-            return;
-        }
-        let delta: Vec<f64> = runs.iter().zip(before).map(|(n, b)| n.saturating_sub(b) as f64).collect();
-        let events_per_s = delta.iter().sum::<f64>() / secs;
-        let cost = delta.iter().zip(self.cost_ns).map(|(n, ns)| n * ns).sum::<f64>() / secs / 1e9 * 100.0;
-        sessions.measured(&id, events_per_s, cost);
-        if cost > session.budget_percent {
-            let why = format!("budget: {cost:.2}% of a CPU over {}%", session.budget_percent);
-            tracing::warn!(session = %id, "trace session over its budget ({cost:.2}% > {}%): stopping it", session.budget_percent);
-            let sessions = sessions.clone();
-            tokio::spawn(async move {
-                if let Some(ended) = sessions.end_if(&id, &why) {
-                    super::control::stop_programs(&sessions, ended).await;
-                }
-            });
-        }
-    }
+/// Runs counted in the kernel × the ns per run measured for each program
+/// (docs/performance.md): the cost when the kernel's own BPF stats are not available.
+pub fn estimate<const N: usize>(runs: [u64; N], cost_ns: [f64; N]) -> (u64, f64) {
+    (runs.iter().sum(), runs.iter().zip(cost_ns).map(|(n, ns)| *n as f64 * ns).sum())
 }
 
 /// A profile's maps as the session lifecycle sees them.
@@ -129,6 +98,12 @@ pub trait SessionMaps: Send + 'static {
     /// The session the profile's source reports: set at start, kept once ended until
     /// its last values are out.
     fn session(&mut self) -> &mut Option<SessionInfo>;
+    /// The session's cost so far from the programs' run counts: (runs, estimated ns).
+    fn estimate(&self) -> (u64, f64);
+    /// Take step `n` (1, 2, …) down in cost; what was done, or None when no step is left.
+    fn step_down(&mut self, _n: u32) -> Option<String> {
+        None
+    }
     /// Per-event records from index `since` (`--follow`); none by default.
     fn events(&self, _since: usize) -> (Vec<serde_json::Value>, usize) {
         (Vec::new(), _since)
@@ -165,6 +140,8 @@ pub struct ProgramTracer<M: SessionMaps> {
     programs: ProgramSet,
     /// Refuses a session the profile cannot run, before anything is loaded.
     check: fn(&SessionInfo) -> Result<(), String>,
+    /// While a session runs: the kernel's BPF run-time stats, on while this is held.
+    stats: Mutex<Option<OwnedFd>>,
 }
 
 impl<M: SessionMaps> ProgramTracer<M> {
@@ -179,7 +156,7 @@ impl<M: SessionMaps> ProgramTracer<M> {
     ) -> Result<Self, String> {
         let shared = shared.cloned().ok_or_else(|| format!("the {source} source is not running"))?;
         let _ = shared.sessions.set(sessions.clone());
-        Ok(ProgramTracer { ebpf, shared, programs, check })
+        Ok(ProgramTracer { ebpf, shared, programs, check, stats: Mutex::new(None) })
     }
 }
 
@@ -192,6 +169,18 @@ impl<M: SessionMaps> Tracer for ProgramTracer<M> {
             maps.clear();
         }
         load(&self.ebpf, self.programs)?;
+        // The kernel times every BPF program while stats are on (a clock read per run,
+        // other tools' programs included): on for the session only, off when the last
+        // holder closes its fd. Without CAP_SYS_ADMIN it is refused; the run counts then
+        // estimate the cost.
+        let stats = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::info!(session = %session.id, "kernel BPF stats unavailable ({e}): the session's cost is estimated from its program runs");
+                None
+            }
+        };
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
         let mut maps = self.shared.lock();
         *maps.session() = Some(session.clone());
         maps.switch(Some(session))
@@ -208,6 +197,35 @@ impl<M: SessionMaps> Tracer for ProgramTracer<M> {
             }
         }
         unload(&self.ebpf, self.programs);
+        self.stats.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    fn meter(&self, session: &SessionInfo) -> Option<Meter> {
+        let kernel = self.stats.lock().unwrap_or_else(|p| p.into_inner()).is_some();
+        if kernel {
+            let ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+            let (mut runs, mut ns) = (0u64, 0f64);
+            for (prog, _) in self.programs {
+                let info = ebpf.program(prog).and_then(|p| p.info().ok())?;
+                runs += info.run_count();
+                ns += info.run_time().as_nanos() as f64;
+            }
+            return Some(Meter { runs, ns, kernel });
+        }
+        let mut maps = self.shared.lock();
+        if maps.session().as_ref().is_none_or(|s| s.id != session.id) {
+            return None;
+        }
+        let (runs, ns) = maps.estimate();
+        Some(Meter { runs, ns, kernel })
+    }
+
+    fn step_down(&self, session: &SessionInfo, n: u32) -> Option<String> {
+        let mut maps = self.shared.lock();
+        if maps.session().as_ref().is_none_or(|s| s.id != session.id) {
+            return None;
+        }
+        maps.step_down(n)
     }
 
     fn events(&self, session: &SessionInfo, since: usize) -> (Vec<serde_json::Value>, usize) {
@@ -216,6 +234,18 @@ impl<M: SessionMaps> Tracer for ProgramTracer<M> {
             return (Vec::new(), since);
         }
         maps.events(since)
+    }
+}
+
+/// `le` of coarse bucket `i`, in seconds.
+fn log2_le(i: usize) -> String {
+    if i >= LOG2_BUCKETS - 1 { "+Inf".into() } else { format!("{}", log2_upper_bound(i) as f64 / 1e9) }
+}
+
+/// Add a kernel-side coarse histogram into `into`.
+pub fn add_hist(into: &mut [u64; LOG2_BUCKETS], h: &[u32; LOG2_BUCKETS]) {
+    for (a, b) in into.iter_mut().zip(h) {
+        *a += u64::from(*b);
     }
 }
 
@@ -243,6 +273,43 @@ impl SessionSeries {
         for (id, v) in ids.iter().zip(values) {
             out.push(*id, ts, *v);
         }
+    }
+
+    /// A coarse histogram's series (`_bucket{le}` cumulative, `_sum` in seconds,
+    /// `_count`) for the member `key` with `labels`.
+    #[allow(clippy::too_many_arguments, reason = "one call per member; the arguments are its parts")]
+    pub fn histogram(
+        &mut self,
+        out: &mut Collector<'_>,
+        key: &str,
+        desc: &'static HistogramDesc,
+        labels: &[(&'static str, &str)],
+        h: &[u64; LOG2_BUCKETS],
+        sum_ns: u64,
+        ts: i64,
+    ) {
+        let make = |out: &mut Collector<'_>| {
+            let mut ids: Vec<SeriesId> = (0..LOG2_BUCKETS)
+                .map(|i| {
+                    let le = log2_le(i);
+                    let mut l = labels.to_vec();
+                    l.push(("le", le.as_str()));
+                    out.series(&desc.bucket, &l)
+                })
+                .collect();
+            ids.push(out.series(&desc.sum, labels));
+            ids.push(out.series(&desc.count, labels));
+            ids
+        };
+        let mut values = Vec::with_capacity(LOG2_BUCKETS + 2);
+        let mut cumulative = 0u64;
+        for n in h {
+            cumulative += n;
+            values.push(cumulative as f64);
+        }
+        values.push(sum_ns as f64 / 1e9);
+        values.push(cumulative as f64);
+        self.set(out, &format!("{key}\0hist\0{}", desc.bucket.name), make, &values, ts);
     }
 
     /// `trace_dropped_events_total{session,reason}`.

@@ -14,10 +14,13 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
 };
-use lsvmi_common::trace_sched::{
-    CULPRITS_MAP, Culprit, DROP_NAMES, DROP_REASONS, DROPS_MAP, FILTER_MAP, Filter, GLOBAL_OFFSETS, PROG_SWITCH,
-    PROG_WAKEUP_NEW, PROG_WAKING, PROGRAMS as RUN_SLOTS, QUEUED_MAP, Queued, RUN_SWITCH, RUN_WAKING, RUNS_MAP,
-    THREADS_MAP, ThreadWait, TraceOffsets, WAITS_RING, WaitRecord,
+use lsvmi_common::{
+    hist::LOG2_BUCKETS,
+    trace_sched::{
+        CULPRITS_MAP, Culprit, DROP_NAMES, DROP_REASONS, DROPS_MAP, FILTER_MAP, Filter, GLOBAL_OFFSETS, PROG_SWITCH,
+        PROG_WAKEUP_NEW, PROG_WAKING, PROGRAMS as RUN_SLOTS, QUEUED_MAP, Queued, RUN_SWITCH, RUN_WAKING, RUNS_MAP,
+        THREADS_MAP, ThreadWait, TraceOffsets, WAITS_RING, WaitRecord,
+    },
 };
 
 use super::{
@@ -40,6 +43,11 @@ pub const TOP_K: usize = 10;
 
 /// Waits at least this long go on the session's timeline (shorter ones are only summed).
 const TIMELINE_MIN_WAIT_NS: u64 = 100_000;
+
+/// What the budget's first step raises the thresholds to: waits counted, and written
+/// to the timeline.
+const STEP_MIN_COUNT_NS: u64 = 10_000;
+const STEP_MIN_TIMELINE_NS: u64 = 1_000_000;
 
 /// Timeline records kept per session (~5 MB of JSON); beyond, they are counted.
 const TIMELINE_MAX_RECORDS: usize = 50_000;
@@ -95,7 +103,17 @@ metric!(
     "Events a trace session could not record, by reason (a map full)."
 );
 
-pub static METRICS: &[&MetricDesc] = &[&WAIT, &WAITS, &MAX_WAIT, &CULPRIT, &DROPPED];
+histogram!(
+    WAIT_LATENCY,
+    "trace_sched_wait_latency_seconds",
+    ["session", "pid", "tid", "comm"],
+    SOURCE,
+    "Each thread's runqueue waits during a sched trace session (both causes), in buckets of powers of two. \
+     The top threads by total wait; the rest in comm=\"_other\"."
+);
+
+pub static METRICS: &[&MetricDesc] =
+    &[&WAIT, &WAITS, &MAX_WAIT, &WAIT_LATENCY.bucket, &WAIT_LATENCY.sum, &WAIT_LATENCY.count, &CULPRIT, &DROPPED];
 
 /// Where the programs attach: (program, tp_btf tracepoint).
 const PROGRAMS: [(&str, &str); 3] =
@@ -169,15 +187,49 @@ impl SessionMaps for Maps {
 
     fn switch(&mut self, session: Option<&SessionInfo>) -> Result<(), String> {
         let f = match session {
-            None => Filter { active: 0, tgid: 0, min_wait_ns: 0, cpus: 0 },
+            None => Filter::default(),
             Some(s) => Filter {
                 active: 1,
                 tgid: s.pid.unwrap_or(0),
-                min_wait_ns: TIMELINE_MIN_WAIT_NS,
+                min_wait_ns: s.threshold_ns.unwrap_or(TIMELINE_MIN_WAIT_NS),
                 cpus: cpu_mask(s.cpus.as_deref())?,
+                ..Filter::default()
             },
         };
         self.set_filter(f)
+    }
+
+    fn estimate(&self) -> (u64, f64) {
+        programs::estimate(programs::sums::<RUN_SLOTS>(&self.runs), COST_NS)
+    }
+
+    /// 1: count only waits of 10 µs or more (no map update for the rest), timeline
+    /// from 1 ms; 2: only the thread that waited most. Then nothing is left but to stop.
+    fn step_down(&mut self, n: u32) -> Option<String> {
+        let Plain(mut f) = self.filter.get(&0, 0).ok()?;
+        let what = match n {
+            1 => {
+                f.min_count_ns = STEP_MIN_COUNT_NS;
+                f.min_wait_ns = f.min_wait_ns.max(STEP_MIN_TIMELINE_NS);
+                "counting only waits of 10 µs or more, timeline from 1 ms".to_string()
+            }
+            2 => {
+                let (tid, t) = self
+                    .threads
+                    .iter()
+                    .filter_map(Result::ok)
+                    .max_by_key(|(_, Plain(t))| t.woken_ns + t.preempted_ns)?;
+                f.tid = tid;
+                format!(
+                    "narrowed to thread {tid} ({}, pid {}), the one that waited most",
+                    crate::sources::text::comm(&t.0.comm),
+                    t.0.tgid
+                )
+            }
+            _ => return None,
+        };
+        self.set_filter(f).ok()?;
+        Some(what)
     }
 
     fn session(&mut self) -> &mut Option<SessionInfo> {
@@ -250,28 +302,13 @@ struct Row {
     woken: (u64, u64),
     preempted: (u64, u64),
     max_ns: u64,
-}
-
-impl TraceSchedSource {
-    /// Write the ended session's timeline file, off the tick.
-    fn write_timeline(&self, session: &SessionInfo, records: Vec<WaitRecord>, dropped: u64) {
-        let Some(sessions) = self.shared.sessions.get().cloned() else { return };
-        let (dir, id) = (sessions.settings().dir.clone(), session.id.clone());
-        tokio::task::spawn_blocking(move || match super::timeline::write(&dir, &id, &records, dropped) {
-            Ok(path) => {
-                tracing::info!(session = %id, records = records.len(), dropped, "trace timeline written to {}", path.display());
-                sessions.timeline_written(&id, &path);
-            }
-            Err(e) => tracing::warn!(session = %id, "trace timeline not written to {}: {e}", dir.display()),
-        });
-    }
+    hist: [u64; LOG2_BUCKETS],
 }
 
 /// The session's series: waits and culprits of the top threads, drops.
 pub struct TraceSchedSource {
     shared: Arc<Shared<Maps>>,
     series: programs::SessionSeries,
-    cost: programs::CostMeter<RUN_SLOTS>,
 }
 
 impl TraceSchedSource {
@@ -291,11 +328,7 @@ impl TraceSchedSource {
         let shared = Shared::new(maps);
         // One BPF object per agent, so one source: a second set is impossible.
         let _ = SHARED.set(shared.clone());
-        Ok(TraceSchedSource {
-            shared,
-            series: programs::SessionSeries::default(),
-            cost: programs::CostMeter::new(COST_NS),
-        })
+        Ok(TraceSchedSource { shared, series: programs::SessionSeries::default() })
     }
 }
 
@@ -324,6 +357,11 @@ impl Source for TraceSchedSource {
                 woken: (t.woken_ns, t.woken),
                 preempted: (t.preempted_ns, t.preempted),
                 max_ns: t.max_ns,
+                hist: {
+                    let mut h = [0; LOG2_BUCKETS];
+                    programs::add_hist(&mut h, &t.hist);
+                    h
+                },
             })
             .filter(|r| session.comm.as_ref().is_none_or(|c| *c == r.comm))
             .collect();
@@ -338,7 +376,6 @@ impl Source for TraceSchedSource {
             .collect();
         culprits.sort_by_key(|c| std::cmp::Reverse(c.3));
         let drops: [u64; DROP_REASONS] = programs::sums(&maps.drops);
-        let runs: [u64; RUN_SLOTS] = programs::sums(&maps.runs);
         maps.drain();
         let ended = session.ended.is_some();
         if ended {
@@ -346,12 +383,12 @@ impl Source for TraceSchedSource {
             maps.session = None;
             let records = std::mem::take(&mut maps.timeline);
             let dropped = std::mem::take(&mut maps.timeline_dropped);
-            self.write_timeline(&session, records, dropped);
+            let id = session.id.clone();
+            super::timeline::write_later(self.shared.sessions.get(), &session.id, move || {
+                super::timeline::sched_files(&id, &records, dropped)
+            });
         }
         drop(maps);
-        if !ended && let Some(sessions) = self.shared.sessions.get() {
-            self.cost.observe(&session, runs, sessions);
-        }
 
         let id = session.id.as_str();
         let mut other = Row {
@@ -361,11 +398,13 @@ impl Source for TraceSchedSource {
             woken: (0, 0),
             preempted: (0, 0),
             max_ns: 0,
+            hist: [0; LOG2_BUCKETS],
         };
         for r in rows.iter().skip(TOP_K) {
             other.woken = (other.woken.0 + r.woken.0, other.woken.1 + r.woken.1);
             other.preempted = (other.preempted.0 + r.preempted.0, other.preempted.1 + r.preempted.1);
             other.max_ns = other.max_ns.max(r.max_ns);
+            other.hist.iter_mut().zip(r.hist).for_each(|(a, b)| *a += b);
         }
         let fold = rows.len() > TOP_K;
         for r in rows.iter().take(TOP_K).chain(fold.then_some(&other)) {
@@ -397,7 +436,10 @@ impl Source for TraceSchedSource {
                 r.preempted.1 as f64,
                 r.max_ns as f64 / 1e9,
             ];
-            self.series.set(out, &format!("w\0{}\0{}\0{}", r.pid, r.tid, r.comm), make, &values, ts);
+            let key = format!("w\0{}\0{}\0{}", r.pid, r.tid, r.comm);
+            self.series.set(out, &key, make, &values, ts);
+            let labels = [("session", id), ("pid", r.pid.as_str()), ("tid", r.tid.as_str()), ("comm", r.comm.as_str())];
+            self.series.histogram(out, &key, &WAIT_LATENCY, &labels, &r.hist, r.woken.0 + r.preempted.0, ts);
         }
         let rest: u64 = culprits.iter().skip(TOP_K).map(|c| c.3).sum();
         let other_culprit = (String::new(), String::new(), "_other".to_string(), rest);

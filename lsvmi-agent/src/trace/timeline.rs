@@ -7,6 +7,7 @@
 //! side by side.
 
 use std::{
+    collections::BTreeMap,
     io::Write as _,
     path::{Path, PathBuf},
 };
@@ -18,7 +19,7 @@ use serde_json::{Value, json};
 pub const KEEP_SESSIONS: usize = 20;
 
 /// The pid of the CPU tracks (no process has it: pids are positive).
-const CPU_TRACKS: i64 = -1;
+pub const CPU_TRACKS: i64 = -1;
 
 /// CLOCK_REALTIME − CLOCK_MONOTONIC in ns: turns the programs' timestamps into wall time.
 pub fn realtime_offset_ns() -> i128 {
@@ -27,15 +28,105 @@ pub fn realtime_offset_ns() -> i128 {
     real - mono
 }
 
-/// The trace-event document for `records`.
+/// A trace-event document being built: slices and instants on tracks named by
+/// (pid, tid), times given on the programs' clock (`bpf_ktime_get_ns`).
+pub struct Doc {
+    events: Vec<Value>,
+    processes: BTreeMap<i64, String>,
+    threads: BTreeMap<(i64, i64), String>,
+    offset: i128,
+}
+
+impl Default for Doc {
+    fn default() -> Self {
+        Doc { events: Vec::new(), processes: BTreeMap::new(), threads: BTreeMap::new(), offset: realtime_offset_ns() }
+    }
+}
+
+impl Doc {
+    fn us(&self, mono_ns: u64) -> f64 {
+        (i128::from(mono_ns) + self.offset) as f64 / 1e3
+    }
+
+    /// A slice of `dur_ns` from `start_ns` on track (pid, tid).
+    pub fn slice(&mut self, track: (i64, i64), name: String, cat: &str, start_ns: u64, dur_ns: u64, args: Value) {
+        let ts = self.us(start_ns);
+        self.events.push(json!({
+            "ph": "X", "name": name, "cat": cat, "pid": track.0, "tid": track.1,
+            "ts": ts, "dur": dur_ns as f64 / 1e3, "args": args,
+        }));
+    }
+
+    /// A slice that may overlap others of its track (an async event pair): the viewer
+    /// gives overlapping ones rows of their own under `track` of process `pid`.
+    #[allow(clippy::too_many_arguments, reason = "the parts of one trace event")]
+    pub fn async_slice(
+        &mut self,
+        pid: i64,
+        track: &str,
+        name: String,
+        id: usize,
+        start_ns: u64,
+        dur_ns: u64,
+        args: Value,
+    ) {
+        let (begin, end) = (self.us(start_ns), self.us(start_ns + dur_ns));
+        self.events.push(json!({
+            "ph": "b", "cat": track, "name": name, "id": id, "pid": pid, "ts": begin, "args": args,
+        }));
+        self.events.push(json!({ "ph": "e", "cat": track, "name": name, "id": id, "pid": pid, "ts": end }));
+    }
+
+    /// A point in time on track (pid, tid).
+    pub fn instant(&mut self, track: (i64, i64), name: String, cat: &str, at_ns: u64, args: Value) {
+        let ts = self.us(at_ns);
+        self.events.push(json!({
+            "ph": "i", "s": "t", "name": name, "cat": cat, "pid": track.0, "tid": track.1, "ts": ts, "args": args,
+        }));
+    }
+
+    /// Name a process's group of tracks (first name kept).
+    pub fn process(&mut self, pid: i64, name: impl Into<String>) {
+        self.processes.entry(pid).or_insert_with(|| name.into());
+    }
+
+    /// Name a track (first name kept).
+    pub fn thread(&mut self, track: (i64, i64), name: impl Into<String>) {
+        self.threads.entry(track).or_insert_with(|| name.into());
+    }
+
+    /// Name CPU `cpu`'s track under the CPUs process.
+    pub fn cpu(&mut self, cpu: u32) -> (i64, i64) {
+        let track = (CPU_TRACKS, i64::from(cpu));
+        self.process(CPU_TRACKS, "CPUs");
+        self.thread(track, format!("CPU {cpu}"));
+        track
+    }
+
+    /// The document, with the session's id and record counts as metadata.
+    pub fn finish(mut self, session_id: &str, records: usize, dropped: u64) -> Value {
+        for (pid, name) in std::mem::take(&mut self.processes) {
+            self.events.push(json!({ "ph": "M", "name": "process_name", "pid": pid, "args": { "name": name } }));
+        }
+        for ((pid, tid), name) in std::mem::take(&mut self.threads) {
+            self.events
+                .push(json!({ "ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": { "name": name } }));
+        }
+        json!({
+            "displayTimeUnit": "ns",
+            "metadata": { "session": session_id, "records": records, "records_dropped": dropped },
+            "traceEvents": self.events,
+        })
+    }
+}
+
+/// The sched profile's document: a track per thread (its waits, named by cause) and a
+/// track per CPU (the waits that ended there, named by who waited; each slice says which
+/// thread left the CPU to it).
 pub fn chrome_trace(session_id: &str, records: &[WaitRecord], dropped: u64) -> Value {
-    let offset = realtime_offset_ns();
-    let mut events = Vec::with_capacity(records.len() * 2 + 16);
-    let mut named_threads = std::collections::BTreeMap::new();
-    let mut cpus = std::collections::BTreeSet::new();
+    let mut doc = Doc::default();
     for r in records {
-        let start_us = (i128::from(r.end_ns) - i128::from(r.wait_ns) + offset) as f64 / 1e3;
-        let dur_us = r.wait_ns as f64 / 1e3;
+        let start = r.end_ns.saturating_sub(r.wait_ns);
         let cause = if r.how == PREEMPTED { "preempted" } else { "woken" };
         let comm = crate::sources::text::comm(&r.comm);
         let culprit = if r.culprit_tid == 0 {
@@ -43,30 +134,14 @@ pub fn chrome_trace(session_id: &str, records: &[WaitRecord], dropped: u64) -> V
         } else {
             format!("{} ({})", crate::sources::text::comm(&r.culprit_comm), r.culprit_tid)
         };
-        named_threads.insert((r.tgid, r.tid), comm.clone());
-        cpus.insert(r.cpu);
         let args = json!({ "cpu": r.cpu, "cause": cause, "ended_by": culprit });
-        events.push(json!({
-            "ph": "X", "name": format!("runqueue wait ({cause})"), "cat": cause,
-            "pid": r.tgid, "tid": r.tid, "ts": start_us, "dur": dur_us, "args": args,
-        }));
-        events.push(json!({
-            "ph": "X", "name": format!("{comm} waited"), "cat": cause,
-            "pid": CPU_TRACKS, "tid": r.cpu, "ts": start_us, "dur": dur_us, "args": args,
-        }));
+        let thread = (i64::from(r.tgid), i64::from(r.tid));
+        doc.thread(thread, comm.clone());
+        doc.slice(thread, format!("runqueue wait ({cause})"), cause, start, r.wait_ns, args.clone());
+        let cpu = doc.cpu(r.cpu);
+        doc.slice(cpu, format!("{comm} waited"), cause, start, r.wait_ns, args);
     }
-    events.push(json!({ "ph": "M", "name": "process_name", "pid": CPU_TRACKS, "args": { "name": "CPUs" } }));
-    for cpu in cpus {
-        events.push(json!({ "ph": "M", "name": "thread_name", "pid": CPU_TRACKS, "tid": cpu, "args": { "name": format!("CPU {cpu}") } }));
-    }
-    for ((pid, tid), name) in named_threads {
-        events.push(json!({ "ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": { "name": name } }));
-    }
-    json!({
-        "displayTimeUnit": "ns",
-        "metadata": { "session": session_id, "records": records.len(), "records_dropped": dropped },
-        "traceEvents": events,
-    })
+    doc.finish(session_id, records.len(), dropped)
 }
 
 /// One record as a JSON object (the `.events.jsonl` line and `--follow`'s event), its
@@ -80,23 +155,62 @@ pub fn record_json(r: &WaitRecord, offset: i128) -> Value {
     })
 }
 
+/// A session's files to write once it ended: the document and the raw records.
+pub struct Files {
+    pub doc: Value,
+    pub lines: Vec<Value>,
+    pub records: usize,
+    pub dropped: u64,
+}
+
+/// Write the session's files on the blocking pool, then tell `sessions` where they are.
+pub fn write_later(
+    sessions: Option<&super::Sessions>,
+    session_id: &str,
+    make: impl FnOnce() -> Files + Send + 'static,
+) {
+    let Some(sessions) = sessions.cloned() else { return };
+    let (dir, id) = (sessions.settings().dir.clone(), session_id.to_string());
+    tokio::task::spawn_blocking(move || {
+        let files = make();
+        let (records, dropped) = (files.records, files.dropped);
+        match write(&dir, &id, &files) {
+            Ok(path) => {
+                tracing::info!(session = %id, records, dropped, "trace timeline written to {}", path.display());
+                sessions.timeline_written(&id, &path);
+            }
+            Err(e) => tracing::warn!(session = %id, "trace timeline not written to {}: {e}", dir.display()),
+        }
+    });
+}
+
 /// Write `<dir>/<id>.trace.json` and `<dir>/<id>.events.jsonl`, then drop the files of
 /// all but the newest sessions. Returns the trace file's path.
-pub fn write(dir: &Path, session_id: &str, records: &[WaitRecord], dropped: u64) -> std::io::Result<PathBuf> {
+pub fn write(dir: &Path, session_id: &str, files: &Files) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let trace = dir.join(format!("{session_id}.trace.json"));
     let tmp = dir.join(format!("{session_id}.trace.json.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec(&chrome_trace(session_id, records, dropped))?)?;
+    std::fs::write(&tmp, serde_json::to_vec(&files.doc)?)?;
     std::fs::rename(&tmp, &trace)?;
-    let mut lines = std::io::BufWriter::new(std::fs::File::create(dir.join(format!("{session_id}.events.jsonl")))?);
-    let offset = realtime_offset_ns();
-    for r in records {
-        serde_json::to_writer(&mut lines, &record_json(r, offset))?;
-        lines.write_all(b"\n")?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join(format!("{session_id}.events.jsonl")))?);
+    for line in &files.lines {
+        serde_json::to_writer(&mut out, line)?;
+        out.write_all(b"\n")?;
     }
-    lines.flush()?;
+    out.flush()?;
     rotate(dir);
     Ok(trace)
+}
+
+/// The sched profile's files.
+pub fn sched_files(session_id: &str, records: &[WaitRecord], dropped: u64) -> Files {
+    let offset = realtime_offset_ns();
+    Files {
+        doc: chrome_trace(session_id, records, dropped),
+        lines: records.iter().map(|r| record_json(r, offset)).collect(),
+        records: records.len(),
+        dropped,
+    }
 }
 
 /// Keep the files of the newest KEEP_SESSIONS sessions (ids end in their start ms).
@@ -154,7 +268,8 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         for ms in 0..(KEEP_SESSIONS as u64 + 3) {
-            write(dir.path(), &format!("sched-{ms}"), &[rec(8, 0, 0)], 0).unwrap();
+            let id = format!("sched-{ms}");
+            write(dir.path(), &id, &sched_files(&id, &[rec(8, 0, 0)], 0)).unwrap();
         }
         let left = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(left, KEEP_SESSIONS * 2);
