@@ -3,7 +3,8 @@
 //! With `kernel.bpf_stats_enabled=1` the kernel times every program run (`run_time_ns`,
 //! `run_cnt`, shown by `bpftool prog show`). This starts the release agent (`--dry-run`:
 //! no sink needed), drives scheduler load (`perf bench sched pipe`, or a socket
-//! ping-pong when perf is missing, plus a loopback TCP stream), and prints ns per event
+//! ping-pong when perf is missing, plus a loopback TCP stream and direct 4 KiB writes to a
+//! loop device), and prints ns per event
 //! for each lsvmi program from the difference of two snapshots. The sysctl is restored
 //! afterwards. Timing adds a little to each run itself, so these are upper bounds.
 
@@ -42,6 +43,9 @@ const PROGRAMS: &[&str] = &[
     "trace_softirq_raise",
     "trace_softirq_entry",
     "trace_softirq_exit",
+    "trace_block_rq_insert",
+    "trace_block_rq_issue",
+    "trace_block_rq_complete",
 ];
 /// Programs that run because tasks switch or move: their sum per switch is the cost of
 /// the scheduler path.
@@ -64,7 +68,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     let result = measure(seconds, None, None).and_then(|()| {
         println!("\n### With per-task times on (`sources: {{sched_tasks: {{enabled: true}}}}`)");
         measure(seconds, Some(tasks_config.to_str().unwrap_or_default()), None)?;
-        for profile in ["sched", "irq"] {
+        for profile in ["sched", "irq", "block"] {
             println!("\n### During a `{profile}` trace session (`lsvmi trace start --profile {profile}`)");
             measure(seconds, None, Some(profile))?;
         }
@@ -164,9 +168,11 @@ fn snapshot() -> anyhow::Result<Snapshot> {
     Ok(snap)
 }
 
-/// Scheduler load (perf's pipe benchmark, or a socket ping-pong) and a loopback TCP stream.
+/// Scheduler load (perf's pipe benchmark, or a socket ping-pong), a loopback TCP stream,
+/// and block requests.
 fn drive_load(dur: Duration) {
     let tcp = std::thread::spawn(move || tcp_stream(dur));
+    let io = std::thread::spawn(move || direct_writes(dur));
     let refused = std::thread::spawn(move || refused_connects(dur));
     let perf = Command::new("perf")
         .args(["bench", "sched", "pipe", "-l", "100000000"])
@@ -183,6 +189,30 @@ fn drive_load(dur: Duration) {
     }
     let _ = tcp.join();
     let _ = refused.join();
+    let _ = io.join();
+}
+
+/// Direct 4 KiB writes to a loop device over a file under target/ (each one a block
+/// request, whatever the file system below), for `dur`. Without losetup, none.
+fn direct_writes(dur: Duration) {
+    let img = workspace_root().join("target/bench-bpf-disk.img");
+    if File::create(&img).and_then(|f| f.set_len(64 << 20)).is_err() {
+        return;
+    }
+    let Ok(out) = Command::new("losetup").args(["-f", "--show"]).arg(&img).output() else { return };
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || dev.is_empty() {
+        return;
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < dur {
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", &format!("of={dev}"), "bs=4k", "count=2000", "oflag=direct"])
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    let _ = std::fs::remove_file(&img);
 }
 
 /// About 1000 refused connections a second: resets sent and received, and a NO_SOCKET

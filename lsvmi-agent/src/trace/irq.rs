@@ -145,9 +145,10 @@ const PROGRAMS: [(&str, &str); 5] = [
     (PROG_SOFTIRQ_EXIT, "softirq_exit"),
 ];
 
-/// ns per run of each program (slots of `TRACE_IRQ_RUNS`), measured with the kernel's
-/// BPF stats (docs/performance.md, "Deep tracing").
-const COST_NS: [f64; RUN_SLOTS] = [295.0, 1000.0, 104.0, 92.0, 103.0];
+/// ns per run of each program (slots of `TRACE_IRQ_RUNS`), measured by `cargo xtask
+/// bench-bpf` (docs/performance.md, "Deep tracing"): the cost estimate where the
+/// kernel's own timing is refused.
+const COST_NS: [f64; RUN_SLOTS] = [211.0, 637.0, 97.0, 100.0, 105.0];
 
 /// Handler and softirq runs at least this long go on the timeline; the budget's first
 /// step raises it to [`STEP_TIMELINE_NS`].

@@ -28,10 +28,11 @@ use super::{
     programs::{self, ProgramTracer, SessionMaps, Shared},
 };
 
-/// ns per run of each program (slots of `TRACE_RUNS`), measured with the kernel's BPF
-/// stats under `perf bench sched pipe` (docs/performance.md, "Deep tracing"). Runs ×
-/// these is the session's cost: no clock is read in the programs to know it.
-const COST_NS: [f64; RUN_SLOTS] = [155.0, 550.0, 222.0];
+/// ns per run of each program (slots of `TRACE_RUNS`), measured by `cargo xtask
+/// bench-bpf` under `perf bench sched pipe` (docs/performance.md, "Deep tracing"). Runs ×
+/// these project a session's cost before it starts, and estimate it where the kernel's
+/// own timing is refused.
+const COST_NS: [f64; RUN_SLOTS] = [152.0, 660.0, 232.0];
 use crate::{
     bpf::{Bpf, BpfError, BpfSource, Global, Kernel, Plain},
     model::{MetricDesc, now_ms},
