@@ -56,6 +56,12 @@ unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::IrqTime> {}
 unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::CpuIrq> {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::IrqFilter> {}
+// SAFETY: as above (the explicit `_pad` fields fill the gaps).
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::WaitRecord> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::IrqRecord> {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::BlockRecord> {}
 // SAFETY: as above (the explicit `_pad` field fills the gap).
 unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::BlockFilter> {}
 // SAFETY: as above.

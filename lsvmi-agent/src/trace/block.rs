@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
 };
 use lsvmi_common::{
     hist::LOG2_BUCKETS,
@@ -114,9 +114,6 @@ pub static METRICS: &[&MetricDesc] = &[
 const TIMELINE_MIN_NS: u64 = 0;
 const STEP_TIMELINE_NS: u64 = 1_000_000;
 
-/// Timeline records kept per session; beyond, they are counted.
-const TIMELINE_MAX_RECORDS: usize = 50_000;
-
 const PROGRAMS: [(&str, &str); 3] =
     [(PROG_INSERT, "block_rq_insert"), (PROG_ISSUE, "block_rq_issue"), (PROG_COMPLETE, "block_rq_complete")];
 
@@ -144,30 +141,13 @@ struct Maps {
     requests: BpfHashMap<MapData, u64, Plain<Request>>,
     stats: BpfHashMap<MapData, Plain<Key>, Plain<Stat>>,
     counters: PerCpuArray<MapData, u64>,
-    ring: RingBuf<MapData>,
-    timeline: Vec<BlockRecord>,
-    timeline_dropped: u64,
+    timeline: super::timeline::Records<BlockRecord>,
     session: Option<SessionInfo>,
 }
 
 static SHARED: OnceLock<Arc<Shared<Maps>>> = OnceLock::new();
 
 impl Maps {
-    fn drain(&mut self) {
-        while let Some(item) = self.ring.next() {
-            if item.len() < size_of::<BlockRecord>() {
-                continue;
-            }
-            if self.timeline.len() >= TIMELINE_MAX_RECORDS {
-                self.timeline_dropped += 1;
-                continue;
-            }
-            // SAFETY: a BlockRecord written by the program (length checked);
-            // read_unaligned copes with the ring's 8-byte alignment.
-            self.timeline.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-        }
-    }
-
     fn set_filter(&mut self, f: BlockFilter) -> Result<(), String> {
         self.filter.set(0, Plain(f), 0).map_err(|e| format!("setting the block session's filter: {e}"))
     }
@@ -175,9 +155,7 @@ impl Maps {
 
 impl SessionMaps for Maps {
     fn clear(&mut self) {
-        self.drain();
         self.timeline.clear();
-        self.timeline_dropped = 0;
         programs::clear_hash(&mut self.requests);
         programs::clear_hash(&mut self.stats);
         programs::zero(&mut self.counters, COUNTERS);
@@ -298,9 +276,7 @@ impl TraceBlockSource {
             requests: bpf.take_map(REQUESTS_MAP)?,
             stats: bpf.take_map(STATS_MAP)?,
             counters: bpf.take_map(COUNTERS_MAP)?,
-            ring: bpf.take_map(RING)?,
-            timeline: Vec::new(),
-            timeline_dropped: 0,
+            timeline: super::timeline::Records::new(bpf.take_map(RING)?),
             session: None,
         };
         let shared = Shared::new(maps);
@@ -328,12 +304,11 @@ impl Source for TraceBlockSource {
         let mut rows: Vec<(Key, Stat)> =
             maps.stats.iter().filter_map(Result::ok).map(|(Plain(k), Plain(s))| (k, s)).collect();
         let counters: [u64; COUNTERS] = programs::sums(&maps.counters);
-        maps.drain();
+        maps.timeline.drain();
         let ended = session.ended.is_some();
         if ended {
             maps.session = None;
-            let records = std::mem::take(&mut maps.timeline);
-            let dropped = std::mem::take(&mut maps.timeline_dropped);
+            let (records, dropped) = maps.timeline.take();
             for r in &records {
                 self.names.entry(r.dev).or_insert_with(|| device_name(r.dev));
             }

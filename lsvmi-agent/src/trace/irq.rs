@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{Array, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
 use lsvmi_common::{
     hist::LOG2_BUCKETS,
@@ -155,9 +155,6 @@ const COST_NS: [f64; RUN_SLOTS] = [211.0, 637.0, 97.0, 100.0, 105.0];
 const TIMELINE_MIN_NS: u64 = 50_000;
 const STEP_TIMELINE_NS: u64 = 500_000;
 
-/// Timeline records kept per session; beyond, they are counted.
-const TIMELINE_MAX_RECORDS: usize = 50_000;
-
 /// No program at start-up: sessions load them.
 pub static BPF: BpfSource = BpfSource {
     programs: &[],
@@ -171,30 +168,13 @@ struct Maps {
     irqs: PerCpuHashMap<MapData, u32, Plain<IrqTime>>,
     cpu: PerCpuArray<MapData, Plain<CpuIrq>>,
     runs: PerCpuArray<MapData, u64>,
-    ring: RingBuf<MapData>,
-    timeline: Vec<IrqRecord>,
-    timeline_dropped: u64,
+    timeline: super::timeline::Records<IrqRecord>,
     session: Option<SessionInfo>,
 }
 
 static SHARED: OnceLock<Arc<Shared<Maps>>> = OnceLock::new();
 
 impl Maps {
-    fn drain(&mut self) {
-        while let Some(item) = self.ring.next() {
-            if item.len() < size_of::<IrqRecord>() {
-                continue;
-            }
-            if self.timeline.len() >= TIMELINE_MAX_RECORDS {
-                self.timeline_dropped += 1;
-                continue;
-            }
-            // SAFETY: an IrqRecord written by the program (length checked);
-            // read_unaligned copes with the ring's 8-byte alignment.
-            self.timeline.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-        }
-    }
-
     fn set_filter(&mut self, f: IrqFilter) -> Result<(), String> {
         self.filter.set(0, Plain(f), 0).map_err(|e| format!("setting the irq session's filter: {e}"))
     }
@@ -207,9 +187,7 @@ impl Maps {
 
 impl SessionMaps for Maps {
     fn clear(&mut self) {
-        self.drain();
         self.timeline.clear();
-        self.timeline_dropped = 0;
         let keys: Vec<u32> = self.irqs.keys().filter_map(Result::ok).collect();
         keys.iter().for_each(|k| drop(self.irqs.remove(k)));
         let cpus = aya::util::nr_cpus().unwrap_or(1);
@@ -349,9 +327,7 @@ impl TraceIrqSource {
             irqs: bpf.take_map(IRQS_MAP)?,
             cpu: bpf.take_map(CPU_MAP)?,
             runs: bpf.take_map(RUNS_MAP)?,
-            ring: bpf.take_map(RING)?,
-            timeline: Vec::new(),
-            timeline_dropped: 0,
+            timeline: super::timeline::Records::new(bpf.take_map(RING)?),
             session: None,
         };
         let shared = Shared::new(maps);
@@ -410,7 +386,7 @@ impl Source for TraceIrqSource {
             })
             .collect();
         let cpus = maps.cpus();
-        maps.drain();
+        maps.timeline.drain();
         if self.names.as_ref().is_none_or(|(id, _)| *id != session.id) {
             self.names = Some((session.id.clone(), irq_names()));
         }
@@ -418,8 +394,7 @@ impl Source for TraceIrqSource {
         let ended = session.ended.is_some();
         if ended {
             maps.session = None;
-            let records = std::mem::take(&mut maps.timeline);
-            let dropped = std::mem::take(&mut maps.timeline_dropped);
+            let (records, dropped) = maps.timeline.take();
             let (id, names) = (session.id.clone(), names.clone());
             super::timeline::write_later(self.shared.sessions.get(), &session.id, move || {
                 files(&id, &records, dropped, &names)

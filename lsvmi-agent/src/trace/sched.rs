@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
 };
 use lsvmi_common::{
     hist::LOG2_BUCKETS,
@@ -49,9 +49,6 @@ const TIMELINE_MIN_WAIT_NS: u64 = 100_000;
 /// to the timeline.
 const STEP_MIN_COUNT_NS: u64 = 10_000;
 const STEP_MIN_TIMELINE_NS: u64 = 1_000_000;
-
-/// Timeline records kept per session (~5 MB of JSON); beyond, they are counted.
-const TIMELINE_MAX_RECORDS: usize = 50_000;
 
 const SOURCE: &str = "BPF tp_btf sched_waking, sched_wakeup_new, sched_switch (trace sessions)";
 
@@ -141,10 +138,8 @@ struct Maps {
     filter: Array<MapData, Plain<Filter>>,
     drops: PerCpuArray<MapData, u64>,
     runs: PerCpuArray<MapData, u64>,
-    waits: RingBuf<MapData>,
-    /// The session's timeline so far, and the records it had no room for.
-    timeline: Vec<WaitRecord>,
-    timeline_dropped: u64,
+    /// The session's timeline so far.
+    timeline: super::timeline::Records<WaitRecord>,
     /// The session being traced, or the one that just ended (for its last values).
     session: Option<SessionInfo>,
 }
@@ -153,22 +148,6 @@ struct Maps {
 static SHARED: OnceLock<Arc<Shared<Maps>>> = OnceLock::new();
 
 impl Maps {
-    /// Move what the ring holds to the timeline (bounded; the rest is counted).
-    fn drain(&mut self) {
-        while let Some(item) = self.waits.next() {
-            if item.len() < size_of::<WaitRecord>() {
-                continue;
-            }
-            if self.timeline.len() >= TIMELINE_MAX_RECORDS {
-                self.timeline_dropped += 1;
-                continue;
-            }
-            // SAFETY: a WaitRecord written by the program (length checked);
-            // read_unaligned copes with the ring's 8-byte alignment.
-            self.timeline.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
-        }
-    }
-
     fn set_filter(&mut self, f: Filter) -> Result<(), String> {
         self.filter.set(0, Plain(f), 0).map_err(|e| format!("setting the session filter: {e}"))
     }
@@ -176,9 +155,7 @@ impl Maps {
 
 impl SessionMaps for Maps {
     fn clear(&mut self) {
-        self.drain();
         self.timeline.clear();
-        self.timeline_dropped = 0;
         programs::clear_hash(&mut self.queued);
         programs::clear_hash(&mut self.threads);
         programs::clear_hash(&mut self.culprits);
@@ -238,10 +215,11 @@ impl SessionMaps for Maps {
     }
 
     fn events(&self, since: usize) -> (Vec<serde_json::Value>, usize) {
-        let start = since.min(self.timeline.len());
+        let records = &self.timeline.records;
+        let start = since.min(records.len());
         let offset = super::timeline::realtime_offset_ns();
         let events: Vec<serde_json::Value> =
-            self.timeline[start..].iter().take(500).map(|r| super::timeline::record_json(r, offset)).collect();
+            records[start..].iter().take(500).map(|r| super::timeline::record_json(r, offset)).collect();
         let next = start + events.len();
         (events, next)
     }
@@ -321,9 +299,7 @@ impl TraceSchedSource {
             filter: bpf.take_map(FILTER_MAP)?,
             drops: bpf.take_map(DROPS_MAP)?,
             runs: bpf.take_map(RUNS_MAP)?,
-            waits: bpf.take_map(WAITS_RING)?,
-            timeline: Vec::new(),
-            timeline_dropped: 0,
+            timeline: super::timeline::Records::new(bpf.take_map(WAITS_RING)?),
             session: None,
         };
         let shared = Shared::new(maps);
@@ -377,13 +353,12 @@ impl Source for TraceSchedSource {
             .collect();
         culprits.sort_by_key(|c| std::cmp::Reverse(c.3));
         let drops: [u64; DROP_REASONS] = programs::sums(&maps.drops);
-        maps.drain();
+        maps.timeline.drain();
         let ended = session.ended.is_some();
         if ended {
             // The last values of a session that ended are sent once; then its series end.
             maps.session = None;
-            let records = std::mem::take(&mut maps.timeline);
-            let dropped = std::mem::take(&mut maps.timeline_dropped);
+            let (records, dropped) = maps.timeline.take();
             let id = session.id.clone();
             super::timeline::write_later(self.shared.sessions.get(), &session.id, move || {
                 super::timeline::sched_files(&id, &records, dropped)

@@ -12,11 +12,64 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use aya::maps::{MapData, RingBuf};
 use lsvmi_common::trace_sched::{PREEMPTED, WaitRecord};
 use serde_json::{Value, json};
 
+use crate::bpf::Plain;
+
 /// Sessions whose files are kept; older ones are deleted when a new one is written.
 pub const KEEP_SESSIONS: usize = 20;
+
+/// Timeline records kept per session (~5 MB of JSON); beyond, they are counted.
+pub const MAX_RECORDS: usize = 50_000;
+
+/// A session's timeline records as drained from its program's ring buffer (on the
+/// source's tick: the programs never wake the agent), bounded by [`MAX_RECORDS`].
+pub struct Records<R> {
+    ring: RingBuf<MapData>,
+    pub records: Vec<R>,
+    /// Records there was no room for.
+    pub dropped: u64,
+}
+
+impl<R: Copy> Records<R>
+where
+    Plain<R>: aya::Pod,
+{
+    pub fn new(ring: RingBuf<MapData>) -> Self {
+        Records { ring, records: Vec::new(), dropped: 0 }
+    }
+
+    /// Move what the ring holds to the records.
+    pub fn drain(&mut self) {
+        while let Some(item) = self.ring.next() {
+            if item.len() < size_of::<R>() {
+                continue;
+            }
+            if self.records.len() >= MAX_RECORDS {
+                self.dropped += 1;
+                continue;
+            }
+            // SAFETY: Plain<R> is Pod (any bytes are a valid R) and the length is
+            // checked; read_unaligned copes with the ring's 8-byte alignment.
+            let Plain(r) = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Plain<R>>()) };
+            self.records.push(r);
+        }
+    }
+
+    /// Empty the ring and the records (before a session).
+    pub fn clear(&mut self) {
+        self.drain();
+        self.records.clear();
+        self.dropped = 0;
+    }
+
+    /// The session's records and the count of those dropped, leaving none.
+    pub fn take(&mut self) -> (Vec<R>, u64) {
+        (std::mem::take(&mut self.records), std::mem::take(&mut self.dropped))
+    }
+}
 
 /// The pid of the CPU tracks (no process has it: pids are positive).
 pub const CPU_TRACKS: i64 = -1;
