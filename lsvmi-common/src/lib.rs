@@ -738,6 +738,59 @@ pub mod trace_block {
     pub const PROG_COMPLETE: &str = "trace_block_rq_complete";
 }
 
+/// The agent's side (feature `user`): these types are read from maps and written as
+/// globals through aya, which needs them to be `Pod`.
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+
+    // SAFETY: #[repr(C)], Copy, integers and arrays of integers only, laid out without
+    // implicit padding (explicit `_pad` fields fill the gaps): any bit pattern is valid.
+    unsafe impl aya::Pod for sched::CpuSched {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for sched::TaskTimes {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for net::NetOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for sched::SchedOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for net::CpuNet {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for softirq::CpuSoftirq {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_sched::TraceOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_sched::Filter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_sched::Queued {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_sched::ThreadWait {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_sched::Culprit {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_sched::WaitRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_irq::IrqTime {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_irq::CpuIrq {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_irq::IrqFilter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_irq::IrqRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_block::BlockRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_block::BlockFilter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_block::BlockOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_block::Request {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_block::Key {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for trace_block::Stat {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::hist::*;

@@ -15,63 +15,8 @@ pub mod tracefs;
 use std::path::PathBuf;
 
 use aya::{Btf, Ebpf, EbpfLoader};
-use lsvmi_common::{net::NetOffsets, sched, softirq};
 
 use crate::sources::Source;
-
-/// A map value or global as plain bytes for aya. `T` is a `#[repr(C)]` type of
-/// `lsvmi-common` made of integers only, so any bit pattern is valid.
-#[derive(Clone, Copy)]
-#[repr(transparent)]
-pub struct Plain<T>(pub T);
-
-// SAFETY: each type below is #[repr(C)], Copy, and holds only integers and arrays of
-// integers, laid out without padding.
-unsafe impl aya::Pod for Plain<sched::CpuSched> {}
-// SAFETY: as above (the explicit `_pad` field fills the gap).
-unsafe impl aya::Pod for Plain<sched::TaskTimes> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<NetOffsets> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<sched::SchedOffsets> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<lsvmi_common::net::CpuNet> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<softirq::CpuSoftirq> {}
-// SAFETY: a plain integer.
-unsafe impl aya::Pod for Plain<u32> {}
-// SAFETY: #[repr(C)] integers without padding, as above.
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::TraceOffsets> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::Filter> {}
-// SAFETY: as above (the explicit `_pad` field fills the gap).
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::Queued> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::ThreadWait> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::Culprit> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::IrqTime> {}
-// SAFETY: as above (the explicit `_pad` field fills the gap).
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::CpuIrq> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::IrqFilter> {}
-// SAFETY: as above (the explicit `_pad` fields fill the gaps).
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_sched::WaitRecord> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_irq::IrqRecord> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::BlockRecord> {}
-// SAFETY: as above (the explicit `_pad` field fills the gap).
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::BlockFilter> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::BlockOffsets> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::Request> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::Key> {}
-// SAFETY: as above.
-unsafe impl aya::Pod for Plain<lsvmi_common::trace_block::Stat> {}
 
 /// A BPF source as the loader sees it.
 pub struct BpfSource {
@@ -112,11 +57,8 @@ pub struct Global {
 }
 
 impl Global {
-    pub fn new<T: Copy>(name: &'static str, value: T) -> Global
-    where
-        Plain<T>: aya::Pod,
-    {
-        // SAFETY: `Plain<T>: Pod` says T is #[repr(C)] plain integers without padding, so
+    pub fn new<T: aya::Pod>(name: &'static str, value: T) -> Global {
+        // SAFETY: `T: Pod` says T is #[repr(C)] plain integers without padding, so
         // its bytes are all initialised and may be read as u8.
         let bytes = unsafe { std::slice::from_raw_parts((&raw const value).cast::<u8>(), size_of::<T>()) }.to_vec();
         Global { name, bytes }
@@ -159,10 +101,7 @@ pub struct Bpf {
 
 impl Bpf {
     /// The value global `name` was loaded with, if a source set it.
-    pub fn global<T: Copy>(&self, name: &str) -> Option<T>
-    where
-        Plain<T>: aya::Pod,
-    {
+    pub fn global<T: aya::Pod>(&self, name: &str) -> Option<T> {
         let g = self.globals.iter().find(|g| g.name == name && g.bytes.len() == size_of::<T>())?;
         // SAFETY: the bytes were made from a T by `Global::new` (length checked); any bit
         // pattern is a valid plain-integer T, and read_unaligned needs no alignment.

@@ -21,7 +21,7 @@ use tracing::debug;
 
 use super::{Collector, Source, SourceError, histogram::HistogramFamily};
 use crate::{
-    bpf::{Bpf, BpfError, BpfSource, Global, Hook, Plain, tracefs::Format},
+    bpf::{Bpf, BpfError, BpfSource, Global, Hook, tracefs::Format},
     model::{MetricDesc, SeriesId, now_ms},
 };
 
@@ -242,7 +242,7 @@ impl Slots {
 }
 
 pub struct NetEventsSource {
-    map: PerCpuArray<MapData, Plain<CpuNet>>,
+    map: PerCpuArray<MapData, CpuNet>,
     ring: Option<RingBuf<MapData>>,
     layout: Layout,
     on: Vec<bool>,
@@ -395,7 +395,7 @@ impl Source for NetEventsSource {
         // Host-wide sums: per-CPU attribution of network events says little (softirq
         // runs them on whichever CPU the packet landed on).
         let mut sum = zeroed();
-        for Plain(v) in values.iter() {
+        for v in values.iter() {
             add(&mut sum, v);
         }
         let l = &self.layout;

@@ -8,7 +8,7 @@ use lsvmi_common::softirq::{CPU_MAP, CpuSoftirq, NAMES, PROG_ENTRY, PROG_EXIT};
 
 use super::{Collector, Source, SourceError};
 use crate::{
-    bpf::{Bpf, BpfError, BpfSource, Hook, Plain},
+    bpf::{Bpf, BpfError, BpfSource, Hook},
     model::{MetricDesc, SeriesId, now_ms},
 };
 
@@ -42,7 +42,7 @@ pub static BPF: BpfSource = BpfSource {
 };
 
 pub struct SoftirqTimeSource {
-    map: PerCpuArray<MapData, Plain<CpuSoftirq>>,
+    map: PerCpuArray<MapData, CpuSoftirq>,
     /// Per CPU, per vector: (time, runs).
     series: Vec<Vec<(SeriesId, SeriesId)>>,
 }
@@ -77,7 +77,7 @@ impl Source for SoftirqTimeSource {
                 .collect();
             self.series.push(per);
         }
-        for (Plain(v), series) in values.iter().zip(&self.series) {
+        for (v, series) in values.iter().zip(&self.series) {
             for (vec, (time, runs)) in series.iter().enumerate() {
                 out.push(*time, ts, v.time_ns[vec] as f64 / 1e9);
                 out.push(*runs, ts, v.count[vec] as f64);

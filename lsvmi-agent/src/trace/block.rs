@@ -26,7 +26,7 @@ use super::{
     sched::TOP_K,
 };
 use crate::{
-    bpf::{Bpf, BpfError, BpfSource, Global, Kernel, Plain},
+    bpf::{Bpf, BpfError, BpfSource, Global, Kernel},
     model::{MetricDesc, now_ms},
     sources::{Collector, Source, SourceError},
 };
@@ -137,9 +137,9 @@ fn offsets(kernel: &Kernel) -> Result<BlockOffsets, String> {
 }
 
 struct Maps {
-    filter: Array<MapData, Plain<BlockFilter>>,
-    requests: BpfHashMap<MapData, u64, Plain<Request>>,
-    stats: BpfHashMap<MapData, Plain<Key>, Plain<Stat>>,
+    filter: Array<MapData, BlockFilter>,
+    requests: BpfHashMap<MapData, u64, Request>,
+    stats: BpfHashMap<MapData, Key, Stat>,
     counters: PerCpuArray<MapData, u64>,
     timeline: super::timeline::Records<BlockRecord>,
     session: Option<SessionInfo>,
@@ -149,7 +149,7 @@ static SHARED: OnceLock<Arc<Shared<Maps>>> = OnceLock::new();
 
 impl Maps {
     fn set_filter(&mut self, f: BlockFilter) -> Result<(), String> {
-        self.filter.set(0, Plain(f), 0).map_err(|e| format!("setting the block session's filter: {e}"))
+        self.filter.set(0, f, 0).map_err(|e| format!("setting the block session's filter: {e}"))
     }
 }
 
@@ -180,7 +180,7 @@ impl SessionMaps for Maps {
     /// 1: the timeline takes requests of 1 ms or more. Every request still runs the
     /// three programs, so nothing narrows further: then the session stops.
     fn step_down(&mut self, n: u32) -> Option<String> {
-        let Plain(mut f) = self.filter.get(&0, 0).ok()?;
+        let mut f = self.filter.get(&0, 0).ok()?;
         if n != 1 {
             return None;
         }
@@ -301,8 +301,7 @@ impl Source for TraceBlockSource {
             self.series.sweep(out, ts);
             return Ok(());
         };
-        let mut rows: Vec<(Key, Stat)> =
-            maps.stats.iter().filter_map(Result::ok).map(|(Plain(k), Plain(s))| (k, s)).collect();
+        let mut rows: Vec<(Key, Stat)> = maps.stats.iter().filter_map(Result::ok).collect();
         let counters: [u64; COUNTERS] = programs::sums(&maps.counters);
         maps.timeline.drain();
         let ended = session.ended.is_some();

@@ -28,7 +28,7 @@ use super::{
     sched::TOP_K,
 };
 use crate::{
-    bpf::{Bpf, BpfError, BpfSource, Plain},
+    bpf::{Bpf, BpfError, BpfSource},
     model::{MetricDesc, now_ms},
     sources::{Collector, Source, SourceError},
 };
@@ -164,9 +164,9 @@ pub static BPF: BpfSource = BpfSource {
 };
 
 struct Maps {
-    filter: Array<MapData, Plain<IrqFilter>>,
-    irqs: PerCpuHashMap<MapData, u32, Plain<IrqTime>>,
-    cpu: PerCpuArray<MapData, Plain<CpuIrq>>,
+    filter: Array<MapData, IrqFilter>,
+    irqs: PerCpuHashMap<MapData, u32, IrqTime>,
+    cpu: PerCpuArray<MapData, CpuIrq>,
     runs: PerCpuArray<MapData, u64>,
     timeline: super::timeline::Records<IrqRecord>,
     session: Option<SessionInfo>,
@@ -176,12 +176,12 @@ static SHARED: OnceLock<Arc<Shared<Maps>>> = OnceLock::new();
 
 impl Maps {
     fn set_filter(&mut self, f: IrqFilter) -> Result<(), String> {
-        self.filter.set(0, Plain(f), 0).map_err(|e| format!("setting the irq session's filter: {e}"))
+        self.filter.set(0, f, 0).map_err(|e| format!("setting the irq session's filter: {e}"))
     }
 
     /// Each CPU's state.
     fn cpus(&self) -> Vec<CpuIrq> {
-        self.cpu.get(&0, 0).map(|v| v.iter().map(|Plain(c)| *c).collect()).unwrap_or_default()
+        self.cpu.get(&0, 0).map(|v| v.iter().copied().collect()).unwrap_or_default()
     }
 }
 
@@ -193,7 +193,7 @@ impl SessionMaps for Maps {
         let cpus = aya::util::nr_cpus().unwrap_or(1);
         // SAFETY: CpuIrq is plain integers; all zeros is a valid, empty state.
         let empty: CpuIrq = unsafe { std::mem::zeroed() };
-        if let Ok(z) = PerCpuValues::try_from(vec![Plain(empty); cpus]) {
+        if let Ok(z) = PerCpuValues::try_from(vec![empty; cpus]) {
             let _ = self.cpu.set(0, z, 0);
         }
         programs::zero(&mut self.runs, RUN_SLOTS);
@@ -218,7 +218,7 @@ impl SessionMaps for Maps {
     /// 1: the timeline takes runs of 500 µs or more; 2: only the CPU that spent the
     /// most time in softirqs (raised and running). Then nothing is left but to stop.
     fn step_down(&mut self, n: u32) -> Option<String> {
-        let Plain(mut f) = self.filter.get(&0, 0).ok()?;
+        let mut f = self.filter.get(&0, 0).ok()?;
         let what = match n {
             1 => {
                 f.min_ns = f.min_ns.max(STEP_TIMELINE_NS);
@@ -381,7 +381,7 @@ impl Source for TraceIrqSource {
             .filter_map(Result::ok)
             .map(|(irq, per_cpu)| {
                 let mut sum = Irq::ZERO;
-                per_cpu.iter().for_each(|Plain(t)| sum.add(t));
+                per_cpu.iter().for_each(|t| sum.add(t));
                 (irq, sum)
             })
             .collect();

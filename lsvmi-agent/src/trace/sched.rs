@@ -34,7 +34,7 @@ use super::{
 /// own timing is refused.
 const COST_NS: [f64; RUN_SLOTS] = [152.0, 660.0, 232.0];
 use crate::{
-    bpf::{Bpf, BpfError, BpfSource, Global, Kernel, Plain},
+    bpf::{Bpf, BpfError, BpfSource, Global, Kernel},
     model::{MetricDesc, now_ms},
     sources::{Collector, Source, SourceError},
 };
@@ -132,10 +132,10 @@ fn offsets(kernel: &Kernel) -> Result<TraceOffsets, String> {
 }
 
 struct Maps {
-    queued: BpfHashMap<MapData, u32, Plain<Queued>>,
-    threads: BpfHashMap<MapData, u32, Plain<ThreadWait>>,
-    culprits: BpfHashMap<MapData, u32, Plain<Culprit>>,
-    filter: Array<MapData, Plain<Filter>>,
+    queued: BpfHashMap<MapData, u32, Queued>,
+    threads: BpfHashMap<MapData, u32, ThreadWait>,
+    culprits: BpfHashMap<MapData, u32, Culprit>,
+    filter: Array<MapData, Filter>,
     drops: PerCpuArray<MapData, u64>,
     runs: PerCpuArray<MapData, u64>,
     /// The session's timeline so far.
@@ -149,7 +149,7 @@ static SHARED: OnceLock<Arc<Shared<Maps>>> = OnceLock::new();
 
 impl Maps {
     fn set_filter(&mut self, f: Filter) -> Result<(), String> {
-        self.filter.set(0, Plain(f), 0).map_err(|e| format!("setting the session filter: {e}"))
+        self.filter.set(0, f, 0).map_err(|e| format!("setting the session filter: {e}"))
     }
 }
 
@@ -184,7 +184,7 @@ impl SessionMaps for Maps {
     /// 1: count only waits of 10 µs or more (no map update for the rest), timeline
     /// from 1 ms; 2: only the thread that waited most. Then nothing is left but to stop.
     fn step_down(&mut self, n: u32) -> Option<String> {
-        let Plain(mut f) = self.filter.get(&0, 0).ok()?;
+        let mut f = self.filter.get(&0, 0).ok()?;
         let what = match n {
             1 => {
                 f.min_count_ns = STEP_MIN_COUNT_NS;
@@ -192,16 +192,13 @@ impl SessionMaps for Maps {
                 "counting only waits of 10 µs or more, timeline from 1 ms".to_string()
             }
             2 => {
-                let (tid, t) = self
-                    .threads
-                    .iter()
-                    .filter_map(Result::ok)
-                    .max_by_key(|(_, Plain(t))| t.woken_ns + t.preempted_ns)?;
+                let (tid, t) =
+                    self.threads.iter().filter_map(Result::ok).max_by_key(|(_, t)| t.woken_ns + t.preempted_ns)?;
                 f.tid = tid;
                 format!(
                     "narrowed to thread {tid} ({}, pid {}), the one that waited most",
-                    crate::sources::text::comm(&t.0.comm),
-                    t.0.tgid
+                    crate::sources::text::comm(&t.comm),
+                    t.tgid
                 )
             }
             _ => return None,
@@ -327,7 +324,7 @@ impl Source for TraceSchedSource {
             .threads
             .iter()
             .filter_map(Result::ok)
-            .map(|(tid, Plain(t))| Row {
+            .map(|(tid, t)| Row {
                 pid: t.tgid.to_string(),
                 tid: tid.to_string(),
                 comm: crate::sources::text::comm(&t.comm),
@@ -347,9 +344,7 @@ impl Source for TraceSchedSource {
             .culprits
             .iter()
             .filter_map(Result::ok)
-            .map(|(tid, Plain(c))| {
-                (c.tgid.to_string(), tid.to_string(), crate::sources::text::comm(&c.comm), c.ended_wait_ns)
-            })
+            .map(|(tid, c)| (c.tgid.to_string(), tid.to_string(), crate::sources::text::comm(&c.comm), c.ended_wait_ns))
             .collect();
         culprits.sort_by_key(|c| std::cmp::Reverse(c.3));
         let drops: [u64; DROP_REASONS] = programs::sums(&maps.drops);

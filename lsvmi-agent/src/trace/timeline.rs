@@ -16,8 +16,6 @@ use aya::maps::{MapData, RingBuf};
 use lsvmi_common::trace_sched::{PREEMPTED, WaitRecord};
 use serde_json::{Value, json};
 
-use crate::bpf::Plain;
-
 /// Sessions whose files are kept; older ones are deleted when a new one is written.
 pub const KEEP_SESSIONS: usize = 20;
 
@@ -33,10 +31,7 @@ pub struct Records<R> {
     pub dropped: u64,
 }
 
-impl<R: Copy> Records<R>
-where
-    Plain<R>: aya::Pod,
-{
+impl<R: aya::Pod> Records<R> {
     pub fn new(ring: RingBuf<MapData>) -> Self {
         Records { ring, records: Vec::new(), dropped: 0 }
     }
@@ -51,9 +46,9 @@ where
                 self.dropped += 1;
                 continue;
             }
-            // SAFETY: Plain<R> is Pod (any bytes are a valid R) and the length is
+            // SAFETY: R is Pod (any bytes are a valid R) and the length is
             // checked; read_unaligned copes with the ring's 8-byte alignment.
-            let Plain(r) = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Plain<R>>()) };
+            let r = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<R>()) };
             self.records.push(r);
         }
     }

@@ -7,7 +7,7 @@ use lsvmi_common::sched::{CPU_MAP, CpuSched, GLOBAL_OFFSETS, PROG_MIGRATE, PROG_
 
 use super::{Collector, Source, SourceError, histogram::HistogramFamily};
 use crate::{
-    bpf::{Bpf, BpfError, BpfSource, Global, Hook, Kernel, Plain, monotonic_ns},
+    bpf::{Bpf, BpfError, BpfSource, Global, Hook, Kernel, monotonic_ns},
     model::{MetricDesc, SeriesId, now_ms},
 };
 
@@ -116,7 +116,7 @@ struct CpuSeries {
 }
 
 pub struct SchedSource {
-    map: PerCpuArray<MapData, Plain<CpuSched>>,
+    map: PerCpuArray<MapData, CpuSched>,
     switch: bool,
     /// Run-queue latency offsets known (see `SchedOffsets`).
     runq: bool,
@@ -181,9 +181,9 @@ impl Source for SchedSource {
             self.cpus.push(series);
         }
         if self.runq {
-            values.iter().for_each(|Plain(v)| self.runq_hist.observe_range(&v.runq));
+            values.iter().for_each(|v| self.runq_hist.observe_range(&v.runq));
         }
-        for (cpu, (Plain(v), series)) in values.iter().zip(self.cpus.iter_mut()).enumerate() {
+        for (cpu, (v, series)) in values.iter().zip(self.cpus.iter_mut()).enumerate() {
             if self.switch {
                 out.push(series.switches, ts, v.switches as f64);
                 out.push(series.voluntary, ts, v.voluntary as f64);

@@ -14,7 +14,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData};
 use lsvmi_common::sched::{GLOBAL_TASK_STATS, TASKS_MAP, TaskTimes};
 
 use crate::{
-    bpf::{Bpf, BpfError, BpfSource, Global, Plain},
+    bpf::{Bpf, BpfError, BpfSource, Global},
     model::{MetricDesc, SeriesId, now_ms},
     sources::{Collector, Source, SourceError},
 };
@@ -72,7 +72,7 @@ pub static BPF: BpfSource = BpfSource {
 };
 
 pub struct SchedTasksSource {
-    map: BpfHashMap<MapData, u32, Plain<TaskTimes>>,
+    map: BpfHashMap<MapData, u32, TaskTimes>,
     known: HashMap<u32, Known>,
     pass: u64,
     evicted: u64,
@@ -108,7 +108,7 @@ impl Source for SchedTasksSource {
         let mut tracked = 0u64;
         for entry in self.map.iter() {
             // An entry evicted between listing its key and reading it is skipped.
-            let Ok((tid, Plain(t))) = entry else { continue };
+            let Ok((tid, t)) = entry else { continue };
             tracked += 1;
             let fresh = match self.known.get(&tid) {
                 // A reused thread id (another process, or renamed by exec) is a new series.
