@@ -210,6 +210,13 @@ fn describe(s: &SessionInfo) -> String {
         }
         _ => String::new(),
     };
+    let dropped: Vec<String> = s.dropped.iter().filter(|(_, n)| **n > 0).map(|(r, n)| format!("{r} {n}")).collect();
+    if s.ended.is_some() || !dropped.is_empty() {
+        let what = if dropped.is_empty() { "none".to_string() } else { dropped.join(", ") };
+        if !s.dropped.is_empty() {
+            measured.push_str(&format!("; events dropped: {what}"));
+        }
+    }
     for step in &s.steps {
         measured.push_str(&format!("; budget step: {step}"));
     }

@@ -374,6 +374,8 @@ fn a_session_over_its_budget_is_stopped_and_the_always_on_series_go_on() {
     let stepped = stepped.unwrap_or(took);
     assert!(stepped < Duration::from_secs(1), "first step {stepped:?} after the load began: {status}");
     assert!(status.contains("budget step: ") && status.contains("counting only waits of 10 µs"), "{status}");
+    // Its summary says what it could not record.
+    assert!(status.contains("events dropped: "), "{status}");
     assert!(took < Duration::from_secs(3), "stopped {took:?} after the load began: {status}");
     load.join().expect("load");
     let to = lsvmi_tests::now_ms();

@@ -377,7 +377,7 @@ impl Source for TraceBlockSource {
             (DROP_STATS_FULL, "stats_map_full"),
             (DROP_RING_FULL, "ring_full"),
         ] {
-            self.series.dropped(out, &id, reason, counters[slot as usize], ts);
+            self.series.dropped(out, self.shared.sessions.get(), &id, reason, counters[slot as usize], ts);
         }
         self.series.sweep(out, ts);
         Ok(())

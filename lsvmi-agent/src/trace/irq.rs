@@ -457,9 +457,9 @@ impl Source for TraceIrqSource {
             self.series.histogram(out, &key, &RUN_DURATION, &labels, &run_hist, run, ts);
         }
         let dropped: u64 = cpus.iter().map(|c| c.dropped).sum();
-        self.series.dropped(out, &id, "irq_map_full", dropped, ts);
+        self.series.dropped(out, self.shared.sessions.get(), &id, "irq_map_full", dropped, ts);
         let ring_full: u64 = cpus.iter().map(|c| c.ring_full).sum();
-        self.series.dropped(out, &id, "ring_full", ring_full, ts);
+        self.series.dropped(out, self.shared.sessions.get(), &id, "ring_full", ring_full, ts);
         self.series.sweep(out, ts);
         Ok(())
     }

@@ -127,6 +127,9 @@ pub struct SessionInfo {
     /// (run counts × the measured ns per run).
     #[serde(default)]
     pub cost_from: Option<String>,
+    /// Events not recorded so far, by reason (a map or ring full).
+    #[serde(default)]
+    pub dropped: std::collections::BTreeMap<String, u64>,
 }
 
 /// What a request leaves to do once answered.
@@ -377,6 +380,7 @@ impl Sessions {
             threshold_ns: req.threshold_ns,
             steps: Vec::new(),
             cost_from: None,
+            dropped: Default::default(),
         };
         tracing::info!(
             session = %session.id,
@@ -426,6 +430,18 @@ impl Sessions {
             && s.id == id
         {
             s.steps.push(what.to_string());
+        }
+    }
+
+    /// Session `id` has dropped `n` events for `reason` so far (its last values arrive
+    /// after it ended: the last session is updated too).
+    pub fn dropped(&self, id: &str, reason: &str, n: u64) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        for s in [st.current.as_mut(), st.last.as_mut()].into_iter().flatten() {
+            if s.id == id {
+                s.dropped.insert(reason.to_string(), n);
+            }
         }
     }
 

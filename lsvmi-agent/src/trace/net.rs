@@ -267,6 +267,7 @@ mod tests {
             threshold_ns: None,
             steps: Vec::new(),
             cost_from: None,
+            dropped: Default::default(),
         };
         NetTracer.start(&s).unwrap();
         assert!(tracing());

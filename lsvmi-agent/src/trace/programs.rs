@@ -312,8 +312,20 @@ impl SessionSeries {
         self.set(out, &format!("{key}\0hist\0{}", desc.bucket.name), make, &values, ts);
     }
 
-    /// `trace_dropped_events_total{session,reason}`.
-    pub fn dropped(&mut self, out: &mut Collector<'_>, session: &str, reason: &str, n: u64, ts: i64) {
+    /// `trace_dropped_events_total{session,reason}`, and the session's summary.
+    #[allow(clippy::too_many_arguments, reason = "the series, and where the summary goes")]
+    pub fn dropped(
+        &mut self,
+        out: &mut Collector<'_>,
+        sessions: Option<&Sessions>,
+        session: &str,
+        reason: &str,
+        n: u64,
+        ts: i64,
+    ) {
+        if let Some(s) = sessions {
+            s.dropped(session, reason, n);
+        }
         let make = |out: &mut Collector<'_>| {
             vec![out.series(&super::sched::DROPPED, &[("session", session), ("reason", reason)])]
         };

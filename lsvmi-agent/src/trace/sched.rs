@@ -422,7 +422,7 @@ impl Source for TraceSchedSource {
             self.series.set(out, &format!("c\0{pid}\0{tid}\0{comm}"), make, &[*ns as f64 / 1e9], ts);
         }
         for (reason, n) in DROP_NAMES.iter().zip(drops) {
-            self.series.dropped(out, id, reason, n, ts);
+            self.series.dropped(out, self.shared.sessions.get(), id, reason, n, ts);
         }
         self.series.sweep(out, ts);
         Ok(())
