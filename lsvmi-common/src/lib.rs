@@ -404,7 +404,8 @@ pub mod trace_sched {
     pub const RUN_WAKING: u32 = 0;
     pub const RUN_WAKEUP_NEW: u32 = 1;
     pub const RUN_SWITCH: u32 = 2;
-    pub const PROGRAMS: usize = 3;
+    pub const RUN_MIGRATE: u32 = 3;
+    pub const PROGRAMS: usize = 4;
     /// Global of type [`TraceOffsets`].
     pub const GLOBAL_OFFSETS: &str = "TRACE_OFFSETS";
     /// Ring buffer of [`WaitRecord`]s: each wait of at least `Filter::min_wait_ns`,
@@ -430,6 +431,8 @@ pub mod trace_sched {
     /// How a thread came to wait (`Queued::how`).
     pub const WOKEN: u32 = 0;
     pub const PREEMPTED: u32 = 1;
+    /// Switched out asleep (`Queued::how` until its wake-up): the time to it is slept.
+    pub const SLEPT: u32 = 2;
 
     /// Byte offsets in `task_struct`, from the kernel's BTF.
     #[repr(C)]
@@ -504,6 +507,11 @@ pub mod trace_sched {
         pub comm: [u8; 16],
         /// Every wait (both causes) in coarse buckets ([`crate::hist::log2_index`]).
         pub hist: [u32; crate::hist::LOG2_BUCKETS],
+        /// Time asleep (switched out not runnable, to its wake-up), and how many times.
+        pub slept_ns: u64,
+        pub slept: u64,
+        /// Moves to another CPU.
+        pub migrations: u64,
     }
 
     /// A thread that was on a CPU when a waiter got it: the waits it ended.
@@ -520,6 +528,7 @@ pub mod trace_sched {
     pub const PROG_WAKING: &str = "trace_sched_waking";
     pub const PROG_WAKEUP_NEW: &str = "trace_sched_wakeup_new";
     pub const PROG_SWITCH: &str = "trace_sched_switch";
+    pub const PROG_MIGRATE: &str = "trace_sched_migrate";
 }
 
 /// The `irq` deep-tracing profile (`lsvmi-ebpf/src/trace_irq.rs`): hard-IRQ handler

@@ -17,7 +17,8 @@ use lsvmi_common::{
     hist::{LOG2_BUCKETS, log2_record},
     trace_sched::{
     Culprit, DROP_CULPRITS_FULL, DROP_QUEUED_FULL, DROP_REASONS, DROP_RING_FULL, DROP_THREADS_FULL, Filter, PREEMPTED,
-    PROGRAMS, Queued, RUN_SWITCH, RUN_WAKEUP_NEW, RUN_WAKING, THREAD_ENTRIES, ThreadWait, TraceOffsets, WAITS_RING_BYTES,
+    PROGRAMS, Queued, RUN_MIGRATE, RUN_SWITCH, RUN_WAKEUP_NEW, RUN_WAKING, SLEPT, THREAD_ENTRIES, ThreadWait,
+    TraceOffsets, WAITS_RING_BYTES,
     WOKEN, WaitRecord,
     },
 };
@@ -88,22 +89,80 @@ fn traced(f: &Filter, o: &TraceOffsets, task: *const u8) -> Option<(u32, u32)> {
 }
 
 #[inline(always)]
-fn queue(tid: u32, how: u32) {
+fn now() -> u64 {
     // SAFETY: helper without preconditions.
-    let q = Queued { at_ns: unsafe { bpf_ktime_get_ns() }, how, _pad: 0 };
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn queue(tid: u32, how: u32, at_ns: u64) {
+    let q = Queued { at_ns, how, _pad: 0 };
     if TRACE_QUEUED.insert(&tid, &q, 0).is_err() {
         dropped(DROP_QUEUED_FULL);
     }
 }
 
+/// `task`'s entry, made on first sight (None when the map is full: counted).
+#[inline(always)]
+fn thread(task: *const u8, o: &TraceOffsets, tid: u32, tgid: u32) -> Option<&'static mut ThreadWait> {
+    if let Some(t) = TRACE_THREADS.get_ptr_mut(&tid) {
+        // SAFETY: the entry stays valid while the program runs; a thread's entry is
+        // updated by the CPU that runs, wakes or moves it.
+        return Some(unsafe { &mut *t });
+    }
+    let t = ThreadWait {
+        woken_ns: 0,
+        woken: 0,
+        preempted_ns: 0,
+        preempted: 0,
+        max_ns: 0,
+        tgid,
+        _pad: 0,
+        comm: comm_of(task, o),
+        hist: [0; LOG2_BUCKETS],
+        slept_ns: 0,
+        slept: 0,
+        migrations: 0,
+    };
+    if TRACE_THREADS.insert(&tid, &t, 0).is_err() {
+        dropped(DROP_THREADS_FULL);
+        return None;
+    }
+    // SAFETY: as above, just inserted.
+    TRACE_THREADS.get_ptr_mut(&tid).map(|t| unsafe { &mut *t })
+}
+
+/// A wake-up (or creation): a thread asleep since it was switched out has slept until now.
 #[inline(always)]
 fn woken(ctx: &BtfTracePointContext, program: u32) {
     let Some(f) = session(program) else { return };
     let o = global(&TRACE_OFFSETS);
     let p: *const u8 = ctx.arg(0);
-    if let Some((tid, _)) = traced(&f, &o, p) {
-        queue(tid, WOKEN);
+    let Some((tid, tgid)) = traced(&f, &o, p) else { return };
+    let t = now();
+    // SAFETY: copied out at once.
+    if let Some(q) = unsafe { TRACE_QUEUED.get(&tid) }.copied()
+        && q.how == SLEPT
+        && let Some(w) = thread(p, &o, tid, tgid)
+    {
+        w.slept_ns += t.saturating_sub(q.at_ns);
+        w.slept += 1;
     }
+    queue(tid, WOKEN, t);
+}
+
+/// `tp_btf/sched_migrate_task(p, dest_cpu)`: a thread moves to another CPU.
+#[btf_tracepoint(function = "sched_migrate_task")]
+pub fn trace_sched_migrate(ctx: BtfTracePointContext) -> u32 {
+    let Some(f) = session(RUN_MIGRATE) else { return 0 };
+    let o = global(&TRACE_OFFSETS);
+    let p: *const u8 = ctx.arg(0);
+    if let Some((tid, tgid)) = traced(&f, &o, p)
+        && let Some(w) = thread(p, &o, tid, tgid)
+    {
+        w.migrations += 1;
+    }
+    0
 }
 
 /// `tp_btf/sched_waking(p)`: `p` is about to be queued.
@@ -129,15 +188,17 @@ pub fn trace_sched_switch(ctx: BtfTracePointContext) -> u32 {
     let prev: *const u8 = ctx.arg(1);
     let next: *const u8 = ctx.arg(2);
     let prev_state: u32 = ctx.arg(3);
-    if prev_state == 0
-        && let Some((tid, _)) = traced(&f, &o, prev)
-    {
-        queue(tid, PREEMPTED);
+    if let Some((tid, _)) = traced(&f, &o, prev) {
+        // Still runnable: preempted, it waits from now; otherwise it sleeps from now.
+        queue(tid, if prev_state == 0 { PREEMPTED } else { SLEPT }, now());
     }
     let Some((tid, tgid)) = traced(&f, &o, next) else { return 0 };
     // SAFETY: the value is copied out before the entry is removed.
     let Some(q) = (unsafe { TRACE_QUEUED.get(&tid) }).copied() else { return 0 };
     let _ = TRACE_QUEUED.remove(&tid);
+    if q.how == SLEPT {
+        return 0; // its wake-up came before the session: no wait to measure
+    }
     if f.cpus != 0 {
         // SAFETY: helper without preconditions.
         let cpu = unsafe { bpf_get_smp_processor_id() };
@@ -146,34 +207,12 @@ pub fn trace_sched_switch(ctx: BtfTracePointContext) -> u32 {
         }
     }
     // SAFETY: helper without preconditions.
-    let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(q.at_ns);
+    let wait = now().saturating_sub(q.at_ns);
     if wait < f.min_count_ns {
         return 0; // below the threshold the budget raised
     }
-    match TRACE_THREADS.get_ptr_mut(&tid) {
-        Some(t) => {
-            // SAFETY: the entry of `next`, which runs on this CPU only.
-            let t = unsafe { &mut *t };
-            add_wait(t, q.how, wait);
-        }
-        None => {
-            let comm = comm_of(next, &o);
-            let mut t = ThreadWait {
-                woken_ns: 0,
-                woken: 0,
-                preempted_ns: 0,
-                preempted: 0,
-                max_ns: 0,
-                tgid,
-                _pad: 0,
-                comm,
-                hist: [0; LOG2_BUCKETS],
-            };
-            add_wait(&mut t, q.how, wait);
-            if TRACE_THREADS.insert(&tid, &t, 0).is_err() {
-                dropped(DROP_THREADS_FULL);
-            }
-        }
+    if let Some(t) = thread(next, &o, tid, tgid) {
+        add_wait(t, q.how, wait);
     }
     // The thread leaving the CPU (the current one) ended that wait.
     let prev_tid: i32 = field(prev, o.pid);

@@ -38,6 +38,7 @@ const PROGRAMS: &[&str] = &[
     "trace_sched_waking",
     "trace_sched_wakeup_new",
     "trace_sched_switch",
+    "trace_sched_migrate",
     "trace_irq_handler_entry",
     "trace_irq_handler_exit",
     "trace_softirq_raise",

@@ -17,9 +17,9 @@ use aya::{
 use lsvmi_common::{
     hist::LOG2_BUCKETS,
     trace_sched::{
-        CULPRITS_MAP, Culprit, DROP_NAMES, DROP_REASONS, DROPS_MAP, FILTER_MAP, Filter, GLOBAL_OFFSETS, PROG_SWITCH,
-        PROG_WAKEUP_NEW, PROG_WAKING, PROGRAMS as RUN_SLOTS, QUEUED_MAP, Queued, RUN_SWITCH, RUN_WAKING, RUNS_MAP,
-        THREADS_MAP, ThreadWait, TraceOffsets, WAITS_RING, WaitRecord,
+        CULPRITS_MAP, Culprit, DROP_NAMES, DROP_REASONS, DROPS_MAP, FILTER_MAP, Filter, GLOBAL_OFFSETS, PROG_MIGRATE,
+        PROG_SWITCH, PROG_WAKEUP_NEW, PROG_WAKING, PROGRAMS as RUN_SLOTS, QUEUED_MAP, Queued, RUN_SWITCH, RUN_WAKING,
+        RUNS_MAP, THREADS_MAP, ThreadWait, TraceOffsets, WAITS_RING, WaitRecord,
     },
 };
 
@@ -32,7 +32,7 @@ use super::{
 /// bench-bpf` under `perf bench sched pipe` (docs/performance.md, "Deep tracing"). Runs ×
 /// these project a session's cost before it starts, and estimate it where the kernel's
 /// own timing is refused.
-const COST_NS: [f64; RUN_SLOTS] = [152.0, 660.0, 232.0];
+const COST_NS: [f64; RUN_SLOTS] = [231.0, 756.0, 305.0, 287.0];
 use crate::{
     bpf::{Bpf, BpfError, BpfSource, Global, Kernel},
     model::{MetricDesc, now_ms},
@@ -101,6 +101,26 @@ metric!(
     "Events a trace session could not record, by reason (a map full)."
 );
 
+metric!(
+    SLEEP,
+    "trace_sched_sleep_seconds_total",
+    Counter,
+    "seconds",
+    ["session", "pid", "tid", "comm"],
+    SOURCE,
+    "Time each thread slept during the session: switched out while not runnable, to its wake-up. With \
+     trace_sched_wait_seconds_total (cause=woken after a sleep, cause=preempted) it is the thread's time off the \
+     CPU, split into slept and preempted."
+);
+metric!(
+    MIGRATIONS,
+    "trace_sched_migrations_total",
+    Counter,
+    "",
+    ["session", "pid", "tid", "comm"],
+    SOURCE,
+    "Moves of each thread to another CPU during the session (tp_btf/sched_migrate_task)."
+);
 histogram!(
     WAIT_LATENCY,
     "trace_sched_wait_latency_seconds",
@@ -110,12 +130,26 @@ histogram!(
      The top threads by total wait; the rest in comm=\"_other\"."
 );
 
-pub static METRICS: &[&MetricDesc] =
-    &[&WAIT, &WAITS, &MAX_WAIT, &WAIT_LATENCY.bucket, &WAIT_LATENCY.sum, &WAIT_LATENCY.count, &CULPRIT, &DROPPED];
+pub static METRICS: &[&MetricDesc] = &[
+    &WAIT,
+    &WAITS,
+    &MAX_WAIT,
+    &SLEEP,
+    &MIGRATIONS,
+    &WAIT_LATENCY.bucket,
+    &WAIT_LATENCY.sum,
+    &WAIT_LATENCY.count,
+    &CULPRIT,
+    &DROPPED,
+];
 
 /// Where the programs attach: (program, tp_btf tracepoint).
-const PROGRAMS: [(&str, &str); 3] =
-    [(PROG_WAKING, "sched_waking"), (PROG_WAKEUP_NEW, "sched_wakeup_new"), (PROG_SWITCH, "sched_switch")];
+const PROGRAMS: [(&str, &str); 4] = [
+    (PROG_WAKING, "sched_waking"),
+    (PROG_WAKEUP_NEW, "sched_wakeup_new"),
+    (PROG_SWITCH, "sched_switch"),
+    (PROG_MIGRATE, "sched_migrate_task"),
+];
 
 /// The source's declaration: no program at start-up (sessions load them), the
 /// `task_struct` offsets and the agent's pid as the programs' globals.
@@ -278,6 +312,8 @@ struct Row {
     woken: (u64, u64),
     preempted: (u64, u64),
     max_ns: u64,
+    slept_ns: u64,
+    migrations: u64,
     hist: [u64; LOG2_BUCKETS],
 }
 
@@ -331,6 +367,8 @@ impl Source for TraceSchedSource {
                 woken: (t.woken_ns, t.woken),
                 preempted: (t.preempted_ns, t.preempted),
                 max_ns: t.max_ns,
+                slept_ns: t.slept_ns,
+                migrations: t.migrations,
                 hist: {
                     let mut h = [0; LOG2_BUCKETS];
                     programs::add_hist(&mut h, &t.hist);
@@ -369,12 +407,16 @@ impl Source for TraceSchedSource {
             woken: (0, 0),
             preempted: (0, 0),
             max_ns: 0,
+            slept_ns: 0,
+            migrations: 0,
             hist: [0; LOG2_BUCKETS],
         };
         for r in rows.iter().skip(TOP_K) {
             other.woken = (other.woken.0 + r.woken.0, other.woken.1 + r.woken.1);
             other.preempted = (other.preempted.0 + r.preempted.0, other.preempted.1 + r.preempted.1);
             other.max_ns = other.max_ns.max(r.max_ns);
+            other.slept_ns += r.slept_ns;
+            other.migrations += r.migrations;
             other.hist.iter_mut().zip(r.hist).for_each(|(a, b)| *a += b);
         }
         let fold = rows.len() > TOP_K;
@@ -398,6 +440,8 @@ impl Source for TraceSchedSource {
                     one(out, &WAITS, Some("woken")),
                     one(out, &WAITS, Some("preempted")),
                     one(out, &MAX_WAIT, None),
+                    one(out, &SLEEP, None),
+                    one(out, &MIGRATIONS, None),
                 ]
             };
             let values = [
@@ -406,6 +450,8 @@ impl Source for TraceSchedSource {
                 r.woken.1 as f64,
                 r.preempted.1 as f64,
                 r.max_ns as f64 / 1e9,
+                r.slept_ns as f64 / 1e9,
+                r.migrations as f64,
             ];
             let key = format!("w\0{}\0{}\0{}", r.pid, r.tid, r.comm);
             self.series.set(out, &key, make, &values, ts);
