@@ -352,7 +352,7 @@ fn sched_session_splits_a_threads_time_off_cpu_and_counts_its_migrations() {
         let t0 = Instant::now();
         let mut i = 0usize;
         while t0.elapsed() < Duration::from_secs(2) {
-            if i % 20 == 0 {
+            if i.is_multiple_of(20) {
                 pin_to((i / 20) % 2);
             }
             std::thread::sleep(Duration::from_millis(1));
