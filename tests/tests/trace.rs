@@ -389,6 +389,41 @@ fn sched_session_splits_a_threads_time_off_cpu_and_counts_its_migrations() {
     );
 }
 
+#[test]
+fn a_session_of_many_threads_keeps_the_top_ten_and_folds_the_rest() {
+    let Some((_turn, vm, dir, _daemon)) = bpf_daemon(&[]) else { return };
+    let socket = dir.path().join("control.sock");
+    let pid = std::process::id().to_string();
+    let out = trace(&socket, &["start", "--profile", "sched", "--pid", &pid, "--duration", "20s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // 30 threads that each wake up 500 times.
+    let threads: Vec<_> = (0..30)
+        .map(|_| {
+            std::thread::spawn(|| {
+                for _ in 0..500 {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|t| t.join().expect("thread"));
+    assert!(trace(&socket, &["stop"]).status.success());
+    std::thread::sleep(Duration::from_millis(2500));
+    vm.force_flush();
+    for selector in [
+        r#"trace_sched_waits_total{cause="woken"}"#,
+        "trace_sched_sleep_seconds_total",
+        r#"trace_sched_wait_latency_seconds_bucket{le="+Inf"}"#,
+        "trace_sched_culprit_seconds_total",
+    ] {
+        let series = vm.export(selector);
+        let other = series.iter().filter(|s| s.label("comm") == "_other").count();
+        eprintln!("{selector}: {} series, {other} _other", series.len());
+        assert!(series.len() <= 11, "{selector}: {} series (at most 10 + _other)", series.len());
+        assert_eq!(other, 1, "{selector}: the rest folded into one _other series");
+    }
+}
+
 /// Names of the session programs loaded in the kernel now (names are cut at 15 bytes).
 fn session_programs_loaded() -> Vec<String> {
     aya::programs::loaded_programs()
