@@ -42,6 +42,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut sources = procfs_sources(&config);
     // Held until the end: dropping it detaches the programs.
     let wanted = bpf_sources(&config);
+    // The hindsight thresholds are load-time constants of the BPF object.
+    crate::trace::hindsight::configure(config.trace.hindsight);
     let ebpf = if config.bpf && !wanted.is_empty() {
         bpf::start(&wanted, &config.bpf_disable).map(|(ebpf, started)| {
             sources.extend(started);
@@ -105,7 +107,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             None
         }
     };
-    let sampler = tokio::spawn(Sampler::new(scheduled, config.interval, registry, stats.clone()).run(tx, stop_rx));
+    let mut sampler = Sampler::new(scheduled, config.interval, registry, stats.clone());
+    if !config.trace.triggers.is_empty() {
+        let (fire_tx, fire_rx) = mpsc::channel(16);
+        sampler = sampler.with_triggers(crate::trace::triggers::Engine::new(&config.trace.triggers, fire_tx));
+        tokio::spawn(crate::trace::triggers::run(fire_rx, sessions.clone(), config.trace.limits));
+        let names: Vec<&str> = config.trace.triggers.iter().map(|t| t.name.as_str()).collect();
+        info!(triggers = ?names, "trace triggers armed");
+    }
+    crate::trace::hindsight::watch(&sessions);
+    let sampler = tokio::spawn(sampler.run(tx, stop_rx));
 
     info!(
         sources = ?names,

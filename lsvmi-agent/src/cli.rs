@@ -135,6 +135,9 @@ pub enum TraceAction {
     },
     /// Show the running session (or the last one)
     Status,
+    /// Copy the hindsight ring (the always-on programs' record of long waits, long
+    /// softirq runs, retransmits, resets and drops, per CPU) into a session file now
+    Dump,
     /// End the running session now
     Stop,
 }

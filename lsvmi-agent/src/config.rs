@@ -131,6 +131,24 @@ pub struct TraceFileConfig {
     pub max_duration: Option<Duration>,
     /// Percent of one CPU.
     pub budget_percent: Option<f64>,
+    pub hindsight: Option<HindsightFileConfig>,
+    /// Conditions that start a session by themselves (none by default).
+    #[serde(default)]
+    pub triggers: Vec<crate::trace::triggers::TriggerConfig>,
+    #[serde(default, with = "humantime_serde")]
+    pub trigger_cooldown: Option<Duration>,
+    pub triggered_sessions_per_hour: Option<u32>,
+}
+
+/// `trace.hindsight:` in the file: what the always-on programs keep (0s / false: none).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HindsightFileConfig {
+    #[serde(default, with = "humantime_serde")]
+    pub runq_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub softirq_run: Option<Duration>,
+    pub net: Option<bool>,
 }
 
 /// `rate_limit:` in the file.
@@ -511,8 +529,34 @@ fn resolve_trace(cli: &Cli, file: TraceFileConfig) -> Result<crate::trace::Trace
         default_duration: file.default_duration.unwrap_or(d.default_duration),
         max_duration: file.max_duration.unwrap_or(d.max_duration),
         default_budget_percent: file.budget_percent.unwrap_or(d.default_budget_percent),
+        hindsight: {
+            let h = file.hindsight.unwrap_or_default();
+            crate::trace::hindsight::HindsightSettings {
+                runq_wait: h.runq_wait.unwrap_or(d.hindsight.runq_wait),
+                softirq_run: h.softirq_run.unwrap_or(d.hindsight.softirq_run),
+                net: h.net.unwrap_or(d.hindsight.net),
+            }
+        },
+        triggers: file
+            .triggers
+            .iter()
+            .map(|t| t.check())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| ConfigError::Invalid { key: "trace.triggers", reason })?,
+        limits: crate::trace::triggers::Limits {
+            cooldown: file.trigger_cooldown.unwrap_or(d.limits.cooldown),
+            per_hour: file.triggered_sessions_per_hour.unwrap_or(d.limits.per_hour),
+        },
     };
     let bad = |reason: String| ConfigError::Invalid { key: "trace", reason };
+    let mut names: Vec<&str> = t.triggers.iter().map(|t| t.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(ConfigError::Invalid {
+            key: "trace.triggers",
+            reason: format!("trigger name {:?} given twice", w[0]),
+        });
+    }
     if t.max_duration.is_zero() || t.default_duration.is_zero() || t.default_duration > t.max_duration {
         return Err(bad(format!(
             "default_duration {:?} must be above 0 and at most max_duration {:?}",

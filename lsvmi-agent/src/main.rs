@@ -96,6 +96,7 @@ fn trace_client(cli: &Cli, action: &TraceAction) -> ExitCode {
         }
         TraceAction::Status => Request::Status,
         TraceAction::Stop => Request::Stop,
+        TraceAction::Dump => Request::Dump,
     };
     let follow = matches!(action, TraceAction::Start { follow: true, .. });
     match trace::control::call(&socket, &req) {
@@ -115,6 +116,10 @@ fn trace_client(cli: &Cli, action: &TraceAction) -> ExitCode {
                 Some(s) => println!("no trace session running; the last: {}", describe(&s)),
                 None => println!("no trace session running"),
             }
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Dumped { path, records }) => {
+            println!("hindsight ring: {records} records written to {path}");
             ExitCode::SUCCESS
         }
         Ok(Response::Error { message }) => {
@@ -177,7 +182,7 @@ fn follow_session(socket: &std::path::Path) -> ExitCode {
                 eprintln!("lsvmi: error: {message}");
                 return ExitCode::FAILURE;
             }
-            Ok(Response::Session { .. }) => {}
+            Ok(Response::Session { .. } | Response::Dumped { .. }) => {}
         }
         let _ = out.flush();
         std::thread::sleep(std::time::Duration::from_millis(500));
@@ -219,6 +224,9 @@ fn describe(s: &SessionInfo) -> String {
     }
     for step in &s.steps {
         measured.push_str(&format!("; budget step: {step}"));
+    }
+    if let Some(t) = &s.trigger {
+        measured.push_str(&format!("; started by trigger {} (fired {})", t.what, at(t.fired_ms)));
     }
     // Last: scripts take the path from here to the end of the line.
     if let Some(t) = &s.timeline {

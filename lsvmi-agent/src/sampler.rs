@@ -51,6 +51,8 @@ pub struct Sampler {
     filter: ChangeFilter,
     base: Duration,
     queue_full: bool,
+    /// Trace triggers watching each tick's samples (none configured: nothing done).
+    triggers: Option<crate::trace::triggers::Engine>,
 }
 
 impl Sampler {
@@ -72,7 +74,13 @@ impl Sampler {
                 overrunning: false,
             })
             .collect();
-        Sampler { slots, registry, stats, filter: ChangeFilter::default(), base, queue_full: false }
+        Sampler { slots, registry, stats, filter: ChangeFilter::default(), base, queue_full: false, triggers: None }
+    }
+
+    /// Watch each tick's samples with `engine` (trace triggers).
+    pub fn with_triggers(mut self, engine: crate::trace::triggers::Engine) -> Self {
+        self.triggers = Some(engine);
+        self
     }
 
     pub async fn run(mut self, tx: mpsc::Sender<Vec<Sample>>, mut stop: watch::Receiver<bool>) {
@@ -197,6 +205,9 @@ impl Sampler {
                 }
             }
             slot.malformed = bad > 0;
+        }
+        if let Some(t) = &mut self.triggers {
+            t.observe(&registry, &samples);
         }
         samples
     }

@@ -145,6 +145,9 @@ pub mod sched {
         pub rq_clock: u32,
         /// Non-zero when the four run-queue offsets above are known.
         pub runq: u32,
+        /// `task_struct.comm` (for hindsight records).
+        pub comm: u32,
+        pub _pad: u32,
     }
 
     /// One CPU's scheduler state and counters.
@@ -531,6 +534,71 @@ pub mod trace_sched {
     pub const PROG_MIGRATE: &str = "trace_sched_migrate";
 }
 
+/// The hindsight ring (`lsvmi-ebpf/src/hindsight.rs`): the always-on programs write a
+/// compact record into a per-CPU overwrite ring when an event crosses a threshold (a
+/// long run-queue wait, a long softirq run, any retransmit, reset or drop). Nothing
+/// reads it until a trigger fires or `lsvmi trace dump` asks: no wake-up, no copy.
+pub mod hindsight {
+    /// Per-CPU array of `SLOTS` [`Record`]s: each CPU's ring.
+    pub const RING_MAP: &str = "HINDSIGHT";
+    /// Per-CPU array of 2 u64: records written (the next slot is this mod `SLOTS`), and
+    /// records skipped while the agent read the ring.
+    pub const HEAD_MAP: &str = "HINDSIGHT_HEAD";
+    pub const HEAD_WRITTEN: u32 = 0;
+    pub const HEAD_SKIPPED: u32 = 1;
+    /// Array (one entry) of u32: non-zero while the agent reads the ring (writers skip,
+    /// and count it).
+    pub const FROZEN_MAP: &str = "HINDSIGHT_FROZEN";
+    /// Global of type [`Thresholds`].
+    pub const GLOBAL_THRESHOLDS: &str = "HINDSIGHT_THRESHOLDS";
+    /// Slots per CPU: 4096 × 64 bytes = 256 KiB of kernel memory per CPU.
+    pub const SLOTS: u32 = 4096;
+
+    /// `Record::kind`.
+    pub const RUNQ: u16 = 1;
+    pub const SOFTIRQ: u16 = 2;
+    /// The network kinds are `NET_BASE` + the `net::EVENT_*` kind.
+    pub const NET_BASE: u16 = 2;
+    pub const RETRANSMIT: u16 = NET_BASE + crate::net::EVENT_RETRANSMIT;
+    pub const SEND_RESET: u16 = NET_BASE + crate::net::EVENT_SEND_RESET;
+    pub const RECEIVE_RESET: u16 = NET_BASE + crate::net::EVENT_RECEIVE_RESET;
+    pub const DROP: u16 = NET_BASE + crate::net::EVENT_DROP;
+
+    /// What is worth a record; 0 turns a kind off. Set by the agent at load.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct Thresholds {
+        /// A run-queue wait at least this long (ns).
+        pub runq_ns: u64,
+        /// A softirq run at least this long (ns).
+        pub softirq_ns: u64,
+        /// Non-zero: every retransmit, reset and drop.
+        pub net: u32,
+        pub _pad: u32,
+    }
+
+    /// One event worth keeping. The CPU is the ring's.
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    pub struct Record {
+        /// When (`bpf_ktime_get_ns()`); 0: an empty slot.
+        pub ts_ns: u64,
+        /// RUNQ: the wait (ns); SOFTIRQ: the run (ns); net: source port << 16 | destination port.
+        pub value: u64,
+        /// RUNQ: the thread that waited; otherwise the thread running.
+        pub tid: u32,
+        /// RUNQ: the thread that held the CPU until the wait ended (0: idle).
+        pub other_tid: u32,
+        pub kind: u16,
+        /// SOFTIRQ: the vector; RETRANSMIT, SEND_RESET: the TCP state; DROP: the reason.
+        pub detail: u16,
+        /// net, IPv4: the destination address (network order); otherwise 0.
+        pub addr: u32,
+        pub comm: [u8; 16],
+        pub other_comm: [u8; 16],
+    }
+}
+
 /// The `irq` deep-tracing profile (`lsvmi-ebpf/src/trace_irq.rs`): hard-IRQ handler
 /// time per IRQ, softirq raise-to-entry delay and run time per vector. Attached only
 /// while a session runs.
@@ -798,6 +866,10 @@ mod pod {
     unsafe impl aya::Pod for trace_block::Key {}
     // SAFETY: as above.
     unsafe impl aya::Pod for trace_block::Stat {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for hindsight::Thresholds {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for hindsight::Record {}
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod hindsight;
 mod kernel;
 mod net;
 mod sched;

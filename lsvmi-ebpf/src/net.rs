@@ -12,10 +12,15 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
-use lsvmi_common::net::{
-    ABSENT, CpuNet, DROP_REASONS, EVENT_DROP, EVENT_RECEIVE_RESET, EVENT_RETRANSMIT, EVENT_SEND_RESET, EVENTS_BYTES,
-    NetEvent, NetOffsets, TCP_STATES, TpFields,
+use lsvmi_common::{
+    hindsight::{NET_BASE, Record},
+    net::{
+        ABSENT, CpuNet, DROP_REASONS, EVENT_DROP, EVENT_RECEIVE_RESET, EVENT_RETRANSMIT, EVENT_SEND_RESET,
+        EVENTS_BYTES, NetEvent, NetOffsets, TCP_STATES, TpFields,
+    },
 };
+
+use crate::hindsight;
 
 #[map]
 static NET_CPU: PerCpuArray<CpuNet> = PerCpuArray::with_max_entries(1, 0);
@@ -142,6 +147,23 @@ fn submit(ctx: &TracePointContext, cpu: &mut CpuNet, ev: &NetEvent) {
         cpu.events_lost += 1;
         debug!(ctx, "NET_EVENTS full: event of kind {} lost ({} lost on this CPU)", ev.kind, cpu.events_lost);
     }
+    if hindsight::thresholds().net != 0 {
+        keep(ev);
+    }
+}
+
+/// Every network event goes to the hindsight ring too (they are rare on a healthy host).
+#[inline(never)]
+fn keep(ev: &NetEvent) {
+    hindsight::keep(Record {
+        value: (u64::from(ev.sport) << 16) | u64::from(ev.dport),
+        tid: ev.pid,
+        kind: NET_BASE + ev.kind,
+        detail: ev.detail as u16,
+        addr: if ev.family == AF_INET { u32::from_ne_bytes([ev.daddr[0], ev.daddr[1], ev.daddr[2], ev.daddr[3]]) } else { 0 },
+        comm: ev.comm,
+        ..Record::default()
+    });
 }
 
 /// A socket event counted by its TCP state, with a record: retransmit, reset sent.

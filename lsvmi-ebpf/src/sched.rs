@@ -12,9 +12,15 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
     programs::BtfTracePointContext,
 };
-use lsvmi_common::sched::{CpuSched, SchedOffsets, TASK_ENTRIES, TaskTimes};
+use lsvmi_common::{
+    hindsight::{RUNQ, Record},
+    sched::{CpuSched, SchedOffsets, TASK_ENTRIES, TaskTimes},
+};
 
-use crate::kernel::{field, global};
+use crate::{
+    hindsight,
+    kernel::{comm_at, field, global},
+};
 
 #[map]
 static SCHED_CPU: PerCpuArray<CpuSched> = PerCpuArray::with_max_entries(1, 0);
@@ -26,7 +32,7 @@ static SCHED_TASKS: LruHashMap<u32, TaskTimes> = LruHashMap::with_max_entries(TA
 /// Field offsets from the kernel's BTF (set by the agent at load).
 #[unsafe(no_mangle)]
 static SCHED_OFFSETS: SchedOffsets =
-    SchedOffsets { pid: 0, last_queued: 0, se_cfs_rq: 0, cfs_rq_rq: 0, rq_clock: 0, runq: 0 };
+    SchedOffsets { pid: 0, last_queued: 0, se_cfs_rq: 0, cfs_rq_rq: 0, rq_clock: 0, runq: 0, comm: 0, _pad: 0 };
 
 /// Non-zero: keep per-task times (set by the agent at load; the verifier prunes the
 /// per-task code when it is 0, since globals are read-only and known at load).
@@ -113,12 +119,31 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
         if queued != 0 {
             wait = clock.saturating_sub(queued);
             cpu.runq.record(wait);
+            let th = hindsight::thresholds().runq_ns;
+            if th != 0 && wait >= th {
+                keep_wait(next, next_pid as u32, prev_pid as u32, wait, &o);
+            }
         }
     }
     cpu.running_pid = next_pid as u64;
     cpu.running_wait_ns = wait;
     cpu.last_switch_ns = now;
     0
+}
+
+/// A long wait for the hindsight ring: who waited, and who held the CPU (the current
+/// task, leaving it). Off the common path: only past the threshold.
+#[inline(never)]
+fn keep_wait(next: *const u8, tid: u32, prev_tid: u32, wait: u64, o: &SchedOffsets) {
+    hindsight::keep(Record {
+        value: wait,
+        tid,
+        other_tid: prev_tid,
+        kind: RUNQ,
+        comm: if o.comm != 0 { comm_at(next, o.comm) } else { [0; 16] },
+        other_comm: if prev_tid != 0 { bpf_get_current_comm().unwrap_or([0; 16]) } else { [0; 16] },
+        ..Record::default()
+    });
 }
 
 /// Add what `prev` (the current task) just did to its per-task entry.

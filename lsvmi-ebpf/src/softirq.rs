@@ -8,7 +8,13 @@ use aya_ebpf::{
     maps::PerCpuArray,
     programs::BtfTracePointContext,
 };
-use lsvmi_common::softirq::{CpuSoftirq, VECTORS};
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
+use lsvmi_common::{
+    hindsight::{Record, SOFTIRQ},
+    softirq::{CpuSoftirq, VECTORS},
+};
+
+use crate::hindsight;
 
 #[map]
 static SOFTIRQ_CPU: PerCpuArray<CpuSoftirq> = PerCpuArray::with_max_entries(1, 0);
@@ -45,10 +51,28 @@ pub fn softirq_exit(ctx: BtfTracePointContext) -> u32 {
         if entered != 0 {
             // SAFETY: no preconditions.
             let now = unsafe { bpf_ktime_get_ns() };
-            cpu.time_ns[vec] += now.saturating_sub(entered);
+            let ran = now.saturating_sub(entered);
+            cpu.time_ns[vec] += ran;
+            let th = hindsight::thresholds().softirq_ns;
+            if th != 0 && ran >= th {
+                keep_run(vec as u16, ran);
+            }
             cpu.count[vec] += 1;
             cpu.entered_ns[vec] = 0;
         }
     }
     0
+}
+
+/// A long softirq run for the hindsight ring, with the task it interrupted.
+#[inline(never)]
+fn keep_run(vec: u16, ran: u64) {
+    hindsight::keep(Record {
+        value: ran,
+        tid: bpf_get_current_pid_tgid() as u32,
+        kind: SOFTIRQ,
+        detail: vec,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        ..Record::default()
+    });
 }

@@ -23,7 +23,7 @@ use lsvmi_common::{
     },
 };
 
-use crate::kernel::{field, global};
+use crate::kernel::{comm_at, field, global};
 
 // Allocated as entries appear (BPF_F_NO_PREALLOC): between sessions they are empty
 // and cost no kernel memory.
@@ -245,15 +245,10 @@ pub fn trace_sched_switch(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// `task`'s name (`task_struct.comm`), in two loads.
+/// `task`'s name.
 #[inline(always)]
 fn comm_of(task: *const u8, o: &TraceOffsets) -> [u8; 16] {
-    let lo: u64 = field(task, o.comm);
-    let hi: u64 = field(task, o.comm + 8);
-    let mut comm = [0u8; 16];
-    comm[..8].copy_from_slice(&lo.to_ne_bytes());
-    comm[8..].copy_from_slice(&hi.to_ne_bytes());
-    comm
+    comm_at(task, o.comm)
 }
 
 /// One wait for the timeline; the agent is not woken (it drains on its tick).

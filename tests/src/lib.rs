@@ -15,6 +15,7 @@ use std::{
 use serde::Deserialize;
 
 pub mod fuse;
+pub mod session;
 
 /// The agent binary built by `cargo xtask test` (or `cargo build -p lsvmi-agent`).
 pub fn agent_bin() -> PathBuf {

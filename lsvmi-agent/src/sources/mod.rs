@@ -102,7 +102,7 @@ const fn spec_off(
 /// Every source, in the order they are polled within a tick. Default intervals: what
 /// moves fast and matters at 100 ms (CPU, softirqs, NIC and disk counters, pressure)
 /// every tick; the rest every second; filesystems and host identity every 5 s.
-pub fn specs() -> [SourceSpec; 26] {
+pub fn specs() -> [SourceSpec; 27] {
     use Build::{Bpf, Config as Cfg, SelfMetrics};
     [
         spec(
@@ -163,6 +163,13 @@ pub fn specs() -> [SourceSpec; 26] {
             1000,
             crate::trace::net::METRICS,
             Bpf(&crate::trace::net::BPF),
+        ),
+        spec(
+            "hindsight",
+            "Hindsight ring: the events before a trigger (eBPF, read only when a trigger fires)",
+            1000,
+            crate::trace::hindsight::METRICS,
+            Bpf(&crate::trace::hindsight::BPF),
         ),
         spec(
             "trace_block",

@@ -88,6 +88,7 @@ async fn answer(stream: UnixStream, sessions: &Sessions, own_uid: u32) {
     } else {
         match reader.read_line(&mut line).await {
             Ok(_) => match serde_json::from_str::<Request>(line.trim()) {
+                Ok(Request::Dump) => dump(sessions).await,
                 Ok(req) => {
                     let (response, then) = sessions.handle(req, crate::model::now_ms());
                     follow_up(sessions, response, then).await
@@ -102,10 +103,30 @@ async fn answer(stream: UnixStream, sessions: &Sessions, own_uid: u32) {
     let _ = write.write_all(text.as_bytes()).await;
 }
 
+/// `lsvmi trace dump`: the hindsight ring into `<trace.dir>/dump-<ms>.trace.json`, on the
+/// blocking pool.
+async fn dump(sessions: &Sessions) -> Response {
+    let dir = sessions.settings().dir.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let kept = super::hindsight::dump()?;
+        let id = format!("dump-{}", crate::model::now_ms());
+        let path = super::timeline::write(&dir, &id, &super::hindsight::files(&id, &kept))
+            .map_err(|e| format!("writing to {}: {e}", dir.display()))?;
+        tracing::info!(records = kept.len(), "hindsight ring dumped to {}", path.display());
+        Ok::<_, String>(Response::Dumped { path: path.display().to_string(), records: kept.len() })
+    })
+    .await;
+    match done {
+        Ok(Ok(r)) => r,
+        Ok(Err(message)) => Response::Error { message },
+        Err(e) => Response::Error { message: format!("dump failed: {e}") },
+    }
+}
+
 /// Load or unload programs as a request left to do, on the blocking pool (BTF parsing
 /// and the verifier take long enough to delay a tick). A session whose programs cannot
 /// start is ended at once and the caller told why.
-async fn follow_up(sessions: &Sessions, mut response: Response, then: Vec<Then>) -> Response {
+pub(crate) async fn follow_up(sessions: &Sessions, mut response: Response, then: Vec<Then>) -> Response {
     for step in then {
         match step {
             Then::Start(session) => {

@@ -202,7 +202,7 @@ impl SessionMaps for Maps {
     fn switch(&mut self, session: Option<&SessionInfo>) -> Result<(), String> {
         let f = match session {
             None => IrqFilter { active: 0, cpu: ANY_CPU, min_ns: 0 },
-            Some(s) => IrqFilter { active: 1, cpu: ANY_CPU, min_ns: s.threshold_ns.unwrap_or(TIMELINE_MIN_NS) },
+            Some(s) => IrqFilter { active: 1, cpu: one_cpu(s)?, min_ns: s.threshold_ns.unwrap_or(TIMELINE_MIN_NS) },
         };
         self.set_filter(f)
     }
@@ -247,10 +247,19 @@ pub fn tracer(ebpf: Arc<Mutex<Ebpf>>, sessions: &Sessions) -> Result<Arc<dyn Tra
 }
 
 fn check(session: &SessionInfo) -> Result<(), String> {
-    if session.pid.is_some() || session.comm.is_some() || session.cpus.is_some() {
-        return Err("the irq profile traces the whole host: --pid, --comm and --cpu do not apply".into());
+    if session.pid.is_some() || session.comm.is_some() {
+        return Err("the irq profile traces CPUs, not processes: --pid and --comm do not apply".into());
     }
-    Ok(())
+    one_cpu(session).map(|_| ())
+}
+
+/// `--cpu`: one CPU or none (every CPU).
+fn one_cpu(session: &SessionInfo) -> Result<u32, String> {
+    let Some(list) = &session.cpus else { return Ok(ANY_CPU) };
+    match crate::sources::host::parse_cpu_list(list).as_deref() {
+        Some([cpu]) => Ok(*cpu),
+        _ => Err(format!("--cpu {list}: the irq profile narrows to one CPU")),
+    }
 }
 
 /// IRQ number → its description in /proc/interrupts (`virtio0-input.0`, …).

@@ -11,11 +11,13 @@
 pub mod block;
 pub mod budget;
 pub mod control;
+pub mod hindsight;
 pub mod irq;
 pub mod net;
 pub mod programs;
 pub mod sched;
 pub mod timeline;
+pub mod triggers;
 
 use std::{
     sync::{Arc, Mutex, MutexGuard},
@@ -73,6 +75,8 @@ pub enum Request {
     Start(StartRequest),
     Status,
     Stop,
+    /// Copy the hindsight ring into a session file.
+    Dump,
     /// The running session's events from index `since` on (`--follow`).
     Events {
         since: usize,
@@ -91,6 +95,8 @@ pub enum Response {
     Error { message: String },
     /// Events of the running session from `since`, and the index to ask from next.
     Events { session: SessionInfo, events: Vec<serde_json::Value>, next: usize },
+    /// The hindsight ring was written to `path`.
+    Dumped { path: String, records: usize },
 }
 
 /// A session as the control socket reports it.
@@ -130,6 +136,18 @@ pub struct SessionInfo {
     /// Events not recorded so far, by reason (a map or ring full).
     #[serde(default)]
     pub dropped: std::collections::BTreeMap<String, u64>,
+    /// Set when a trigger started it.
+    #[serde(default)]
+    pub trigger: Option<TriggerInfo>,
+}
+
+/// Which trigger started a session, and when it fired.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TriggerInfo {
+    pub name: String,
+    pub fired_ms: i64,
+    /// What it saw, in words (`runq on CPU 1: 3.1 ms > 0.5 ms`).
+    pub what: String,
 }
 
 /// What a request leaves to do once answered.
@@ -151,6 +169,11 @@ pub struct TraceSettings {
     pub default_duration: Duration,
     pub max_duration: Duration,
     pub default_budget_percent: f64,
+    /// What the always-on programs keep for hindsight.
+    pub hindsight: hindsight::HindsightSettings,
+    /// Conditions that start sessions by themselves, and their limits.
+    pub triggers: Vec<triggers::TriggerSpec>,
+    pub limits: triggers::Limits,
 }
 
 pub const DEFAULT_SOCKET: &str = "/run/lsvmi/control.sock";
@@ -164,6 +187,9 @@ impl Default for TraceSettings {
             default_duration: Duration::from_secs(10),
             max_duration: Duration::from_secs(120),
             default_budget_percent: 0.5,
+            hindsight: hindsight::HindsightSettings::default(),
+            triggers: Vec::new(),
+            limits: triggers::Limits { cooldown: Duration::from_secs(600), per_hour: 6 },
         }
     }
 }
@@ -253,6 +279,9 @@ impl Tracer for Tracers {
 struct State {
     current: Option<SessionInfo>,
     last: Option<SessionInfo>,
+    /// A triggered session's hindsight records (and the firing's time on the programs'
+    /// clock) until its files are written.
+    hindsight: Option<(String, Vec<hindsight::Kept>, u64)>,
 }
 
 /// The daemon's side: at most one session, and the last one that ended.
@@ -316,6 +345,8 @@ impl Sessions {
                 }
                 _ => Response::Idle { last: self.lock_last() },
             },
+            // Answered by the control socket itself (it blocks).
+            Request::Dump => Response::Error { message: "dump is answered by the control socket".into() },
             Request::Stop => match self.end("stopped") {
                 Some(session) => {
                     then.push(Then::Stop(session.clone()));
@@ -381,6 +412,7 @@ impl Sessions {
             steps: Vec::new(),
             cost_from: None,
             dropped: Default::default(),
+            trigger: None,
         };
         tracing::info!(
             session = %session.id,
@@ -443,6 +475,36 @@ impl Sessions {
                 s.dropped.insert(reason.to_string(), n);
             }
         }
+    }
+
+    /// Session `id` was started by a trigger, which kept `kept` from before it fired.
+    pub fn triggered(&self, id: &str, info: TriggerInfo, kept: Vec<hindsight::Kept>, fired_mono_ns: u64) {
+        let mut st = self.lock();
+        if let Some(s) = st.current.as_mut()
+            && s.id == id
+        {
+            s.trigger = Some(info);
+        }
+        st.hindsight = Some((id.to_string(), kept, fired_mono_ns));
+    }
+
+    /// Session `id`'s trigger and hindsight records, for its files (taken once).
+    pub fn take_hindsight(&self, id: &str) -> (Option<TriggerInfo>, Option<(Vec<hindsight::Kept>, u64)>) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let info = [st.current.as_ref(), st.last.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|s| s.id == id)
+            .and_then(|s| s.trigger.clone());
+        let kept = match st.hindsight.take() {
+            Some((hid, kept, at)) if hid == id => Some((kept, at)),
+            other => {
+                st.hindsight = other;
+                None
+            }
+        };
+        (info, kept)
     }
 
     /// Session `id`'s timeline file was written.

@@ -268,6 +268,7 @@ mod tests {
             steps: Vec::new(),
             cost_from: None,
             dropped: Default::default(),
+            trigger: None,
         };
         NetTracer.start(&s).unwrap();
         assert!(tracing());

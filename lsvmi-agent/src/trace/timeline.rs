@@ -220,7 +220,9 @@ pub fn write_later(
     let Some(sessions) = sessions.cloned() else { return };
     let (dir, id) = (sessions.settings().dir.clone(), session_id.to_string());
     tokio::task::spawn_blocking(move || {
-        let files = make();
+        let mut files = make();
+        let (trigger, kept) = sessions.take_hindsight(&id);
+        add_trigger(&mut files, trigger, kept);
         let (records, dropped) = (files.records, files.dropped);
         match write(&dir, &id, &files) {
             Ok(path) => {
@@ -230,6 +232,27 @@ pub fn write_later(
             Err(e) => tracing::warn!(session = %id, "trace timeline not written to {}: {e}", dir.display()),
         }
     });
+}
+
+/// A triggered session's files say which trigger started it and when, and hold the
+/// hindsight records from before it fired (marked `before_trigger`).
+fn add_trigger(
+    files: &mut Files,
+    trigger: Option<super::TriggerInfo>,
+    kept: Option<(Vec<super::hindsight::Kept>, u64)>,
+) {
+    if let Some(t) = trigger {
+        files.doc["metadata"]["trigger"] = json!({ "name": t.name, "fired_ms": t.fired_ms, "what": t.what });
+    }
+    let Some((kept, fired_ns)) = kept else { return };
+    let mut doc = Doc::default();
+    super::hindsight::add_to(&mut doc, &kept);
+    let extra = doc.finish("", 0, 0);
+    if let (Some(events), Some(more)) = (files.doc["traceEvents"].as_array_mut(), extra["traceEvents"].as_array()) {
+        events.extend(more.iter().cloned());
+    }
+    files.doc["metadata"]["hindsight_records"] = json!(kept.len());
+    files.lines.extend(super::hindsight::lines(&kept, Some(fired_ns)));
 }
 
 /// Write `<dir>/<id>.trace.json` and `<dir>/<id>.events.jsonl`, then drop the files of

@@ -89,7 +89,12 @@ pub static BPF: BpfSource = BpfSource {
 /// run-queue latency is then left out with one warning).
 fn offsets(kernel: &Kernel) -> Result<SchedOffsets, String> {
     let at = |s: &str, m: &str| kernel.member_offset(s, m);
-    let mut o = SchedOffsets { pid: at("task_struct", "pid")?, ..Default::default() };
+    let mut o = SchedOffsets {
+        pid: at("task_struct", "pid")?,
+        // Only names the hindsight ring's records: without it they carry none.
+        comm: at("task_struct", "comm").unwrap_or(0),
+        ..Default::default()
+    };
     let runq = (|| -> Result<(), String> {
         o.last_queued = at("task_struct", "sched_info")? + at("sched_info", "last_queued")?;
         o.se_cfs_rq = at("task_struct", "se")? + at("sched_entity", "cfs_rq")?;
