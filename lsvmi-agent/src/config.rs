@@ -728,6 +728,10 @@ mod tests {
             ("rate_limit: {bytes_per_second: 10}\n", "rate_limit"),
             ("trace: {max_duration: 5s}\n", "trace"),
             ("trace: {budget_percent: 0}\n", "trace"),
+            ("trace: {triggers: [{name: a, metric: runq_p99, above: 1}]}\n", "runq_p99"),
+            ("trace: {triggers: [{name: a, metric: softirq_percent, above: lots}]}\n", "must be a number"),
+            ("trace: {triggers: [{name: a, metric: runq_latency, above: 1ms}, {name: a, metric: runq_latency, above: 2ms}]}\n", "given twice"),
+            ("trace: {hindsight: {runq_wait: soon}}\n", "runq_wait"),
         ] {
             let e = from_yaml(&[], yaml).unwrap_err().to_string();
             assert!(e.contains(key), "{yaml}: {e}");
