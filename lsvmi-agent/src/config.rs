@@ -730,7 +730,10 @@ mod tests {
             ("trace: {budget_percent: 0}\n", "trace"),
             ("trace: {triggers: [{name: a, metric: runq_p99, above: 1}]}\n", "runq_p99"),
             ("trace: {triggers: [{name: a, metric: softirq_percent, above: lots}]}\n", "must be a number"),
-            ("trace: {triggers: [{name: a, metric: runq_latency, above: 1ms}, {name: a, metric: runq_latency, above: 2ms}]}\n", "given twice"),
+            (
+                "trace: {triggers: [{name: a, metric: runq_latency, above: 1ms}, {name: a, metric: runq_latency, above: 2ms}]}\n",
+                "given twice",
+            ),
             ("trace: {hindsight: {runq_wait: soon}}\n", "runq_wait"),
         ] {
             let e = from_yaml(&[], yaml).unwrap_err().to_string();

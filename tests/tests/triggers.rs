@@ -146,6 +146,16 @@ fn a_burst_starts_a_session_with_the_seconds_before_and_a_second_burst_is_cooled
     assert!(cooled >= 1.0, "the second burst was not counted as cooled down ({cooled})");
     let stamped = vm.export(&format!(r#"trace_session_trigger_timestamp_seconds{{session="{id}",trigger="runq"}}"#));
     assert!(!stamped.is_empty(), "no series says which trigger started {id}");
+
+    // By hand: `lsvmi trace dump` writes the ring as it is now, the bursts' waits in it.
+    let out = trace(&socket, &["dump"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    let path = said.split("written to ").nth(1).map(str::trim).unwrap_or_else(|| panic!("{said}"));
+    let jsonl = std::fs::read_to_string(path.replace(".trace.json", ".events.jsonl")).expect("dump jsonl");
+    let hog_waits = jsonl.lines().filter(|l| l.contains("\"runqueue wait\"") && l.contains("\"hog\"")).count();
+    assert!(hog_waits > 0, "the dump holds no wait of the hogs: {said}");
+    serde_json::from_slice::<serde_json::Value>(&std::fs::read(path).expect("dump")).expect("trace-event JSON");
 }
 
 /// Voluntary context switches of every thread of process `pid` (each one a sleep that
@@ -200,4 +210,41 @@ fn with_no_trigger_firing_nothing_reads_the_ring_and_the_agent_wakes_at_its_tick
     assert_eq!(dumps, 0.0, "the ring was read with no trigger firing");
     // No reader, so no wake-up per record: the agent wakes for its own ticks only.
     assert!(busy <= quiet * 1.25 + 5.0, "{busy:.1} wake-ups/s with the ring busy vs {quiet:.1} quiet");
+}
+
+#[test]
+fn a_triggered_session_its_budget_refuses_still_keeps_the_seconds_before() {
+    if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) < 2 {
+        eprintln!("skipping: needs two CPUs");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("lsvmi.yaml");
+    // A budget no session fits in.
+    std::fs::write(
+        &config,
+        format!(
+            "trace:\n  dir: {}\n  budget_percent: 0.00001\n  triggers:\n    - {{name: runq, metric: runq_latency, above: 2ms, for: 2}}\n",
+            dir.path().join("trace").display()
+        ),
+    )
+    .expect("config");
+    let Some((_turn, vm, tdir, _daemon)) = bpf_daemon(&["--config", config.to_str().expect("utf-8")]) else {
+        return;
+    };
+    let socket = tdir.path().join("control.sock");
+    std::thread::sleep(Duration::from_millis(2500));
+    let burst = Burst::on(1);
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(burst);
+    let status = text(&trace(&socket, &["status"]).stdout);
+    assert!(status.contains("ended (failed:") && status.contains("started by trigger runq"), "{status}");
+    let doc = timeline(&socket);
+    assert_eq!(doc["metadata"]["trigger"]["name"], "runq", "{}", doc["metadata"]);
+    assert!(doc["metadata"]["hindsight_records"].as_u64().is_some_and(|n| n > 0), "{}", doc["metadata"]);
+    std::thread::sleep(Duration::from_millis(1200));
+    vm.force_flush();
+    let failed: f64 =
+        last_values(&vm, r#"lsvmi_trace_triggers_total{outcome="failed"}"#, "trigger").iter().map(|(_, v)| v).sum();
+    assert!(failed >= 1.0, "the refused start was not counted as failed");
 }

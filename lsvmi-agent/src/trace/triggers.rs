@@ -401,11 +401,21 @@ async fn start(sessions: &Sessions, f: &Fired, what: &str) -> Result<String, Str
     let id = session.id.clone();
     let info = TriggerInfo { name: f.trigger.clone(), fired_ms: f.at_ms, what: what.to_string() };
     sessions.triggered(&id, info, kept, f.at_mono_ns);
-    match super::control::follow_up(sessions, response, then).await {
-        Response::Session { .. } => Ok(id),
-        Response::Error { message } => Err(message),
-        other => Err(format!("{other:?}")),
-    }
+    let why = match super::control::follow_up(sessions, response, then).await {
+        Response::Session { .. } => return Ok(id),
+        Response::Error { message } => message,
+        other => format!("{other:?}"),
+    };
+    // No session (its budget, say): the past seconds are still worth keeping, in the
+    // files it would have had (the trigger and the hindsight records alone).
+    let file_id = id.clone();
+    super::timeline::write_later(Some(sessions), &id, move || super::timeline::Files {
+        doc: super::timeline::Doc::default().finish(&file_id, 0, 0),
+        lines: Vec::new(),
+        records: 0,
+        dropped: 0,
+    });
+    Err(why)
 }
 
 #[cfg(test)]
@@ -432,6 +442,71 @@ mod tests {
         }
         .check()
         .unwrap()
+    }
+
+    static SOFTIRQ: MetricDesc = MetricDesc {
+        name: "softirq_time_seconds_total",
+        kind: MetricKind::Counter,
+        unit: "seconds",
+        help: "",
+        labels: &["cpu", "type"],
+        source: "test",
+    };
+    static RETRANSMITS: MetricDesc = MetricDesc {
+        name: "net_tcp_retransmits_total",
+        kind: MetricKind::Counter,
+        unit: "",
+        help: "",
+        labels: &["state"],
+        source: "test",
+    };
+
+    fn armed(specs: &[TriggerSpec]) -> (Engine, mpsc::Receiver<Fired>) {
+        let (tx, rx) = mpsc::channel(8);
+        let mut engine = Engine::new(specs, tx);
+        engine.armed_at = Instant::now();
+        (engine, rx)
+    }
+
+    fn trigger(metric: Watched, above: f64, for_intervals: u32) -> TriggerSpec {
+        TriggerConfig {
+            name: "t".into(),
+            metric,
+            above: Above::Number(above),
+            quantile: None,
+            for_intervals: Some(for_intervals),
+        }
+        .check()
+        .unwrap()
+    }
+
+    #[test]
+    fn rates_add_up_per_cpu_and_per_host() {
+        let mut registry = Registry::new(Vec::new());
+        let rx_cpu1 = registry.register(&SOFTIRQ, &[("cpu", "1"), ("type", "NET_RX")]);
+        let timer_cpu1 = registry.register(&SOFTIRQ, &[("cpu", "1"), ("type", "TIMER")]);
+        let rx_cpu0 = registry.register(&SOFTIRQ, &[("cpu", "0"), ("type", "NET_RX")]);
+        let est = registry.register(&RETRANSMITS, &[("state", "ESTABLISHED")]);
+        let (mut engine, mut rx) =
+            armed(&[trigger(Watched::SoftirqPercent, 30.0, 1), trigger(Watched::RetransmitsPerSecond, 100.0, 1)]);
+        let tick = |engine: &mut Engine, ts: i64, v: [f64; 4]| {
+            let samples: Vec<Sample> = [rx_cpu1, timer_cpu1, rx_cpu0, est]
+                .iter()
+                .zip(v)
+                .map(|(id, value)| Sample { series: *id, ts_ms: ts, value })
+                .collect();
+            engine.observe(&registry, &samples);
+        };
+        tick(&mut engine, 0, [0.0, 0.0, 0.0, 0.0]);
+        // In 100 ms, CPU 1: 20 ms + 15 ms of softirqs (35 %), CPU 0: 10 ms; 5 retransmits (50/s).
+        tick(&mut engine, 100, [0.020, 0.015, 0.010, 5.0]);
+        let f = rx.try_recv().expect("softirq fired");
+        assert_eq!((f.metric, f.cpu), (Watched::SoftirqPercent, Some(1)));
+        assert!((f.value - 35.0).abs() < 1e-6, "{}", f.value);
+        assert!(rx.try_recv().is_err(), "CPU 0 and the retransmits stayed under");
+        tick(&mut engine, 200, [0.020, 0.015, 0.010, 25.0]); // 200/s
+        let f = rx.try_recv().expect("retransmits fired");
+        assert_eq!((f.metric, f.cpu, f.value), (Watched::RetransmitsPerSecond, None, 200.0));
     }
 
     #[test]
