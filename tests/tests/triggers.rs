@@ -60,56 +60,67 @@ fn triggered_session(socket: &std::path::Path) -> Option<String> {
     status.split("session ").nth(1)?.split_whitespace().next().map(str::to_string)
 }
 
-#[test]
-fn a_burst_starts_a_session_with_the_seconds_before_and_a_second_burst_is_cooled_down() {
+/// A daemon whose config has `trace:` lines `trace_yaml` (its session files in a
+/// directory of the test's own), once its triggers are armed. None when the test cannot
+/// run here (not root, fewer than two CPUs: the bursts need a CPU of their own).
+struct Armed {
+    vm: lsvmi_tests::Vm,
+    socket: std::path::PathBuf,
+    _daemon: lsvmi_tests::session::Daemon,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+fn armed(trace_yaml: &str) -> Option<Armed> {
     if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) < 2 {
         eprintln!("skipping: needs two CPUs");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().expect("dir");
     let config = dir.path().join("lsvmi.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "trace:\n  dir: {}\n  default_duration: 2s\n  triggers:\n    - {{name: runq, metric: runq_latency, above: 2ms, for: 2}}\n",
-            dir.path().join("trace").display()
-        ),
-    )
-    .expect("config");
-    let Some((_turn, vm, tdir, _daemon)) = bpf_daemon(&["--config", config.to_str().expect("utf-8")]) else {
-        return;
-    };
+    let trace_dir = dir.path().join("trace");
+    std::fs::write(&config, format!("trace:\n  dir: {}\n{trace_yaml}", trace_dir.display())).expect("config");
+    let (turn, vm, tdir, daemon) = bpf_daemon(&["--config", config.to_str().expect("utf-8")])?;
     let socket = tdir.path().join("control.sock");
-    // A latency-sensitive thread on CPU 1, quiet for a second first.
-    let stop = Arc::new(AtomicBool::new(false));
-    let victim = on_cpu("feed", 1, false, &stop);
     // Past the triggers' warm-up (2 s from the start of collection).
     std::thread::sleep(Duration::from_millis(2500));
-    let quiet = text(&trace(&socket, &["status"]).stdout);
-    assert_eq!(triggered_session(&socket), None, "a session started before the burst: {quiet}");
+    Some(Armed { vm, socket, _daemon: daemon, _dirs: (dir, tdir), _turn: turn })
+}
+
+#[test]
+fn a_burst_starts_a_session_with_the_seconds_before_and_a_second_burst_is_cooled_down() {
+    let yaml = "  default_duration: 2s\n  triggers:\n    - {name: runq, metric: runq_latency, above: 2ms, for: 2}\n";
+    let Some(a) = armed(yaml) else { return };
+    let (vm, socket) = (&a.vm, a.socket.as_path());
+    // A latency-sensitive thread on CPU 1.
+    let stop = Arc::new(AtomicBool::new(false));
+    let victim = on_cpu("feed", 1, false, &stop);
+    std::thread::sleep(Duration::from_millis(300));
+    let quiet = text(&trace(socket, &["status"]).stdout);
+    assert_eq!(triggered_session(socket), None, "a session started before the burst: {quiet}");
 
     let burst_at = now_ms();
     let burst = Burst::on(1);
     let deadline = Instant::now() + Duration::from_secs(3);
     let id = loop {
-        if let Some(id) = triggered_session(&socket) {
+        if let Some(id) = triggered_session(socket) {
             break id;
         }
         assert!(Instant::now() < deadline, "no session started within 3 s of the burst");
         std::thread::sleep(Duration::from_millis(20));
     };
     let started_ms: i64 = id.rsplit('-').next().and_then(|n| n.parse().ok()).expect("id");
-    let status = text(&trace(&socket, &["status"]).stdout);
+    let status = text(&trace(socket, &["status"]).stdout);
     eprintln!("session {id} started {} ms after the burst began: {status}", started_ms - burst_at);
     assert!(id.starts_with("sched-"), "{id}");
     assert!((0..=400).contains(&(started_ms - burst_at)), "started {} ms after the burst", started_ms - burst_at);
     drop(burst);
 
     // Its file: which trigger and when, and hindsight records from before, naming a hog.
-    let doc = timeline(&socket);
+    let doc = timeline(socket);
     assert_eq!(doc["metadata"]["trigger"]["name"], "runq", "{}", doc["metadata"]);
     let fired_ms = doc["metadata"]["trigger"]["fired_ms"].as_i64().expect("fired_ms");
-    let status = text(&trace(&socket, &["status"]).stdout);
+    let status = text(&trace(socket, &["status"]).stdout);
     let path = status.split("timeline: ").nth(1).map(str::trim).expect("timeline");
     let jsonl = std::fs::read_to_string(path.replace(".trace.json", ".events.jsonl")).expect("jsonl");
     let before: Vec<serde_json::Value> = jsonl
@@ -130,13 +141,13 @@ fn a_burst_starts_a_session_with_the_seconds_before_and_a_second_burst_is_cooled
     std::thread::sleep(Duration::from_millis(1500));
     drop(burst);
     std::thread::sleep(Duration::from_millis(1500));
-    let status = text(&trace(&socket, &["status"]).stdout);
+    let status = text(&trace(socket, &["status"]).stdout);
     assert!(status.contains(&format!("the last: session {id} ")), "a second session started: {status}");
     stop.store(true, Relaxed);
     victim.join().expect("victim");
     vm.force_flush();
     let outcome = |o: &str| -> f64 {
-        last_values(&vm, &format!(r#"lsvmi_trace_triggers_total{{trigger="runq",outcome="{o}"}}"#), "outcome")
+        last_values(vm, &format!(r#"lsvmi_trace_triggers_total{{trigger="runq",outcome="{o}"}}"#), "outcome")
             .iter()
             .map(|(_, v)| v)
             .sum()
@@ -148,7 +159,7 @@ fn a_burst_starts_a_session_with_the_seconds_before_and_a_second_burst_is_cooled
     assert!(!stamped.is_empty(), "no series says which trigger started {id}");
 
     // By hand: `lsvmi trace dump` writes the ring as it is now, the bursts' waits in it.
-    let out = trace(&socket, &["dump"]);
+    let out = trace(socket, &["dump"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let said = text(&out.stdout);
     let path = said.split("written to ").nth(1).map(str::trim).unwrap_or_else(|| panic!("{said}"));
@@ -171,22 +182,10 @@ fn wakeups(pid: u32) -> u64 {
 
 #[test]
 fn with_no_trigger_firing_nothing_reads_the_ring_and_the_agent_wakes_at_its_tick_rate() {
-    let dir = tempfile::tempdir().expect("dir");
-    let config = dir.path().join("lsvmi.yaml");
     // Records on every wait of a microsecond or more: the ring is written all the time.
-    std::fs::write(
-        &config,
-        format!(
-            "trace:\n  dir: {}\n  hindsight: {{runq_wait: 1us}}\n  triggers:\n    - {{name: never, metric: runq_latency, above: 10s}}\n",
-            dir.path().join("trace").display()
-        ),
-    )
-    .expect("config");
-    let Some((_turn, vm, _tdir, daemon)) = bpf_daemon(&["--config", config.to_str().expect("utf-8")]) else {
-        return;
-    };
-    let pid = daemon.0.id();
-    std::thread::sleep(Duration::from_secs(3));
+    let yaml = "  hindsight: {runq_wait: 1us}\n  triggers:\n    - {name: never, metric: runq_latency, above: 10s}\n";
+    let Some(a) = armed(yaml) else { return };
+    let (vm, pid) = (&a.vm, a._daemon.0.id());
     let rate = |secs: u64, load: bool| {
         let (w0, t0) = (wakeups(pid), Instant::now());
         let deadline = t0 + Duration::from_secs(secs);
@@ -214,37 +213,21 @@ fn with_no_trigger_firing_nothing_reads_the_ring_and_the_agent_wakes_at_its_tick
 
 #[test]
 fn a_triggered_session_its_budget_refuses_still_keeps_the_seconds_before() {
-    if std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) < 2 {
-        eprintln!("skipping: needs two CPUs");
-        return;
-    }
-    let dir = tempfile::tempdir().expect("dir");
-    let config = dir.path().join("lsvmi.yaml");
     // A budget no session fits in.
-    std::fs::write(
-        &config,
-        format!(
-            "trace:\n  dir: {}\n  budget_percent: 0.00001\n  triggers:\n    - {{name: runq, metric: runq_latency, above: 2ms, for: 2}}\n",
-            dir.path().join("trace").display()
-        ),
-    )
-    .expect("config");
-    let Some((_turn, vm, tdir, _daemon)) = bpf_daemon(&["--config", config.to_str().expect("utf-8")]) else {
-        return;
-    };
-    let socket = tdir.path().join("control.sock");
-    std::thread::sleep(Duration::from_millis(2500));
+    let yaml = "  budget_percent: 0.00001\n  triggers:\n    - {name: runq, metric: runq_latency, above: 2ms, for: 2}\n";
+    let Some(a) = armed(yaml) else { return };
+    let (vm, socket) = (&a.vm, a.socket.as_path());
     let burst = Burst::on(1);
     std::thread::sleep(Duration::from_millis(1500));
     drop(burst);
-    let status = text(&trace(&socket, &["status"]).stdout);
+    let status = text(&trace(socket, &["status"]).stdout);
     assert!(status.contains("ended (failed:") && status.contains("started by trigger runq"), "{status}");
-    let doc = timeline(&socket);
+    let doc = timeline(socket);
     assert_eq!(doc["metadata"]["trigger"]["name"], "runq", "{}", doc["metadata"]);
     assert!(doc["metadata"]["hindsight_records"].as_u64().is_some_and(|n| n > 0), "{}", doc["metadata"]);
     std::thread::sleep(Duration::from_millis(1200));
     vm.force_flush();
     let failed: f64 =
-        last_values(&vm, r#"lsvmi_trace_triggers_total{outcome="failed"}"#, "trigger").iter().map(|(_, v)| v).sum();
+        last_values(vm, r#"lsvmi_trace_triggers_total{outcome="failed"}"#, "trigger").iter().map(|(_, v)| v).sum();
     assert!(failed >= 1.0, "the refused start was not counted as failed");
 }

@@ -261,7 +261,9 @@ impl Engine {
         if Instant::now() < self.armed_at {
             return; // the baselines above are taken; no condition counts yet
         }
-        let now_ms = samples.first().map_or_else(crate::model::now_ms, |s| s.ts_ms);
+        // The firing's instant on both clocks (wall for people, the programs' for the
+        // hindsight records), taken together.
+        let (now_ms, now_mono) = (crate::model::now_ms(), crate::bpf::monotonic_ns());
         let mut fired = Vec::new();
         for (spec, streaks) in &mut self.triggers {
             let values: Vec<(Option<u32>, f64)> = match spec.metric {
@@ -286,7 +288,7 @@ impl Engine {
                         value,
                         above: spec.above,
                         at_ms: now_ms,
-                        at_mono_ns: crate::bpf::monotonic_ns(),
+                        at_mono_ns: now_mono,
                     });
                 }
             }
