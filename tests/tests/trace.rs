@@ -545,7 +545,9 @@ fn follow_prints_the_sessions_waits_as_a_table_until_it_ends() {
     let Some((_turn, _vm, dir, _daemon)) = bpf_daemon(&[]) else { return };
     let load = Contention::on(usize::from(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) > 1));
     let pid = std::process::id().to_string();
-    let out = trace(&dir.path().join("control.sock"), &["start", "--pid", &pid, "--duration", "2s", "--follow"]);
+    // Every wait (--threshold 0s): how long the sleeper waits behind the spinner varies.
+    let args = ["start", "--pid", &pid, "--duration", "2s", "--threshold", "0s", "--follow"];
+    let out = trace(&dir.path().join("control.sock"), &args);
     drop(load);
     let table = text(&out.stdout);
     assert!(out.status.success(), "{}", text(&out.stderr));
