@@ -56,6 +56,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if !config.bpf {
         info!("eBPF off (--no-bpf or `bpf: false`): procfs sources only");
     }
+    // The BPF object is loaded: from here the agent needs four capabilities at most.
+    // Nothing but this thread runs yet (the runtime has one thread, its blocking pool
+    // starts on first use), so what is dropped here is dropped for the whole process.
+    if crate::privileges::threads() > 1 {
+        tracing::warn!("capabilities: other threads already run; they keep what they have");
+    }
+    for (warn, line) in crate::privileges::reduce(config.bpf) {
+        if warn {
+            tracing::warn!("{line}");
+        } else {
+            info!("{line}");
+        }
+    }
     // Poll in declaration order (the BPF sources were built after the others).
     let order: Vec<&str> = crate::sources::specs().iter().map(|s| s.name).collect();
     sources.sort_by_key(|s| order.iter().position(|n| *n == s.name()));
@@ -133,6 +146,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     wait_for_stop(config.duration).await?;
 
     info!("stopping: flushing collected samples");
+    crate::systemd::stopping();
     if let Some(s) = sessions.end("shutdown") {
         crate::trace::control::stop_programs(&sessions, s).await;
     }

@@ -94,6 +94,12 @@ pub struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
+    /// Check a configuration file without starting anything: every error with its line,
+    /// or the effective settings. Exit 0 when good, 2 when not
+    CheckConfig {
+        /// The YAML file (as given to --config)
+        file: PathBuf,
+    },
     /// Deep-tracing sessions in the running daemon: per-event programs loaded for a
     /// bounded time within a CPU budget (root or the daemon's user only)
     Trace {

@@ -7,20 +7,24 @@
 //! - `encode/`  — remote-write protobuf + snappy, or text for `--dry-run`;
 //! - `send/`    — batching, the bounded queue, retries, HTTP: how it leaves the host;
 //! - `bpf/`     — loading the embedded BPF object (programs live in `lsvmi-ebpf/`);
-//! - `trace/`   — deep-tracing sessions on demand, and the control socket.
+//! - `trace/`   — deep-tracing sessions on demand or by trigger, hindsight, the control socket;
+//! - `systemd`, `privileges`, `check_config` — running as a daemon operators deploy.
 
 pub mod affinity;
 pub mod agent;
 pub mod bpf;
 pub mod catalog;
+pub mod check_config;
 pub mod cli;
 pub mod config;
 pub mod encode;
 pub mod error_line;
 pub mod model;
+pub mod privileges;
 pub mod sampler;
 pub mod send;
 #[macro_use]
 pub mod sources;
 pub mod stats;
+pub mod systemd;
 pub mod trace;

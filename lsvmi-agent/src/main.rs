@@ -21,16 +21,27 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(format!("lsvmi={0},warn", cli.log_level)))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
-        .compact()
-        .init();
+        .compact();
+    // Under systemd the journal stamps every line: a second timestamp is noise.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
 
-    if let Some(Command::Trace { action }) = &cli.command {
-        return trace_client(&cli, action);
+    match &cli.command {
+        Some(Command::Trace { action }) => return trace_client(&cli, action),
+        Some(Command::CheckConfig { file }) => {
+            let (report, good) = lsvmi::check_config::check(file);
+            print!("{report}");
+            return if good { ExitCode::SUCCESS } else { ExitCode::from(2) };
+        }
+        None => {}
     }
     let config = match Config::from_cli(&cli) {
         Ok(c) => c,

@@ -91,6 +91,9 @@ impl Sampler {
         let start = tokio::time::Instant::now();
         let mut tick: u64 = 0;
         let mut late = false;
+        // systemd: READY after the first tick, WATCHDOG from every tick after.
+        let mut watchdog = crate::systemd::Watchdog::from_env();
+        let mut ready = false;
         loop {
             let at = tokio::select! {
                 biased;
@@ -111,6 +114,13 @@ impl Sampler {
             }
             let samples = self.cycle(tick);
             tick += 1;
+            if !ready {
+                crate::systemd::ready(self.slots.len());
+                ready = true;
+            }
+            if let Some(w) = &mut watchdog {
+                w.tick();
+            }
             if samples.is_empty() {
                 continue;
             }
