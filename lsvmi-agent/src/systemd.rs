@@ -29,12 +29,16 @@ pub struct Watchdog {
 
 impl Watchdog {
     /// None when systemd asked for no watchdog (or this is not systemd).
+    /// As libsystemd's `sd_watchdog_enabled`: `WATCHDOG_USEC` set, and `WATCHDOG_PID`
+    /// (when set) this process. (The crate's own check also demands `WATCHDOG_PID`.)
     pub fn from_env() -> Option<Watchdog> {
-        let mut usec = 0u64;
-        if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+        if let Ok(pid) = std::env::var("WATCHDOG_PID")
+            && pid.parse::<u32>().ok() != Some(std::process::id())
+        {
             return None;
         }
-        Some(Watchdog { every: Duration::from_micros(usec / 2), last: None })
+        (usec > 0).then(|| Watchdog { every: Duration::from_micros(usec / 2), last: None })
     }
 
     /// Called on every tick that ran: pings when half the period has passed.

@@ -11,7 +11,9 @@ use anyhow::{Context as _, bail};
 /// Debian packages: Debian's rustc/cargo with a prebuilt BPF core, LLVM 22 for
 /// bpf-linker, the real sinks the tests and `xtask run` start, iproute2 and nftables for
 /// the BPF tests' network namespace with a drop rule, and openssl and curl for the TLS
-/// tests (certificates, and reading back from a TLS-only VictoriaMetrics).
+/// tests (certificates, and reading back from a TLS-only VictoriaMetrics); systemd
+/// (`systemd-analyze` checks the unit), libcap2-bin (`capsh`) and util-linux (`setpriv`)
+/// for the deployment tests.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -24,6 +26,9 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "openssl",
     "curl",
+    "systemd",
+    "libcap2-bin",
+    "util-linux",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

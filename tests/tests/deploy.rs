@@ -1,0 +1,192 @@
+//! Deploying the agent as operators do: its systemd unit, its notify protocol and
+//! watchdog, least privilege, and `lsvmi check-config`.
+
+use std::{
+    os::unix::net::UnixDatagram,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use lsvmi_tests::{agent_bin, is_root, run_command, testdata};
+
+fn workspace_root() -> std::path::PathBuf {
+    testdata().parent().expect("repo").to_path_buf()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The repo's unit, its ExecStart pointed at the binary under test.
+fn unit_for_test(dir: &Path) -> std::path::PathBuf {
+    let unit = std::fs::read_to_string(workspace_root().join("packaging/lsvmi.service")).expect("unit");
+    let unit = unit.replace("ExecStart=/usr/bin/lsvmi", &format!("ExecStart={}", agent_bin().display()));
+    let path = dir.join("lsvmi.service");
+    std::fs::write(&path, unit).expect("write unit");
+    path
+}
+
+#[test]
+fn the_unit_verifies_cleanly_and_scores_ok_on_exposure() {
+    if Command::new("systemd-analyze").arg("--version").stdout(Stdio::null()).status().is_err() {
+        eprintln!("skipping: no systemd-analyze");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let unit = unit_for_test(dir.path());
+    let out = run_command(Command::new("systemd-analyze").arg("verify").arg(&unit), Duration::from_secs(60));
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    let out = run_command(
+        Command::new("systemd-analyze").args(["security", "--offline=yes", "--no-pager"]).arg(&unit),
+        Duration::from_secs(60),
+    );
+    let said = text(&out.stdout);
+    let score: f64 = said
+        .lines()
+        .find_map(|l| l.split("exposure level for lsvmi.service: ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level: {said}{}", text(&out.stderr)));
+    eprintln!("exposure {score}");
+    assert!(score <= 3.0, "exposure {score} above 3.0 (OK)");
+    // The capability names are ones capsh knows.
+    let unit = std::fs::read_to_string(&unit).expect("unit");
+    let caps = unit.lines().find_map(|l| l.strip_prefix("CapabilityBoundingSet=")).expect("bounding set");
+    for cap in caps.split_whitespace() {
+        let out = run_command(
+            Command::new("capsh").arg(format!("--supports={}", cap.to_lowercase())),
+            Duration::from_secs(10),
+        );
+        assert!(out.status.success(), "capsh does not know {cap}: {}", text(&out.stderr));
+    }
+}
+
+/// A NOTIFY_SOCKET for the agent, and what arrives on it.
+struct Notify {
+    socket: UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl Notify {
+    fn new(dir: &Path) -> Notify {
+        let path = dir.join("notify.sock");
+        let socket = UnixDatagram::bind(&path).expect("notify socket");
+        socket.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+        Notify { socket, path }
+    }
+
+    /// Messages for `for_` (each datagram's lines).
+    fn collect(&self, for_: Duration) -> Vec<(Instant, String)> {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + for_;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.socket.recv(&mut buf) {
+                for line in text(&buf[..n]).lines() {
+                    got.push((Instant::now(), line.to_string()));
+                }
+            }
+        }
+        got
+    }
+}
+
+#[test]
+fn ready_once_collecting_and_the_watchdog_follows_the_tick() {
+    let dir = tempfile::tempdir().expect("dir");
+    let notify = Notify::new(dir.path());
+    // A /proc tree of the test's own (a captured one), so it can make a read hang.
+    let root = dir.path().join("proc");
+    let st = Command::new("cp").arg("-r").arg(testdata().join("proc/debian12-6.18-2cpu")).arg(&root).status();
+    assert!(st.is_ok_and(|s| s.success()), "copying the fixture tree");
+    let mut agent = Command::new(agent_bin())
+        .args(["--dry-run", "--no-bpf", "--procfs-root"])
+        .arg(&root)
+        .arg("--control-socket")
+        .arg(dir.path().join("control.sock"))
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "400000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let got = notify.collect(Duration::from_secs(3));
+    let ready = got.iter().position(|(_, m)| m == "READY=1");
+    assert!(ready.is_some(), "no READY=1: {got:?}");
+    let pings = got.iter().filter(|(_, m)| m == "WATCHDOG=1").count();
+    assert!(pings >= 8, "{pings} watchdog pings in 3 s (every 200 ms expected): {got:?}");
+    // A process appears whose stat is a FIFO nobody writes: the next read of it (the
+    // per-process source, every second) blocks in open(2), and the tick with it.
+    let pid = root.join("424242");
+    std::fs::create_dir(&pid).expect("pid dir");
+    let fifo = std::ffi::CString::new(pid.join("stat").to_str().expect("utf-8")).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+    // What was sent before the tick reached the FIFO is let through first.
+    notify.collect(Duration::from_millis(1500));
+    let after = notify.collect(Duration::from_secs(2));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let pings = after.iter().filter(|(_, m)| m == "WATCHDOG=1").count();
+    assert_eq!(pings, 0, "watchdog pings went on with the tick stopped: {after:?}");
+}
+
+#[test]
+fn check_config_names_each_error_with_its_line_or_prints_the_settings() {
+    let dir = tempfile::tempdir().expect("dir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "interval: 100ms\nendpointz: http://x/\nlabels:\n  a: b\nbpf: maybe\n").expect("write");
+    let out = run_command(Command::new(agent_bin()).arg("check-config").arg(&bad), Duration::from_secs(20));
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("bad.yaml:2: unknown field `endpointz`"), "{said}");
+    assert!(said.contains("bad.yaml:5: "), "{said}");
+    let url = dir.path().join("url.yaml");
+    std::fs::write(&url, "interval: 100ms\n\nendpoint: 'http://'\n").expect("write");
+    let out = run_command(Command::new(agent_bin()).arg("check-config").arg(&url), Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stdout).contains("url.yaml:3: invalid endpoint"), "{}", text(&out.stdout));
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, "endpoint: http://127.0.0.1:8428/api/v1/write\ninterval: 200ms\n").expect("write");
+    let out = run_command(Command::new(agent_bin()).arg("check-config").arg(&good), Duration::from_secs(20));
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("good. Effective settings") && said.contains("interval: 200ms"), "{said}");
+}
+
+#[test]
+fn started_as_root_it_keeps_four_capabilities() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let mut agent = Command::new(agent_bin())
+        .args(["--dry-run", "--duration", "30"])
+        .arg("--control-socket")
+        .arg(dir.path().join("control.sock"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let status = format!("/proc/{}/status", agent.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Dropped once the BPF object is loaded.
+    let mut decoded = String::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let s = std::fs::read_to_string(&status).unwrap_or_default();
+        let eff = s.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap_or("").trim().to_string();
+        let out = run_command(Command::new("capsh").arg(format!("--decode={eff}")), Duration::from_secs(10));
+        decoded = text(&out.stdout);
+        if !decoded.contains("cap_sys_admin") {
+            break;
+        }
+    }
+    let _ = agent.kill();
+    let _ = agent.wait();
+    for cap in ["cap_bpf", "cap_perfmon", "cap_dac_read_search", "cap_sys_ptrace"] {
+        assert!(decoded.contains(cap), "{cap} not kept: {decoded}");
+    }
+    assert!(!decoded.contains("cap_sys_admin") && !decoded.contains("cap_dac_override"), "more kept: {decoded}");
+}
