@@ -190,3 +190,82 @@ fn started_as_root_it_keeps_four_capabilities() {
     }
     assert!(!decoded.contains("cap_sys_admin") && !decoded.contains("cap_dac_override"), "more kept: {decoded}");
 }
+
+/// The unit's capabilities, as setpriv takes them.
+const UNIT_CAPS: &str = "+bpf,+perfmon,+dac_read_search,+sys_ptrace";
+
+/// Run the agent for 6 s as uid 65534 with `caps` (ambient), sending to `vm`; its stderr.
+fn run_unprivileged(vm: &lsvmi_tests::Vm, caps: &str) -> String {
+    let dir = tempfile::tempdir().expect("dir");
+    let own = |p: &Path| {
+        let c = std::ffi::CString::new(p.to_str().expect("utf-8")).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        unsafe { libc::chown(c.as_ptr(), 65534, 65534) };
+    };
+    own(dir.path());
+    let bounding = format!("--bounding-set=-all,{caps}");
+    let out = run_command(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps={caps}"))
+            .arg(format!("--ambient-caps={caps}"))
+            .arg(bounding)
+            .arg("--")
+            .arg(agent_bin())
+            .args(["--endpoint", &vm.write_url(), "--duration", "6", "--spool-dir"])
+            .arg(dir.path().join("spool"))
+            .arg("--control-socket")
+            .arg(dir.path().join("control.sock")),
+        Duration::from_secs(60),
+    );
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    err
+}
+
+#[test]
+fn as_an_unprivileged_user_with_the_units_capabilities_every_family_arrives() {
+    if !is_root() || Command::new("setpriv").arg("--version").stdout(Stdio::null()).status().is_err() {
+        eprintln!("skipping: needs root and setpriv");
+        return;
+    }
+    // A process of another user: its /proc/<pid>/io needs the two DAC/ptrace capabilities.
+    let mut other = Command::new("setpriv")
+        .args(["--reuid=4242", "--regid=4242", "--clear-groups", "sleep", "60"])
+        .spawn()
+        .expect("another user's process");
+    let other_pid = other.id().to_string();
+    let vm = lsvmi_tests::Vm::start();
+    let err = run_unprivileged(&vm, UNIT_CAPS);
+    assert!(!err.contains("without CAP_"), "a capability was missing: {err}");
+    vm.force_flush();
+    for family in [
+        "proc_stat_cpu_seconds_total",
+        "proc_net_dev_receive_bytes_total",
+        "qdisc_bytes_total",
+        "sched_context_switches_total",
+        "sched_runq_latency_seconds_bucket",
+        "softirq_time_seconds_total",
+        "net_tcp_srtt_seconds_count",
+        "proc_pid_cpu_seconds_total",
+        "lsvmi_samples_collected_total",
+    ] {
+        assert!(!vm.export(family).is_empty(), "{family} did not arrive from the unprivileged agent: {err}");
+    }
+    let io = vm.export(&format!(r#"proc_pid_io_bytes_total{{pid="{other_pid}"}}"#));
+    assert!(!io.is_empty(), "another user's /proc/{other_pid}/io was not read");
+
+    // Without CAP_SYS_PTRACE: one line says what goes, and the rest carries on.
+    let vm2 = lsvmi_tests::Vm::start();
+    let err = run_unprivileged(&vm2, "+bpf,+perfmon,+dac_read_search");
+    let said: Vec<&str> = err.lines().filter(|l| l.contains("without CAP_SYS_PTRACE")).collect();
+    assert_eq!(said.len(), 1, "{err}");
+    vm2.force_flush();
+    assert!(
+        vm2.export(&format!(r#"proc_pid_io_bytes_total{{pid="{other_pid}"}}"#)).is_empty(),
+        "io read without ptrace"
+    );
+    assert!(!vm2.export("sched_context_switches_total").is_empty(), "BPF stopped without CAP_SYS_PTRACE");
+    let _ = other.kill();
+    let _ = other.wait();
+}
