@@ -269,3 +269,78 @@ fn as_an_unprivileged_user_with_the_units_capabilities_every_family_arrives() {
     let _ = other.kill();
     let _ = other.wait();
 }
+
+/// `vmauth` in front of `backends`, authenticating a bearer token; killed when dropped.
+struct VmAuth(std::process::Child, u16);
+
+impl VmAuth {
+    fn start(dir: &Path, backends: &[&lsvmi_tests::Vm], token: &str) -> Option<VmAuth> {
+        let config = dir.join("auth.yaml");
+        let urls: String = backends.iter().map(|vm| format!("      - http://127.0.0.1:{}\n", vm.port)).collect();
+        std::fs::write(&config, format!("users:\n  - bearer_token: \"{token}\"\n    url_prefix:\n{urls}")).ok()?;
+        let port = lsvmi_tests::free_port();
+        let child = Command::new("vmauth")
+            .arg(format!("-auth.config={}", config.display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(VmAuth(child, port))
+    }
+}
+
+impl Drop for VmAuth {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Samples stored in `vm` (every series, every point, staleness markers included).
+fn stored(vm: &lsvmi_tests::Vm) -> usize {
+    vm.export(r#"{__name__!=""}"#).iter().map(|s| s.timestamps.len()).sum()
+}
+
+#[test]
+fn behind_vmauth_balancing_two_victoriametrics_every_sample_lands_once() {
+    if Command::new("vmauth").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+        eprintln!("skipping: no vmauth");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("dir");
+    let (a, b) = (lsvmi_tests::Vm::start(), lsvmi_tests::Vm::start());
+    let Some(lb) = VmAuth::start(dir.path(), &[&a, &b], "fleet-token") else { panic!("vmauth did not start") };
+    let token = dir.path().join("token");
+    std::fs::write(&token, "fleet-token\n").expect("token");
+    let config = dir.path().join("lsvmi.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "endpoint: http://127.0.0.1:{}/api/v1/write\nauth: {{bearer_token_file: {}}}\nbatch_interval: 200ms\n",
+            lb.1,
+            token.display()
+        ),
+    )
+    .expect("config");
+    let out = lsvmi_tests::run_agent(
+        &["--config", config.to_str().expect("utf-8"), "--no-bpf", "--duration", "5"],
+        Duration::from_secs(60),
+    );
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let sent: usize = err
+        .lines()
+        .find_map(|l| l.split(" sent=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no stop line: {err}"));
+    a.force_flush();
+    b.force_flush();
+    let (on_a, on_b) = (stored(&a), stored(&b));
+    eprintln!("sent {sent}: {on_a} on one VictoriaMetrics, {on_b} on the other");
+    assert!(on_a > 0 && on_b > 0, "vmauth did not balance: {on_a} and {on_b}");
+    assert_eq!(on_a + on_b, sent, "every sample once: {on_a} + {on_b} stored, {sent} sent");
+}

@@ -45,6 +45,9 @@ enum Cmd {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Build the .deb (cargo-deb): the binary, its systemd unit, a commented config, the
+    /// docs; then lintian. Written to target/debian/
+    Package,
     /// Measure the agent's CPU % and RSS at default settings against a local
     /// VictoriaMetrics, next to the floor (only reading the same files), and print the ratio
     BenchOverhead {
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Cmd::Setup => setup::ensure(),
         Cmd::Run { agent_args } => run(&agent_args),
         Cmd::Test { cargo_args } => test(&cargo_args),
+        Cmd::Package => package().map(|_| ()),
         Cmd::BenchOverhead { seconds, agent_args } => bench_overhead::run(seconds, &agent_args),
         Cmd::BenchBpf { seconds } => bench_bpf::run(seconds),
         Cmd::FloorLoop { seconds, mounts } => bench_overhead::floor_loop(seconds, &mounts),
@@ -159,11 +163,34 @@ fn run(agent_args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `cargo deb` into target/debian/, then lintian (an error fails); the .deb's path.
+fn package() -> anyhow::Result<std::path::PathBuf> {
+    setup::ensure()?;
+    let out = workspace_root().join("target/debian");
+    let _ = std::fs::remove_dir_all(&out);
+    status(cargo().args(["deb", "-p", "lsvmi-agent", "--strip", "--output"]).arg(&out))?;
+    let deb = std::fs::read_dir(&out)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("cargo deb wrote no .deb")?;
+    let lint = Command::new("lintian").arg(&deb).output().context("running lintian")?;
+    let said = String::from_utf8_lossy(&lint.stdout);
+    print!("{said}");
+    if said.lines().any(|l| l.starts_with("E: ")) {
+        bail!("lintian found errors in {}", deb.display());
+    }
+    println!("xtask package: {}", deb.display());
+    Ok(deb)
+}
+
 fn test(cargo_args: &[String]) -> anyhow::Result<()> {
     setup::ensure()?;
     // The end-to-end tests run the agent binary; build it first (cargo only builds a
     // package's own binaries for its integration tests).
     status(cargo().args(["build", "-p", "lsvmi-agent", "--bin", "lsvmi"]))?;
+    // The package tests install the .deb (tests/tests/package.rs).
+    package()?;
     // --all-targets: the criterion benches run once each in test mode, so they cannot rot.
     status(cargo().args(["test", "--workspace", "--all-targets"]).args(cargo_args))?;
     println!("xtask test: all tests passed");

@@ -29,9 +29,12 @@ const PACKAGES: &[&str] = &[
     "systemd",
     "libcap2-bin",
     "util-linux",
+    "lintian",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Builds the .deb (`cargo xtask package`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn ensure() -> anyhow::Result<()> {
     let start = Instant::now();
@@ -40,9 +43,10 @@ pub fn ensure() -> anyhow::Result<()> {
         install_packages(&missing)?;
     }
     let linker = ensure_bpf_linker()?;
+    let deb = ensure_cargo_deb()?;
     eprintln!(
-        "xtask setup: packages and bpf-linker {BPF_LINKER_VERSION} present{} ({:.1}s)",
-        if missing.is_empty() && !linker { "" } else { " (installed what was missing)" },
+        "xtask setup: packages, bpf-linker {BPF_LINKER_VERSION} and cargo-deb {CARGO_DEB_VERSION} present{} ({:.1}s)",
+        if missing.is_empty() && !linker && !deb { "" } else { " (installed what was missing)" },
         start.elapsed().as_secs_f64()
     );
     Ok(())
@@ -95,6 +99,26 @@ pub fn cargo_bin_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
         .join("bin")
+}
+
+/// Returns true when it had to install (about a minute).
+fn ensure_cargo_deb() -> anyhow::Result<bool> {
+    let bin = cargo_bin_dir().join("cargo-deb");
+    let version =
+        Command::new(&bin).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    if version.as_deref().is_some_and(|v| v.contains(CARGO_DEB_VERSION)) {
+        return Ok(false);
+    }
+    eprintln!("xtask setup: building cargo-deb {CARGO_DEB_VERSION} (about a minute)");
+    let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["install", "cargo-deb", "--version", CARGO_DEB_VERSION, "--locked"])
+        .stdin(Stdio::null())
+        .status()
+        .context("running cargo install cargo-deb")?;
+    if !st.success() {
+        bail!("cargo install cargo-deb failed ({st})");
+    }
+    Ok(true)
 }
 
 /// Returns true when it had to install.
