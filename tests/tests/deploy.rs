@@ -344,3 +344,21 @@ fn behind_vmauth_balancing_two_victoriametrics_every_sample_lands_once() {
     assert!(on_a > 0 && on_b > 0, "vmauth did not balance: {on_a} and {on_b}");
     assert_eq!(on_a + on_b, sent, "every sample once: {on_a} + {on_b} stored, {sent} sent");
 }
+
+#[test]
+fn under_journald_lines_carry_no_timestamp_of_their_own() {
+    let out = lsvmi_tests::run_agent(&["--dry-run", "--no-bpf", "--duration", "0.3"], Duration::from_secs(30));
+    let plain = text(&out.stderr);
+    let stamped = |l: &str| l.len() > 20 && l.as_bytes()[4] == b'-' && l.as_bytes()[10] == b'T';
+    assert!(plain.lines().next().is_some_and(stamped), "no timestamp on a terminal/file: {plain}");
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cmd = Command::new(agent_bin());
+    cmd.args(["--dry-run", "--no-bpf", "--duration", "0.3", "--control-socket"])
+        .arg(dir.path().join("c.sock"))
+        .env("JOURNAL_STREAM", "8:12345");
+    let out = run_command(&mut cmd, Duration::from_secs(30));
+    let journal = text(&out.stderr);
+    assert!(out.status.success(), "{journal}");
+    assert!(journal.lines().all(|l| !stamped(l)), "a timestamp under journald: {journal}");
+    assert!(journal.contains("INFO") && journal.contains("lsvmi started"), "{journal}");
+}
