@@ -62,7 +62,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if crate::privileges::threads() > 1 {
         tracing::warn!("capabilities: other threads already run; they keep what they have");
     }
-    for (warn, line) in crate::privileges::reduce(config.bpf) {
+    // Without a loaded BPF object the BPF capabilities are not needed (and its warning
+    // already said why it is off).
+    for (warn, line) in crate::privileges::reduce(ebpf.is_some()) {
         if warn {
             tracing::warn!("{line}");
         } else {
