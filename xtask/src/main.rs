@@ -11,6 +11,7 @@
 
 mod bench_bpf;
 mod bench_overhead;
+mod dashboards;
 mod setup;
 mod vm;
 
@@ -44,6 +45,13 @@ enum Cmd {
         /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`
         #[arg(last = true)]
         cargo_args: Vec<String>,
+    },
+    /// Generate the Grafana dashboard and provisioning files (dashboards/grafana/) and the
+    /// static page (target/dashboards/lsvmi.html) from dashboards/panels.yaml
+    Dashboards {
+        /// Only check that the committed files match the spec (exit 1 if not)
+        #[arg(long)]
+        check: bool,
     },
     /// Build the .deb (cargo-deb): the binary, its systemd unit, a commented config, the
     /// docs; then lintian. Written to target/debian/
@@ -83,6 +91,7 @@ fn main() -> ExitCode {
         Cmd::Run { agent_args } => run(&agent_args),
         Cmd::Test { cargo_args } => test(&cargo_args),
         Cmd::Package => package().map(|_| ()),
+        Cmd::Dashboards { check } => dashboards::run(check),
         Cmd::BenchOverhead { seconds, agent_args } => bench_overhead::run(seconds, &agent_args),
         Cmd::BenchBpf { seconds } => bench_bpf::run(seconds),
         Cmd::FloorLoop { seconds, mounts } => bench_overhead::floor_loop(seconds, &mounts),
@@ -135,7 +144,11 @@ fn run(agent_args: &[String]) -> anyhow::Result<()> {
     let vm = vm::VictoriaMetrics::start(&run_dir, 8428)?;
     let query = "rate(proc_stat_cpu_seconds_total{mode!=\"idle\"}[1s])";
     println!("\nVictoriaMetrics: {} (data in {})", vm.base_url(), run_dir.display());
-    println!("  VMUI:          {}/vmui/", vm.base_url());
+    // Debian's VictoriaMetrics has no VMUI: the static dashboard page is the view.
+    match dashboards::load().and_then(|spec| dashboards::static_page(&spec)) {
+        Ok(page) => println!("  dashboards:    file://{}?vm={}&minutes=5", page.display(), vm.base_url()),
+        Err(e) => println!("  dashboards:    not built ({e:#}); Grafana's are in dashboards/grafana/"),
+    }
     println!("  example query: {query}");
     println!(
         "  or:            curl -s {}/api/v1/query --data-urlencode 'query=sum(rate(sched_context_switches_total[5s]))'",

@@ -30,6 +30,9 @@ const PACKAGES: &[&str] = &[
     "libcap2-bin",
     "util-linux",
     "lintian",
+    // The dashboards' static page, drawn by the tests.
+    "chromium",
+    "fonts-dejavu-core",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
