@@ -43,8 +43,9 @@ pub static BPF: BpfSource = BpfSource {
 
 pub struct SoftirqTimeSource {
     map: PerCpuArray<MapData, CpuSoftirq>,
-    /// Per CPU, per vector: (time, runs).
+    /// Per CPU, per vector: (time, runs); empty for a CPU not (yet) online.
     series: Vec<Vec<(SeriesId, SeriesId)>>,
+    online: crate::bpf::OnlineCpus,
 }
 
 impl SoftirqTimeSource {
@@ -54,7 +55,7 @@ impl SoftirqTimeSource {
             return Err(BpfError::Kernel { what: "softirq time".into(), cause: "needs both softirq programs".into() });
         }
         let map = bpf.take_map(CPU_MAP)?;
-        Ok(SoftirqTimeSource { map, series: Vec::new() })
+        Ok(SoftirqTimeSource { map, series: Vec::new(), online: crate::bpf::OnlineCpus::new() })
     }
 }
 
@@ -66,18 +67,23 @@ impl Source for SoftirqTimeSource {
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
         let values = self.map.get(&0, 0).map_err(|source| SourceError::Map { map: CPU_MAP, source })?;
         let ts = now_ms();
-        while self.series.len() < values.len() {
-            let cpu = self.series.len().to_string();
-            let per = NAMES
-                .iter()
-                .map(|name| {
-                    let labels = [("cpu", cpu.as_str()), ("type", *name)];
-                    (out.series(&TIME, &labels), out.series(&RUNS, &labels))
-                })
-                .collect();
-            self.series.push(per);
+        self.series.resize_with(values.len(), Vec::new);
+        for (cpu, per) in self.series.iter_mut().enumerate() {
+            if per.is_empty() && self.online.is_online(cpu) {
+                let cpu = cpu.to_string();
+                *per = NAMES
+                    .iter()
+                    .map(|name| {
+                        let labels = [("cpu", cpu.as_str()), ("type", *name)];
+                        (out.series(&TIME, &labels), out.series(&RUNS, &labels))
+                    })
+                    .collect();
+            }
         }
-        for (v, series) in values.iter().zip(&self.series) {
+        for (cpu, (v, series)) in values.iter().zip(&self.series).enumerate() {
+            if !self.online.is_online(cpu) {
+                continue;
+            }
             for (vec, (time, runs)) in series.iter().enumerate() {
                 out.push(*time, ts, v.time_ns[vec] as f64 / 1e9);
                 out.push(*runs, ts, v.count[vec] as f64);

@@ -126,7 +126,9 @@ pub struct SchedSource {
     /// Run-queue latency offsets known (see `SchedOffsets`).
     runq: bool,
     migrate: bool,
-    cpus: Vec<CpuSeries>,
+    /// By CPU; None for a CPU not (yet) online.
+    cpus: Vec<Option<CpuSeries>>,
+    online: crate::bpf::OnlineCpus,
     runq_hist: HistogramFamily,
 }
 
@@ -159,7 +161,15 @@ impl SchedSource {
             });
         }
         let map = bpf.take_map(CPU_MAP)?;
-        Ok(SchedSource { map, switch, runq, migrate, cpus: Vec::new(), runq_hist: HistogramFamily::new(&RUNQ_LATENCY) })
+        Ok(SchedSource {
+            map,
+            switch,
+            runq,
+            migrate,
+            cpus: Vec::new(),
+            online: crate::bpf::OnlineCpus::new(),
+            runq_hist: HistogramFamily::new(&RUNQ_LATENCY),
+        })
     }
 }
 
@@ -172,23 +182,28 @@ impl Source for SchedSource {
         let values = self.map.get(&0, 0).map_err(|source| SourceError::Map { map: CPU_MAP, source })?;
         let now_ns = monotonic_ns();
         let ts = now_ms();
-        while self.cpus.len() < values.len() {
-            let cpu = self.cpus.len().to_string();
-            let one = |out: &mut Collector<'_>, desc, kind: &str| out.series(desc, &[("cpu", &cpu), ("kind", kind)]);
-            let series = CpuSeries {
-                switches: one(out, &CONTEXT_SWITCHES, ""),
-                voluntary: one(out, &SWITCHES_BY_KIND, "voluntary"),
-                involuntary: one(out, &SWITCHES_BY_KIND, "involuntary"),
-                migrations: one(out, &MIGRATIONS, ""),
-                busy: one(out, &BUSY, ""),
-                last_busy: 0.0,
-            };
-            self.cpus.push(series);
+        self.cpus.resize_with(values.len(), || None);
+        for (cpu, slot) in self.cpus.iter_mut().enumerate() {
+            if slot.is_none() && self.online.is_online(cpu) {
+                let cpu = cpu.to_string();
+                let one =
+                    |out: &mut Collector<'_>, desc, kind: &str| out.series(desc, &[("cpu", &cpu), ("kind", kind)]);
+                *slot = Some(CpuSeries {
+                    switches: one(out, &CONTEXT_SWITCHES, ""),
+                    voluntary: one(out, &SWITCHES_BY_KIND, "voluntary"),
+                    involuntary: one(out, &SWITCHES_BY_KIND, "involuntary"),
+                    migrations: one(out, &MIGRATIONS, ""),
+                    busy: one(out, &BUSY, ""),
+                    last_busy: 0.0,
+                });
+            }
         }
+        let online: Vec<bool> = (0..values.len()).map(|cpu| self.online.is_online(cpu)).collect();
         if self.runq {
-            values.iter().for_each(|v| self.runq_hist.observe_range(&v.runq));
+            values.iter().zip(&online).filter(|(_, on)| **on).for_each(|(v, _)| self.runq_hist.observe_range(&v.runq));
         }
         for (cpu, (v, series)) in values.iter().zip(self.cpus.iter_mut()).enumerate() {
+            let (Some(series), true) = (series.as_mut(), online[cpu]) else { continue };
             if self.switch {
                 out.push(series.switches, ts, v.switches as f64);
                 out.push(series.voluntary, ts, v.voluntary as f64);
