@@ -12,7 +12,7 @@ use std::{
     ffi::CString,
     fs::File,
     os::unix::fs::FileExt as _,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -202,14 +202,14 @@ impl Tasks {
                     v.insert((Task { stat, cpu: u64::MAX }, Default::default()))
                 }
             };
-            let ran = ran(&mut entry.0, buf);
-            if ran || all {
+            let proc_ran = ran(&mut entry.0, buf);
+            if proc_ran || all {
                 let base = e.path();
                 for f in ["status", "io", "schedstat"] {
                     read_small(&base.join(f), buf);
                 }
             }
-            if ran {
+            if proc_ran {
                 let Ok(threads) = std::fs::read_dir(e.path().join("task")) else { continue };
                 for t in threads.flatten() {
                     let Some(tid) = t.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
