@@ -142,7 +142,13 @@ pub fn specs() -> [SourceSpec; 27] {
         ),
         spec("sched", "Scheduler (eBPF)", 100, sched::METRICS, Bpf(&sched::BPF)),
         spec("softirq_time", "Softirq time (eBPF)", 100, softirq_time::METRICS, Bpf(&softirq_time::BPF)),
-        spec("net_events", "TCP and packet drops (eBPF)", 100, net_events::METRICS, Bpf(&net_events::BPF)),
+        spec(
+            "net_events",
+            "TCP and packet drops (eBPF; counters read every 10th cycle, the event ring every cycle)",
+            100,
+            net_events::METRICS,
+            Bpf(&net_events::BPF),
+        ),
         spec(
             "trace_sched",
             "Deep-tracing sessions, sched profile (eBPF, only while a session runs)",
