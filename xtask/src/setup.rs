@@ -104,53 +104,40 @@ pub fn cargo_bin_dir() -> PathBuf {
         .join("bin")
 }
 
-/// Returns true when it had to install (about a minute).
-fn ensure_cargo_deb() -> anyhow::Result<bool> {
-    let bin = cargo_bin_dir().join("cargo-deb");
-    let version =
+/// `cargo install` of `tool` at `version` unless `tool --version` already says it;
+/// true when it had to install.
+fn ensure_tool(tool: &str, version: &str, extra: &[&str], env: &[(&str, &str)], why: &str) -> anyhow::Result<bool> {
+    let bin = cargo_bin_dir().join(tool);
+    let have =
         Command::new(&bin).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    if version.as_deref().is_some_and(|v| v.contains(CARGO_DEB_VERSION)) {
+    if have.as_deref().is_some_and(|v| v.contains(version)) {
         return Ok(false);
     }
-    eprintln!("xtask setup: building cargo-deb {CARGO_DEB_VERSION} (about a minute)");
+    eprintln!("xtask setup: building {tool} {version}{why} (about a minute)");
     let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["install", "cargo-deb", "--version", CARGO_DEB_VERSION, "--locked"])
+        .args(["install", tool, "--version", version, "--locked"])
+        .args(extra)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .status()
-        .context("running cargo install cargo-deb")?;
+        .with_context(|| format!("running cargo install {tool}"))?;
     if !st.success() {
-        bail!("cargo install cargo-deb failed ({st})");
+        bail!("cargo install {tool} failed ({st})");
     }
     Ok(true)
 }
 
-/// Returns true when it had to install.
+fn ensure_cargo_deb() -> anyhow::Result<bool> {
+    ensure_tool("cargo-deb", CARGO_DEB_VERSION, &[], &[], "")
+}
+
 fn ensure_bpf_linker() -> anyhow::Result<bool> {
-    let linker = cargo_bin_dir().join("bpf-linker");
-    let version =
-        Command::new(&linker).arg("--version").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    if version.as_deref().is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
-        return Ok(false);
-    }
-    eprintln!("xtask setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
-    let st = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args([
-            "install",
-            "bpf-linker",
-            "--version",
-            BPF_LINKER_VERSION,
-            "--locked",
-            "--no-default-features",
-            "--features",
-            "llvm-22",
-        ])
-        // bpf-linker finds LLVM through LLVM_PREFIX (Debian names llvm-config llvm-config-22).
-        .env("LLVM_PREFIX", "/usr/lib/llvm-22")
-        .stdin(Stdio::null())
-        .status()
-        .context("running cargo install bpf-linker")?;
-    if !st.success() {
-        bail!("cargo install bpf-linker failed ({st})");
-    }
-    Ok(true)
+    // bpf-linker finds LLVM through LLVM_PREFIX (Debian names llvm-config llvm-config-22).
+    ensure_tool(
+        "bpf-linker",
+        BPF_LINKER_VERSION,
+        &["--no-default-features", "--features", "llvm-22"],
+        &[("LLVM_PREFIX", "/usr/lib/llvm-22")],
+        " against LLVM 22",
+    )
 }
