@@ -81,6 +81,35 @@ impl ProcFile {
     }
 }
 
+/// Re-read a kept-open file from offset 0 into `buf` (cleared first, capacity kept and
+/// grown as needed): one pread where open + read + close would be three syscalls.
+pub fn pread_into(file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    if buf.capacity() < 1024 {
+        buf.reserve(4096);
+    }
+    loop {
+        let len = buf.len();
+        if len == buf.capacity() {
+            buf.reserve(len);
+        }
+        let cap = buf.capacity();
+        buf.resize(cap, 0);
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => {
+                buf.truncate(len);
+                return Ok(());
+            }
+            Ok(n) => buf.truncate(len + n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
+            Err(e) => {
+                buf.truncate(0);
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// One-shot read of a small file into `buf` (cleared first, capacity kept): for files
 /// of short-lived objects (a task's stat), where keeping one descriptor open per object
 /// would cost more descriptors than it saves syscalls.
@@ -94,6 +123,20 @@ pub fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pread_into_rereads_from_the_start_and_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stat");
+        std::fs::write(&path, vec![b'a'; 10_000]).unwrap();
+        let f = File::open(&path).unwrap();
+        let mut buf = Vec::new();
+        pread_into(&f, &mut buf).unwrap();
+        assert_eq!(buf.len(), 10_000);
+        std::fs::write(&path, b"short").unwrap();
+        pread_into(&f, &mut buf).unwrap();
+        assert_eq!(buf, b"short");
+    }
 
     #[test]
     fn reads_whole_file_larger_than_buffer_and_rereads_fresh_content() {
