@@ -28,10 +28,10 @@ const EVERY_TICK: &[&str] =
     &["stat", "softirqs", "net/dev", "diskstats", "pressure/cpu", "pressure/memory", "pressure/io"];
 const EVERY_SECOND: &[&str] =
     &["interrupts", "net/snmp", "net/snmp6", "net/netstat", "net/softnet_stat", "meminfo", "vmstat", "loadavg"];
-struct Usage {
-    cpu_percent: f64,
-    rss_steady_max_kb: u64,
-    hwm_kb: u64,
+pub struct Usage {
+    pub cpu_percent: f64,
+    pub rss_steady_max_kb: u64,
+    pub hwm_kb: u64,
 }
 
 pub fn run(seconds: u64, agent_args: &[String]) -> anyhow::Result<()> {
@@ -61,13 +61,7 @@ pub fn run(seconds: u64, agent_args: &[String]) -> anyhow::Result<()> {
 
     println!("bench-overhead: floor (reads only) for {seconds} s…");
     let me = std::env::current_exe().context("locating xtask")?;
-    let floor = Command::new(me)
-        .args(["floor-loop", "--seconds", &(seconds + WARMUP.as_secs() + 5).to_string()])
-        .args(mounts.iter().flat_map(|m| ["--mount", m.as_str()]))
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting the floor loop")?;
-    let floor_usage = measure(floor, measure_for)?;
+    let floor_usage = measure_floor(&me, &mounts, None, measure_for)?;
     drop(vm);
 
     let ratio = agent_usage.cpu_percent / floor_usage.cpu_percent.max(1e-9);
@@ -87,8 +81,20 @@ pub fn run(seconds: u64, agent_args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The floor loop (this binary's `floor-loop`) over `root` (/proc by default) for `dur`.
+pub fn measure_floor(me: &Path, mounts: &[String], root: Option<&Path>, dur: Duration) -> anyhow::Result<Usage> {
+    let floor = Command::new(me)
+        .args(["floor-loop", "--seconds", &(dur.as_secs() + WARMUP.as_secs() + 5).to_string()])
+        .args(mounts.iter().flat_map(|m| ["--mount", m.as_str()]))
+        .args(root.map(|r| ["--root".as_ref(), r.as_os_str()]).into_iter().flatten())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting the floor loop")?;
+    measure(floor, dur)
+}
+
 /// Warm up, then measure `child` for `dur`; stops it with SIGTERM afterwards.
-fn measure(mut child: Child, dur: Duration) -> anyhow::Result<Usage> {
+pub fn measure(mut child: Child, dur: Duration) -> anyhow::Result<Usage> {
     let pid = child.id();
     std::thread::sleep(WARMUP);
     if let Some(st) = child.try_wait()? {
@@ -141,8 +147,8 @@ fn status_kb(pid: u32, key: &str) -> anyhow::Result<u64> {
 /// `status`, `io` and `schedstat` only for tasks whose CPU time changed, and for every
 /// task once per 15 s; mountinfo + statfs every 5 s; the qdisc netlink dump each second.
 /// Runs until `seconds` pass.
-pub fn floor_loop(seconds: u64, mounts: &[String]) -> anyhow::Result<()> {
-    let proc = Path::new("/proc");
+pub fn floor_loop(seconds: u64, mounts: &[String], root: &Path) -> anyhow::Result<()> {
+    let proc = root;
     let open = |names: &[&str]| -> Vec<File> { names.iter().filter_map(|n| File::open(proc.join(n)).ok()).collect() };
     let fast = open(EVERY_TICK);
     let slow = open(EVERY_SECOND);
@@ -160,7 +166,7 @@ pub fn floor_loop(seconds: u64, mounts: &[String]) -> anyhow::Result<()> {
             for f in &slow {
                 pread_all(f, &mut buf);
             }
-            tasks.second(n.is_multiple_of(150), &mut buf);
+            tasks.second(root, n.is_multiple_of(150), &mut buf);
             dump_qdiscs(&mut buf);
         }
         if n.is_multiple_of(50) {
@@ -189,8 +195,8 @@ struct Tasks {
 
 impl Tasks {
     /// One second's reads; `all`: the 15 s round where every task's other files are read.
-    fn second(&mut self, all: bool, buf: &mut Vec<u8>) {
-        let Ok(dir) = std::fs::read_dir("/proc") else { return };
+    fn second(&mut self, root: &Path, all: bool, buf: &mut Vec<u8>) {
+        let Ok(dir) = std::fs::read_dir(root) else { return };
         let mut seen = std::collections::HashSet::new();
         for e in dir.flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };

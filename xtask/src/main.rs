@@ -11,6 +11,7 @@
 
 mod bench_bpf;
 mod bench_overhead;
+mod bench_scale;
 mod dashboards;
 mod setup;
 mod vm;
@@ -81,6 +82,22 @@ enum Cmd {
         /// A mountpoint to statfs every 5 s (repeatable)
         #[arg(long = "mount")]
         mounts: Vec<String>,
+        /// The /proc tree to read
+        #[arg(long, default_value = "/proc")]
+        root: std::path::PathBuf,
+    },
+    /// Measure agent and floor as hosts grow: 100, 1 000, 10 000 extra threads, and /proc
+    /// trees of 64 and 256 CPUs; CPU per task, bytes per task and per series
+    BenchScale {
+        /// Measurement time of each run
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+    /// (internal) bench-scale's thread load
+    #[command(hide = true)]
+    ScaleLoad {
+        #[arg(long)]
+        threads: u32,
     },
 }
 
@@ -94,7 +111,9 @@ fn main() -> ExitCode {
         Cmd::Dashboards { check } => dashboards::run(check),
         Cmd::BenchOverhead { seconds, agent_args } => bench_overhead::run(seconds, &agent_args),
         Cmd::BenchBpf { seconds } => bench_bpf::run(seconds),
-        Cmd::FloorLoop { seconds, mounts } => bench_overhead::floor_loop(seconds, &mounts),
+        Cmd::FloorLoop { seconds, mounts, root } => bench_overhead::floor_loop(seconds, &mounts, &root),
+        Cmd::BenchScale { seconds } => bench_scale::run(seconds),
+        Cmd::ScaleLoad { threads } => bench_scale::load(threads),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

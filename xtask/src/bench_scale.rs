@@ -1,0 +1,220 @@
+//! `cargo xtask bench-scale`: does the agent stay close to the floor as hosts grow?
+//!
+//! Two axes, each measured for the agent (release build, default settings, sending to a
+//! local VictoriaMetrics) and the floor (`bench-overhead`'s), one after the other:
+//!
+//! - tasks: 100, 1 000 and 10 000 extra threads in a load process (most blocked, four
+//!   busy a fifth of the time), on this host's /proc;
+//! - CPUs: /proc trees of 64 and 256 CPUs synthesised from the captured 2-CPU one
+//!   (`testdata/proc/debian12-6.18-2cpu`: stat, softirqs, interrupts and softnet_stat
+//!   widened), read through `--procfs-root` with eBPF off.
+//!
+//! Printed per row: CPU (% of one core) of both and their ratio, the agent's CPU per task
+//! (µs per second), its steady RSS, and bytes of RSS per task and per series.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+
+use crate::{bench_overhead, cargo, status, vm, workspace_root};
+
+pub fn run(seconds: u64) -> anyhow::Result<()> {
+    crate::setup::ensure()?;
+    status(cargo().args(["build", "--release", "-p", "lsvmi-agent"]))?;
+    let dir = workspace_root().join("target/lsvmi-scale");
+    let _ = std::fs::remove_dir_all(&dir);
+    let vm = vm::VictoriaMetrics::start(&dir, 8428)?;
+    let me = std::env::current_exe().context("locating xtask")?;
+    let dur = Duration::from_secs(seconds);
+    let mut rows = Vec::new();
+
+    for extra in [100u32, 1_000, 10_000] {
+        println!("bench-scale: {extra} extra threads…");
+        let mut load = Command::new(&me)
+            .args(["scale-load", "--threads", &extra.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the thread load")?;
+        std::thread::sleep(Duration::from_secs(2));
+        let tasks = count_tasks(Path::new("/proc"));
+        let (agent, series) = measure_agent(&vm, &dir, &[], dur)?;
+        let floor = bench_overhead::measure_floor(&me, &[], None, dur)?;
+        let _ = load.kill();
+        let _ = load.wait();
+        rows.push((format!("{extra} extra threads"), tasks, agent, floor, series));
+    }
+    for cpus in [64u32, 256] {
+        println!("bench-scale: a /proc tree of {cpus} CPUs…");
+        let root = dir.join(format!("proc-{cpus}cpu"));
+        synthesise(&workspace_root().join("testdata/proc/debian12-6.18-2cpu"), &root, cpus)?;
+        let root_s = root.to_str().context("utf-8 path")?;
+        let args = ["--procfs-root", root_s, "--no-bpf"];
+        let (agent, series) = measure_agent(&vm, &dir, &args, dur)?;
+        let floor = bench_overhead::measure_floor(&me, &[], Some(&root), dur)?;
+        // A tree has no tasks to speak of: its per-task columns are left empty.
+        rows.push((format!("{cpus} CPUs (tree)"), 0, agent, floor, series));
+    }
+    drop(vm);
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n| host | tasks | lsvmi CPU % | floor CPU % | ratio | lsvmi µs/task/s | lsvmi RSS | RSS/task | RSS/series |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    for (name, tasks, a, f, series) in rows {
+        let per_task = |v: f64| if tasks == 0 { "-".to_string() } else { format!("{:.2}", v / tasks as f64) };
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {:.3} | {:.3} | {:.2}× | {} | {:.1} MB | {} KB | {} B |",
+            if tasks == 0 { "-".to_string() } else { tasks.to_string() },
+            a.cpu_percent,
+            f.cpu_percent,
+            a.cpu_percent / f.cpu_percent.max(1e-9),
+            per_task(a.cpu_percent / 100.0 * 1e6),
+            a.rss_steady_max_kb as f64 / 1024.0,
+            per_task(a.rss_steady_max_kb as f64),
+            (a.rss_steady_max_kb * 1024).checked_div(series).map_or("-".into(), |b| b.to_string()),
+        );
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// The agent at default settings plus `args` for `dur`; its usage and the series it had.
+fn measure_agent(
+    vm: &vm::VictoriaMetrics,
+    dir: &Path,
+    args: &[&str],
+    dur: Duration,
+) -> anyhow::Result<(bench_overhead::Usage, u64)> {
+    let agent_bin = workspace_root().join("target/release/lsvmi");
+    let log = dir.join("agent.log");
+    let child = Command::new(&agent_bin)
+        .arg("--endpoint")
+        .arg(format!("{}/api/v1/write", vm.base_url()))
+        .arg("--spool-dir")
+        .arg(dir.join("spool"))
+        .arg("--control-socket")
+        .arg(dir.join("control.sock"))
+        .args(["--instance", "scale"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .with_context(|| format!("starting {}", agent_bin.display()))?;
+    let usage = bench_overhead::measure(child, dur)?;
+    let _ = vm.get("/internal/force_flush");
+    let series = vm
+        .get("/api/v1/query?query=max_over_time(lsvmi_series%7Binstance%3D%22scale%22%7D%5B1m%5D)")
+        .ok()
+        .and_then(|body| {
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            v["data"]["result"][0]["value"][1].as_str()?.parse::<f64>().ok()
+        })
+        .unwrap_or(0.0) as u64;
+    Ok((usage, series))
+}
+
+/// Processes and threads under `root`.
+fn count_tasks(root: &Path) -> u64 {
+    let Ok(dir) = std::fs::read_dir(root) else { return 0 };
+    dir.flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .map(|e| std::fs::read_dir(e.path().join("task")).map(|t| t.count() as u64).unwrap_or(1).max(1))
+        .sum()
+}
+
+/// The load: `threads` threads, four of them busy a fifth of the time, the rest blocked.
+pub fn load(threads: u32) -> anyhow::Result<()> {
+    let mut handles = Vec::new();
+    for i in 0..threads {
+        let busy = i < 4;
+        let h = std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+            loop {
+                if busy {
+                    let t = std::time::Instant::now();
+                    while t.elapsed() < Duration::from_millis(10) {
+                        std::hint::spin_loop();
+                    }
+                    std::thread::sleep(Duration::from_millis(40));
+                } else {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+        });
+        match h {
+            Ok(h) => handles.push(h),
+            Err(e) => anyhow::bail!("thread {i}: {e}"),
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+/// `from` copied to `to` with its per-CPU files widened to `cpus` CPUs (the values of
+/// the captured CPUs repeated).
+fn synthesise(from: &Path, to: &Path, cpus: u32) -> anyhow::Result<()> {
+    let st = Command::new("cp").arg("-r").arg(from).arg(to).status()?;
+    anyhow::ensure!(st.success(), "copying {}", from.display());
+    let read = |p: &str| std::fs::read_to_string(from.join(p)).with_context(|| format!("reading {p}"));
+    // stat: a `cpuN` line per CPU after the total.
+    let stat = read("stat")?;
+    let per_cpu: Vec<&str> = stat.lines().filter(|l| l.starts_with("cpu") && !l.starts_with("cpu ")).collect();
+    let mut out = String::new();
+    for l in stat.lines() {
+        if l.starts_with("cpu") && !l.starts_with("cpu ") {
+            continue;
+        }
+        out.push_str(l);
+        out.push('\n');
+        if l.starts_with("cpu ") {
+            for c in 0..cpus {
+                let src = per_cpu[c as usize % per_cpu.len()];
+                let rest = src.split_once(' ').map_or("", |(_, r)| r);
+                let _ = writeln!(out, "cpu{c} {rest}");
+            }
+        }
+    }
+    write(to, "stat", &out)?;
+    // softirqs and interrupts: a header of CPUn columns, a column per CPU in each row.
+    for name in ["softirqs", "interrupts"] {
+        let text = read(name)?;
+        let mut lines = text.lines();
+        let header = lines.next().unwrap_or("");
+        let captured = header.split_whitespace().count().max(1);
+        let mut out = String::new();
+        let _ = writeln!(out, "{}", (0..cpus).map(|c| format!("{:>11}", format!("CPU{c}"))).collect::<String>());
+        for l in lines {
+            let Some((name, rest)) = l.split_once(':') else { continue };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let counts: Vec<&str> =
+                fields.iter().take(captured).copied().take_while(|f| f.parse::<u64>().is_ok()).collect();
+            let tail: Vec<&str> = fields[counts.len()..].to_vec();
+            let widened: String = if counts.len() == captured {
+                (0..cpus as usize).map(|c| format!(" {:>10}", counts[c % captured])).collect()
+            } else {
+                counts.iter().map(|c| format!(" {c:>10}")).collect()
+            };
+            let _ = writeln!(out, "{name}:{widened}  {}", tail.join(" "));
+        }
+        write(to, name, &out)?;
+    }
+    // softnet_stat: a row per CPU.
+    let softnet = read("net/softnet_stat")?;
+    let rows: Vec<&str> = softnet.lines().collect();
+    let out: String = (0..cpus as usize).map(|c| format!("{}\n", rows[c % rows.len().max(1)])).collect();
+    write(to, "net/softnet_stat", &out)
+}
+
+fn write(root: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    let path: PathBuf = root.join(name);
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
