@@ -100,7 +100,8 @@ fn ready_once_collecting_and_the_watchdog_follows_the_tick() {
     let st = Command::new("cp").arg("-r").arg(testdata().join("proc/debian12-6.18-2cpu")).arg(&root).status();
     assert!(st.is_ok_and(|s| s.success()), "copying the fixture tree");
     let mut agent = Command::new(agent_bin())
-        .args(["--dry-run", "--no-bpf", "--procfs-root"])
+        // Bounded, should an assertion fail before the kill below.
+        .args(["--dry-run", "--no-bpf", "--duration", "30", "--procfs-root"])
         .arg(&root)
         .arg("--control-socket")
         .arg(dir.path().join("control.sock"))
