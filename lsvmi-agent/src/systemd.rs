@@ -3,22 +3,56 @@
 //! read, a deadlock) stops the pings and systemd restarts the agent — and STOPPING=1 on
 //! the way out. Outside systemd (no `NOTIFY_SOCKET`) every call does nothing.
 //!
-//! A notification is one datagram to a local socket, non-blocking: the tick never waits
-//! on it.
+//! A notification is one datagram on a socket connected once and set non-blocking, so
+//! the tick never waits on it: a service manager that does not read (its queue full)
+//! costs a dropped ping, not a stalled tick. (The `sd-notify` crate opens a blocking
+//! socket for every message, which a send on the tick cannot afford.)
 
-use std::time::{Duration, Instant};
+use std::{
+    os::unix::net::UnixDatagram,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 
-use sd_notify::NotifyState;
+/// The service manager's socket, connected on first use; None outside systemd or when
+/// it cannot be reached.
+fn socket() -> Option<&'static UnixDatagram> {
+    static SOCKET: OnceLock<Option<UnixDatagram>> = OnceLock::new();
+    SOCKET
+        .get_or_init(|| {
+            let path = std::env::var_os("NOTIFY_SOCKET")?;
+            let sock = UnixDatagram::unbound().ok()?;
+            let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+            // `@name` is a socket in the abstract namespace.
+            let connected = match bytes.strip_prefix(b"@") {
+                Some(name) => {
+                    use std::os::linux::net::SocketAddrExt as _;
+                    std::os::unix::net::SocketAddr::from_abstract_name(name).and_then(|a| sock.connect_addr(&a))
+                }
+                None => sock.connect(&path),
+            };
+            connected.ok()?;
+            sock.set_nonblocking(true).ok()?;
+            Some(sock)
+        })
+        .as_ref()
+}
+
+/// Send `message` (newline-separated `KEY=value` lines); never waits.
+fn notify(message: &str) {
+    if let Some(sock) = socket() {
+        let _ = sock.send(message.as_bytes());
+    }
+}
 
 /// Tell systemd the agent collects (once).
 pub fn ready(sources: usize) {
-    let status = format!("collecting from {sources} sources");
-    let _ = sd_notify::notify(false, &[NotifyState::Ready, NotifyState::Status(&status)]);
+    notify(&format!("READY=1\nSTATUS=collecting from {sources} sources\n"));
 }
 
 /// Tell systemd the agent is stopping.
 pub fn stopping() {
-    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    notify("STOPPING=1\n");
 }
 
 /// The watchdog as the unit set it: pinged at half its period.
@@ -28,9 +62,8 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    /// None when systemd asked for no watchdog (or this is not systemd).
     /// As libsystemd's `sd_watchdog_enabled`: `WATCHDOG_USEC` set, and `WATCHDOG_PID`
-    /// (when set) this process. (The crate's own check also demands `WATCHDOG_PID`.)
+    /// (when set) this process.
     pub fn from_env() -> Option<Watchdog> {
         let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
         if let Ok(pid) = std::env::var("WATCHDOG_PID")
@@ -44,7 +77,7 @@ impl Watchdog {
     /// Called on every tick that ran: pings when half the period has passed.
     pub fn tick(&mut self) {
         if self.last.is_none_or(|t| t.elapsed() >= self.every) {
-            let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+            notify("WATCHDOG=1\n");
             self.last = Some(Instant::now());
         }
     }

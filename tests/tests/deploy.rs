@@ -363,3 +363,26 @@ fn under_journald_lines_carry_no_timestamp_of_their_own() {
     assert!(journal.lines().all(|l| !stamped(l)), "a timestamp under journald: {journal}");
     assert!(journal.contains("INFO") && journal.contains("lsvmi started"), "{journal}");
 }
+
+#[test]
+fn ready_arrives_on_an_abstract_notify_socket_too() {
+    use std::os::linux::net::SocketAddrExt as _;
+    let name = format!("lsvmi-test-notify-{}", std::process::id());
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("name");
+    let socket = UnixDatagram::bind_addr(&addr).expect("abstract socket");
+    socket.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let dir = tempfile::tempdir().expect("dir");
+    let mut agent = Command::new(agent_bin())
+        .args(["--dry-run", "--no-bpf", "--duration", "5", "--control-socket"])
+        .arg(dir.path().join("c.sock"))
+        .env("NOTIFY_SOCKET", format!("@{name}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("agent");
+    let mut buf = [0u8; 512];
+    let got = socket.recv(&mut buf).map(|n| text(&buf[..n]));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(got.as_deref().is_ok_and(|m| m.starts_with("READY=1\n")), "{got:?}");
+}
