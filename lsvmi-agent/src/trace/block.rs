@@ -296,25 +296,20 @@ impl Source for TraceBlockSource {
 
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
         let ts = now_ms();
-        let Some(mut maps) = self.shared.try_lock() else { return Ok(()) };
-        let Some(session) = maps.session.clone() else {
-            self.series.sweep(out, ts);
-            return Ok(());
-        };
+        let Some((mut maps, session)) = self.shared.tick(&mut self.series, out, ts) else { return Ok(()) };
         let mut rows: Vec<(Key, Stat)> = maps.stats.iter().filter_map(Result::ok).collect();
         let counters: [u64; COUNTERS] = programs::sums(&maps.counters);
         maps.timeline.drain();
         let ended = session.ended.is_some();
         if ended {
             maps.session = None;
-            let (records, dropped) = maps.timeline.take();
-            for r in &records {
+            let timeline = maps.timeline.take();
+            for r in &timeline.0 {
                 self.names.entry(r.dev).or_insert_with(|| device_name(r.dev));
             }
-            let (id, names) = (session.id.clone(), self.names.clone());
-            super::timeline::write_later(self.shared.sessions.get(), &session.id, move || {
-                files(&id, &records, dropped, &names)
-            });
+            let names = self.names.clone();
+            self.shared
+                .write_timeline(&session.id, timeline, move |id, records, dropped| files(id, records, dropped, &names));
         }
         drop(maps);
         if let Some(pid) = session.pid {

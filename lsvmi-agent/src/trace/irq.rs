@@ -379,11 +379,7 @@ impl Source for TraceIrqSource {
 
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
         let ts = now_ms();
-        let Some(mut maps) = self.shared.try_lock() else { return Ok(()) };
-        let Some(session) = maps.session.clone() else {
-            self.series.sweep(out, ts);
-            return Ok(());
-        };
+        let Some((mut maps, session)) = self.shared.tick(&mut self.series, out, ts) else { return Ok(()) };
         let mut irqs: Vec<(u32, Irq)> = maps
             .irqs
             .iter()
@@ -403,10 +399,9 @@ impl Source for TraceIrqSource {
         let ended = session.ended.is_some();
         if ended {
             maps.session = None;
-            let (records, dropped) = maps.timeline.take();
-            let (id, names) = (session.id.clone(), names.clone());
-            super::timeline::write_later(self.shared.sessions.get(), &session.id, move || {
-                files(&id, &records, dropped, &names)
+            let names = names.clone();
+            self.shared.write_timeline(&session.id, maps.timeline.take(), move |id, records, dropped| {
+                files(id, records, dropped, &names)
             });
         }
         drop(maps);

@@ -131,6 +131,35 @@ impl<M: SessionMaps> Shared<M> {
     pub fn try_lock(&self) -> Option<MutexGuard<'_, M>> {
         self.maps.try_lock().ok()
     }
+
+    /// What a profile's source does first on its tick: the maps and the session they
+    /// report, or None — the lock is busy (a session being set up holds it briefly: this
+    /// tick skips rather than wait), or no session is left, and then its series end.
+    pub fn tick(
+        &self,
+        series: &mut SessionSeries,
+        out: &mut Collector<'_>,
+        ts: i64,
+    ) -> Option<(MutexGuard<'_, M>, SessionInfo)> {
+        let mut maps = self.try_lock()?;
+        let Some(session) = maps.session().clone() else {
+            drop(maps);
+            series.sweep(out, ts);
+            return None;
+        };
+        Some((maps, session))
+    }
+
+    /// Write an ended session's timeline off the tick, from `make(id, records, dropped)`.
+    pub fn write_timeline<R: Send + 'static>(
+        &self,
+        id: &str,
+        (records, dropped): (Vec<R>, u64),
+        make: impl FnOnce(&str, &[R], u64) -> super::timeline::Files + Send + 'static,
+    ) {
+        let owned = id.to_string();
+        super::timeline::write_later(self.sessions.get(), id, move || make(&owned, &records, dropped));
+    }
 }
 
 /// The tracer of a profile with programs of its own: the same lifecycle for each.

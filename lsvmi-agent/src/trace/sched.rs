@@ -349,13 +349,7 @@ impl Source for TraceSchedSource {
 
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
         let ts = now_ms();
-        // Between sessions the maps are idle and the lock is free: a try_lock keeps a
-        // session being set up (it holds the lock briefly) from ever delaying the tick.
-        let Some(mut maps) = self.shared.try_lock() else { return Ok(()) };
-        let Some(session) = maps.session.clone() else {
-            self.series.sweep(out, ts);
-            return Ok(());
-        };
+        let Some((mut maps, session)) = self.shared.tick(&mut self.series, out, ts) else { return Ok(()) };
         let mut rows: Vec<Row> = maps
             .threads
             .iter()
@@ -391,11 +385,7 @@ impl Source for TraceSchedSource {
         if ended {
             // The last values of a session that ended are sent once; then its series end.
             maps.session = None;
-            let (records, dropped) = maps.timeline.take();
-            let id = session.id.clone();
-            super::timeline::write_later(self.shared.sessions.get(), &session.id, move || {
-                super::timeline::sched_files(&id, &records, dropped)
-            });
+            self.shared.write_timeline(&session.id, maps.timeline.take(), super::timeline::sched_files);
         }
         drop(maps);
 
