@@ -82,6 +82,17 @@ pub mod hist {
         }
     }
 
+    /// Add `v` to a running figure: its sum, count, maximum and coarse histogram.
+    #[inline(always)]
+    pub fn tally(sum: &mut u64, count: &mut u64, max: &mut u64, h: &mut [u32; LOG2_BUCKETS], v: u64) {
+        *sum += v;
+        *count += 1;
+        if v > *max {
+            *max = v;
+        }
+        log2_record(h, v);
+    }
+
     /// A histogram as a map value: bucket counts, their sum (ns) and count.
     #[repr(C)]
     #[derive(Clone, Copy)]

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use lsvmi_common::{
-    hist::{LOG2_BUCKETS, log2_record},
+    hist::{LOG2_BUCKETS, tally},
     softirq::VECTORS,
     trace_irq::{
         ANY_CPU, CpuIrq, HARD, IRQ_ENTRIES, IrqFilter, IrqRecord, IrqTime, PROGRAMS, RING_BYTES, RUN_IRQ_ENTRY,
@@ -112,16 +112,11 @@ pub fn trace_irq_handler_exit(ctx: BtfTracePointContext) -> u32 {
         Some(t) => {
             // SAFETY: this CPU's value for this IRQ.
             let t = unsafe { &mut *t };
-            t.time_ns += took;
-            t.count += 1;
-            if took > t.max_ns {
-                t.max_ns = took;
-            }
-            log2_record(&mut t.hist, took);
+            tally(&mut t.time_ns, &mut t.count, &mut t.max_ns, &mut t.hist, took);
         }
         None => {
-            let mut t = IrqTime { time_ns: took, count: 1, max_ns: took, hist: [0; LOG2_BUCKETS] };
-            log2_record(&mut t.hist, took);
+            let mut t = IrqTime { time_ns: 0, count: 0, max_ns: 0, hist: [0; LOG2_BUCKETS] };
+            tally(&mut t.time_ns, &mut t.count, &mut t.max_ns, &mut t.hist, took);
             if TRACE_IRQS.insert(&irq, &t, 0).is_err() {
                 cpu.dropped += 1;
             }
@@ -158,12 +153,7 @@ pub fn trace_softirq_entry(ctx: BtfTracePointContext) -> u32 {
     let mut delay = 0;
     if raised != 0 {
         delay = t.saturating_sub(raised);
-        cpu.delay_ns[v] += delay;
-        cpu.delays[v] += 1;
-        if delay > cpu.max_delay_ns[v] {
-            cpu.max_delay_ns[v] = delay;
-        }
-        log2_record(&mut cpu.delay_hist[v], delay);
+        tally(&mut cpu.delay_ns[v], &mut cpu.delays[v], &mut cpu.max_delay_ns[v], &mut cpu.delay_hist[v], delay);
         cpu.raised_ns[v] = 0;
     }
     cpu.entered_ns[v] = t;
@@ -178,15 +168,11 @@ pub fn trace_softirq_exit(ctx: BtfTracePointContext) -> u32 {
     let entered = cpu.entered_ns[v];
     if entered != 0 {
         let run = now().saturating_sub(entered);
-        cpu.run_ns[v] += run;
-        cpu.runs[v] += 1;
-        if run > cpu.max_run_ns[v] {
-            cpu.max_run_ns[v] = run;
-        }
-        log2_record(&mut cpu.run_hist[v], run);
+        tally(&mut cpu.run_ns[v], &mut cpu.runs[v], &mut cpu.max_run_ns[v], &mut cpu.run_hist[v], run);
         cpu.entered_ns[v] = 0;
         let delay_ns = cpu.entered_delay_ns[v];
-        let r = IrqRecord { start_ns: entered, run_ns: run, delay_ns, cpu: this_cpu(), kind: SOFT, num: v as u32, _pad: 0 };
+        let r =
+            IrqRecord { start_ns: entered, run_ns: run, delay_ns, cpu: this_cpu(), kind: SOFT, num: v as u32, _pad: 0 };
         record(cpu, min_ns, r);
     }
     0
