@@ -160,7 +160,11 @@ fn keep(ev: &NetEvent) {
         tid: ev.pid,
         kind: NET_BASE + ev.kind,
         detail: ev.detail as u16,
-        addr: if ev.family == AF_INET { u32::from_ne_bytes([ev.daddr[0], ev.daddr[1], ev.daddr[2], ev.daddr[3]]) } else { 0 },
+        addr: if ev.family == AF_INET {
+            u32::from_ne_bytes([ev.daddr[0], ev.daddr[1], ev.daddr[2], ev.daddr[3]])
+        } else {
+            0
+        },
         comm: ev.comm,
         ..Record::default()
     });

@@ -3,12 +3,11 @@
 //! read at all, so each event is a map lookup and a clock read.
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map},
     maps::PerCpuArray,
     programs::BtfTracePointContext,
 };
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid};
 use lsvmi_common::{
     hindsight::{Record, SOFTIRQ},
     softirq::{CpuSoftirq, VECTORS},
