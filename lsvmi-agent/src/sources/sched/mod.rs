@@ -182,9 +182,10 @@ impl Source for SchedSource {
         let values = self.map.get(&0, 0).map_err(|source| SourceError::Map { map: CPU_MAP, source })?;
         let now_ns = monotonic_ns();
         let ts = now_ms();
+        let online: Vec<bool> = (0..values.len()).map(|cpu| self.online.is_online(cpu)).collect();
         self.cpus.resize_with(values.len(), || None);
         for (cpu, slot) in self.cpus.iter_mut().enumerate() {
-            if slot.is_none() && self.online.is_online(cpu) {
+            if slot.is_none() && online[cpu] {
                 let cpu = cpu.to_string();
                 let one =
                     |out: &mut Collector<'_>, desc, kind: &str| out.series(desc, &[("cpu", &cpu), ("kind", kind)]);
@@ -198,7 +199,6 @@ impl Source for SchedSource {
                 });
             }
         }
-        let online: Vec<bool> = (0..values.len()).map(|cpu| self.online.is_online(cpu)).collect();
         if self.runq {
             values.iter().zip(&online).filter(|(_, on)| **on).for_each(|(v, _)| self.runq_hist.observe_range(&v.runq));
         }
