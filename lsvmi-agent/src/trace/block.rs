@@ -279,8 +279,7 @@ impl TraceBlockSource {
             timeline: super::timeline::Records::new(bpf.take_map(RING)?),
             session: None,
         };
-        let shared = Shared::new(maps);
-        let _ = SHARED.set(shared.clone());
+        let shared = Shared::new(maps, &SHARED);
         Ok(TraceBlockSource {
             shared,
             series: programs::SessionSeries::default(),

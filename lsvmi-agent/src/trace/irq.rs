@@ -339,8 +339,7 @@ impl TraceIrqSource {
             timeline: super::timeline::Records::new(bpf.take_map(RING)?),
             session: None,
         };
-        let shared = Shared::new(maps);
-        let _ = SHARED.set(shared.clone());
+        let shared = Shared::new(maps, &SHARED);
         Ok(TraceIrqSource { shared, series: programs::SessionSeries::default(), names: None })
     }
 }

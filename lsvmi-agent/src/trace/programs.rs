@@ -118,8 +118,12 @@ pub struct Shared<M> {
 }
 
 impl<M: SessionMaps> Shared<M> {
-    pub fn new(maps: M) -> Arc<Self> {
-        Arc::new(Shared { maps: Mutex::new(maps), sessions: OnceLock::new() })
+    /// The profile's shared maps, also put in `slot` for its tracer to find. One BPF
+    /// object per agent, so one source per profile: a second set is impossible.
+    pub fn new(maps: M, slot: &OnceLock<Arc<Self>>) -> Arc<Self> {
+        let shared = Arc::new(Shared { maps: Mutex::new(maps), sessions: OnceLock::new() });
+        let _ = slot.set(shared.clone());
+        shared
     }
 
     pub fn lock(&self) -> MutexGuard<'_, M> {

@@ -335,9 +335,7 @@ impl TraceSchedSource {
             timeline: super::timeline::Records::new(bpf.take_map(WAITS_RING)?),
             session: None,
         };
-        let shared = Shared::new(maps);
-        // One BPF object per agent, so one source: a second set is impossible.
-        let _ = SHARED.set(shared.clone());
+        let shared = Shared::new(maps, &SHARED);
         Ok(TraceSchedSource { shared, series: programs::SessionSeries::default() })
     }
 }
