@@ -91,7 +91,7 @@ fn armed(trace_yaml: &str) -> Option<Armed> {
 
 #[test]
 fn a_burst_starts_a_session_with_the_seconds_before_and_a_second_burst_is_cooled_down() {
-    let yaml = "  default_duration: 2s\n  triggers:\n    - {name: runq, metric: runq_latency, above: 2ms, for: 2}\n";
+    let yaml = "  default_duration: 2s\n  triggers:\n    - {name: runq, metric: runq_latency, above: 2ms, for: 3}\n";
     let Some(a) = armed(yaml) else { return };
     let (vm, socket) = (&a.vm, a.socket.as_path());
     // A latency-sensitive thread on CPU 1.
@@ -225,7 +225,7 @@ fn with_no_trigger_firing_nothing_reads_the_ring_and_the_agent_wakes_at_its_tick
 #[test]
 fn a_triggered_session_its_budget_refuses_still_keeps_the_seconds_before() {
     // A budget no session fits in.
-    let yaml = "  budget_percent: 0.00001\n  triggers:\n    - {name: runq, metric: runq_latency, above: 2ms, for: 2}\n";
+    let yaml = "  budget_percent: 0.00001\n  triggers:\n    - {name: runq, metric: runq_latency, above: 2ms, for: 3}\n";
     let Some(a) = armed(yaml) else { return };
     let (vm, socket) = (&a.vm, a.socket.as_path());
     let burst = Burst::on(1);
