@@ -12,7 +12,7 @@
 pub mod btf;
 pub mod tracefs;
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::OnceLock};
 
 use aya::{Btf, Ebpf, EbpfLoader};
 
@@ -34,8 +34,8 @@ pub struct BpfSource {
 /// How a BPF source is built: given the loaded object and the programs not to run.
 pub type Attach = fn(&mut Bpf, &[String]) -> Result<Box<dyn Source>, BpfError>;
 
-/// What the kernel says about itself, read once before load: its BTF, parsed once for
-/// every source's globals and freed before aya parses it again to load, and tracefs.
+/// What the kernel says about itself, read once before load: its BTF, walked once for
+/// every source's globals and the tp_btf attach ids, then freed; and tracefs.
 pub struct Kernel<'a> {
     btf: Result<btf::Btf<'a>, String>,
     /// Where tracefs is mounted, or why it is not.
@@ -47,6 +47,18 @@ impl Kernel<'_> {
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32, String> {
         self.btf.as_ref().map_err(Clone::clone)?.member_offset(name, member).map_err(|e| e.to_string())
     }
+}
+
+/// The kernel's tp_btf attach ids, taken from its BTF at start (the kernel's BTF does not
+/// change while it runs). Sessions load their programs from these later.
+static TRACEPOINT_IDS: OnceLock<btf::TracepointIds> = OnceLock::new();
+
+/// What aya needs to load tp_btf programs on `tracepoints`: a BTF that names their attach
+/// points at the kernel's ids and nothing else (see [`btf::TracepointIds::skeleton`]),
+/// instead of aya's ~28 MB parse of the kernel's whole BTF.
+pub fn attach_btf(tracepoints: &[&str]) -> Result<Btf, String> {
+    let ids = TRACEPOINT_IDS.get().ok_or("the kernel's BTF was not readable at start")?;
+    Btf::parse(&ids.skeleton(tracepoints), aya::Endianness::default()).map_err(|e| format!("tp_btf attach ids: {e}"))
 }
 
 /// A value for one of the object's globals.
@@ -109,8 +121,8 @@ impl Bpf {
     }
 
     /// Keep only what must live on (the programs' links and maps) once every program is
-    /// attached. The parsed kernel BTF is ~25 MB of heap that is only needed while loading;
-    /// freeing it and handing the pages back keeps the agent's RSS in single-digit MB.
+    /// attached. The kernel's raw BTF and what was built from it (~6 MB) are only needed
+    /// while loading; handing their freed pages back keeps them out of the steady RSS.
     pub fn finish_loading(self) -> Ebpf {
         drop(self.btf);
         #[cfg(target_env = "gnu")]
@@ -138,12 +150,18 @@ pub fn start(
     let tracefs = tracefs::ensure_mounted();
     let globals: Vec<Global> = {
         let btf = raw.as_ref().map_err(Clone::clone).and_then(|r| btf::Btf::parse(r).map_err(|e| e.to_string()));
+        if let Ok(btf) = &btf {
+            let _ = TRACEPOINT_IDS.set(btf.tracepoint_ids());
+        }
         let kernel = Kernel { btf, tracefs: tracefs.clone() };
         wanted.iter().filter(|(_, s)| startable(s)).flat_map(|(_, s)| (s.globals)(&kernel)).collect()
     };
-    // The raw BTF (~5 MB) goes before aya parses the kernel's BTF (~25 MB) to load.
+    // The raw BTF (~5.5 MB) is freed before the object is loaded.
     let no_btf = raw.err();
-    let mut bpf = match load(no_btf, tracefs, globals) {
+    let tp_btf: Vec<&str> = (wanted.iter().filter(|(_, s)| startable(s)))
+        .flat_map(|(_, s)| s.programs.iter().filter(|(_, hook)| matches!(hook, Hook::TpBtf)).map(|(name, _)| *name))
+        .collect();
+    let mut bpf = match load(no_btf, &tp_btf, tracefs, globals) {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!("eBPF disabled: {e}; continuing with procfs sources");
@@ -172,22 +190,68 @@ pub fn start(
 }
 
 /// Load the embedded object into the kernel (maps created, programs not yet loaded),
-/// with `globals` set.
-fn load(no_btf: Option<String>, tracefs: Result<PathBuf, String>, globals: Vec<Global>) -> Result<Bpf, BpfError> {
+/// with `globals` set, ready to attach tp_btf programs on `tp_btf`.
+fn load(
+    no_btf: Option<String>,
+    tp_btf: &[&str],
+    tracefs: Result<PathBuf, String>,
+    globals: Vec<Global>,
+) -> Result<Bpf, BpfError> {
     if OBJECT.is_empty() {
         return Err(BpfError::NotBuiltIn);
     }
     if let Some(e) = no_btf {
         return Err(BpfError::NoBtf(e));
     }
-    let btf = Btf::from_sys_fs().map_err(|e| BpfError::NoBtf(describe(&e)))?;
-    let mut loader = EbpfLoader::new();
+    let btf = attach_btf(tp_btf).map_err(BpfError::NoBtf)?;
+    let mut loader = loader_without_kernel_btf();
+    // The object has no CO-RE relocations (rustc emits none; offsets come as globals),
+    // so aya needs the kernel's BTF for nothing else. Were one ever added, it would match
+    // no struct in the skeleton: aya poisons such an instruction and the verifier refuses
+    // that program, rather than it running with a wrong offset.
     loader.btf(Some(&btf));
     for g in &globals {
         loader.override_global(g.name, g.bytes.as_slice(), true);
     }
     let ebpf = loader.load(OBJECT).map_err(|e| BpfError::kernel("loading the BPF object", &e))?;
     Ok(Bpf { ebpf, btf, tracefs, globals })
+}
+
+/// An `EbpfLoader` that did not parse the kernel's BTF.
+///
+/// aya 0.14's `EbpfLoader::new()` parses the kernel's whole BTF before any setter can
+/// say not to (aya-rs/aya#1172; aya 0.15 defers it, but needs a newer rustc than the one
+/// this project builds with): ~20 MB of heap, which made the agent's peak memory twice
+/// its steady size, for a parse that [`attach_btf`] makes unneeded. So the one call is
+/// made while no file can be opened: the soft RLIMIT_NOFILE is set to the lowest free
+/// descriptor, aya's read of /sys/kernel/btf/vmlinux fails at once, and the limit is put
+/// back. The limit is process-wide, so this is done only while this is the process's
+/// only thread (at start, before the runtime's pools); otherwise aya parses as before.
+fn loader_without_kernel_btf<'a>() -> EbpfLoader<'a> {
+    if crate::privileges::threads() != 1 {
+        return EbpfLoader::new();
+    }
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) } != 0 {
+        return EbpfLoader::new();
+    }
+    // The lowest free descriptor is the one the next open returns.
+    let lowest = match std::fs::File::open("/dev/null") {
+        Ok(f) => std::os::fd::AsRawFd::as_raw_fd(&f) as libc::rlim_t,
+        Err(_) => return EbpfLoader::new(),
+    };
+    let closed = libc::rlimit { rlim_cur: lowest, rlim_max: old.rlim_max };
+    // SAFETY: setrlimit reads the struct it is given; lowering the soft limit is always allowed.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &closed) } != 0 {
+        return EbpfLoader::new();
+    }
+    let loader = EbpfLoader::new();
+    // SAFETY: as above; the old soft limit is within the unchanged hard limit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) } != 0 {
+        tracing::warn!("could not restore the open-file limit after loading BPF: {}", std::io::Error::last_os_error());
+    }
+    loader
 }
 
 /// One line for an error chain: each cause's first line, joined, with a hint when the

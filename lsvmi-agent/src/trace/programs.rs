@@ -27,8 +27,8 @@ pub type ProgramSet = &'static [(&'static str, &'static str)];
 /// Load and attach `set`; on any failure, unload what was loaded and say why.
 pub fn load(ebpf: &Arc<Mutex<Ebpf>>, set: ProgramSet) -> Result<(), String> {
     let attached = (|| -> Result<(), String> {
-        // The parsed kernel BTF is ~25 MB; it is needed only while loading.
-        let btf = aya::Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+        let tracepoints: Vec<&str> = set.iter().map(|(_, tp)| *tp).collect();
+        let btf = crate::bpf::attach_btf(&tracepoints)?;
         let mut ebpf = ebpf.lock().unwrap_or_else(|p| p.into_inner());
         for (prog, tp) in set {
             let p = ebpf.program_mut(prog).ok_or_else(|| format!("{prog} missing from the BPF object"))?;
