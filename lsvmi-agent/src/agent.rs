@@ -30,6 +30,9 @@ use crate::{
     stats::{DropReason, EndpointStats, Stats},
 };
 
+/// When start-up is surely over (the BPF object loaded, the first batches sent).
+const START_UP: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Cycles' worth of sample vectors the sampler may get ahead of the batcher.
 const SAMPLER_CHANNEL_CAPACITY: usize = 64;
 
@@ -132,6 +135,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     crate::trace::hindsight::watch(&sessions);
     let sampler = tokio::spawn(sampler.run(tx, stop_rx));
+    // Start-up is over once the first batches went out: its pages of code and data
+    // leave the RSS (see `memory`).
+    tokio::spawn(async {
+        tokio::time::sleep(START_UP).await;
+        match crate::memory::release_start_up_pages() {
+            Ok(bytes) => info!("memory: {:.1} MB of start-up pages (binary, libraries) released", bytes as f64 / 1e6),
+            Err(e) => tracing::debug!("memory: start-up pages not released: {e}"),
+        }
+    });
 
     info!(
         sources = ?names,
