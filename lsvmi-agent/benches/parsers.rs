@@ -151,7 +151,7 @@ fn bench_sources(c: &mut Criterion) {
     let sys = root.join("sys"); // not a real /sys: host_cpus is left out, the rest runs
     let sources: Vec<Box<dyn Source>> = vec![
         Box::new(proc_stat::ProcStatSource::new(root, 100)),
-        Box::new(softirqs::SoftirqsSource::new(root)),
+        Box::new(softirqs::SoftirqsSource::new(root, std::path::Path::new("/sys"))),
         Box::new(net_dev::NetDevSource::new(root)),
         Box::new(diskstats::DiskstatsSource::new(root)),
         Box::new(pressure::PressureSource::new(root)),

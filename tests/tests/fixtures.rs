@@ -5,13 +5,25 @@ use std::time::Duration;
 
 use lsvmi_tests::{run_agent, testdata};
 
-/// Run once over a fixture tree; returns (stdout, stderr).
+/// Run once over a fixture tree (with its sysfs, `testdata/sysfs/<tree>`, where there is
+/// one); returns (stdout, stderr).
 fn dry_run(tree: &str) -> (String, String) {
     let root = testdata().join("proc").join(tree);
-    let out = run_agent(
-        &["--procfs-root", root.to_str().unwrap(), "--dry-run", "--no-bpf", "--duration", "0.25", "--instance", "fx"],
-        Duration::from_secs(20),
-    );
+    let sys = testdata().join("sysfs").join(tree);
+    let mut args = vec![
+        "--procfs-root",
+        root.to_str().unwrap(),
+        "--dry-run",
+        "--no-bpf",
+        "--duration",
+        "0.25",
+        "--instance",
+        "fx",
+    ];
+    if sys.is_dir() {
+        args.extend(["--sysfs-root", sys.to_str().unwrap()]);
+    }
+    let out = run_agent(&args, Duration::from_secs(20));
     let (stdout, stderr) =
         (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(out.status.success(), "{stderr}");
@@ -76,9 +88,11 @@ fn edge_tree_keeps_what_is_good() {
     assert_eq!(value(&out, r#"proc_interrupts_total{cpu="2",instance="fx",irq="0"}"#), Some(7.0));
     assert_eq!(value(&out, r#"proc_interrupts_total{cpu="0",instance="fx",irq="LOC"}"#), Some(u64::MAX as f64));
     assert_eq!(value(&out, r#"proc_interrupts_total{instance="fx",irq="ERR"}"#), Some(9.0));
-    // softirqs: NET_RX's bad CPU2 column is dropped, its CPU0 value kept.
+    // softirqs: NET_RX's bad CPU2 column is dropped, its CPU0 value kept. CPU1 is
+    // possible (a column) but offline (sysfs says 0,2): no series.
     assert_eq!(value(&out, r#"proc_softirqs_total{cpu="0",instance="fx",type="NET_RX"}"#), Some(100.0));
     assert_eq!(value(&out, r#"proc_softirqs_total{cpu="2",instance="fx",type="NET_TX"}"#), Some(4.0));
+    assert!(!out.contains(r#"proc_softirqs_total{cpu="1""#), "an offline CPU's column was sent");
     // net/dev: u64::MAX passes through, the short eth0 line is skipped.
     assert_eq!(value(&out, r#"proc_net_dev_receive_bytes_total{instance="fx",interface="lo"}"#), Some(u64::MAX as f64));
     assert_eq!(value(&out, r#"proc_net_dev_receive_drop_total{instance="fx",interface="eth1"}"#), Some(1.0));

@@ -52,8 +52,13 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         println!("bench-scale: a /proc tree of {cpus} CPUs…");
         let root = dir.join(format!("proc-{cpus}cpu"));
         synthesise(&workspace_root().join("testdata/proc/debian12-6.18-2cpu"), &root, cpus)?;
+        // Every CPU of the tree online (the agent skips the columns of offline ones).
+        let sys = dir.join(format!("sys-{cpus}cpu"));
+        std::fs::create_dir_all(sys.join("devices/system/cpu"))?;
+        write(&sys, "devices/system/cpu/online", &format!("0-{}\n", cpus - 1))?;
         let root_s = root.to_str().context("utf-8 path")?;
-        let args = ["--procfs-root", root_s, "--no-bpf"];
+        let sys_s = sys.to_str().context("utf-8 path")?;
+        let args = ["--procfs-root", root_s, "--sysfs-root", sys_s, "--no-bpf"];
         let (agent, series) = measure_agent(&vm, &dir, &args, dur)?;
         let floor = bench_overhead::measure_floor(&me, &[], Some(&root), dur)?;
         // A tree has no tasks to speak of: its per-task columns are left empty.

@@ -357,21 +357,27 @@ impl Bpf {
     }
 }
 
-/// Which CPUs are online, for the per-CPU maps: they hold a value for every *possible*
-/// CPU, and a VM with 240 hot-plug slots and 8 CPUs online must not send 30× the
-/// series. Re-read from sysfs every 5 s (CPUs come and go); a CPU never online gets no
-/// series, one that goes offline stops being sent.
+/// Which CPUs are online, for the per-CPU maps and /proc/softirqs: both hold a value for
+/// every *possible* CPU, and a VM with 240 hot-plug slots and 8 CPUs online must not
+/// send 30× the series. Re-read from sysfs every 5 s (CPUs come and go); a CPU never
+/// online gets no series, one that goes offline stops being sent.
 pub struct OnlineCpus {
     online: Vec<bool>,
     read: Option<std::time::Instant>,
+    path: PathBuf,
 }
 
 impl OnlineCpus {
-    const PATH: &str = "/sys/devices/system/cpu/online";
     const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+    /// The running host's (`/sys`).
     pub fn new() -> Self {
-        OnlineCpus { online: Vec::new(), read: None }
+        Self::at(std::path::Path::new("/sys"))
+    }
+
+    /// From `<sysfs_root>/devices/system/cpu/online`.
+    pub fn at(sysfs_root: &std::path::Path) -> Self {
+        OnlineCpus { online: Vec::new(), read: None, path: sysfs_root.join("devices/system/cpu/online") }
     }
 
     /// From a cpulist (`0-7,9`); every CPU when it cannot be read.
@@ -387,15 +393,16 @@ impl OnlineCpus {
             }
             online[i] = true;
         }
-        OnlineCpus { online, read: Some(std::time::Instant::now()) }
+        OnlineCpus { online, read: Some(std::time::Instant::now()), path: PathBuf::new() }
     }
 
     /// Whether `cpu` is online (refreshed at most every 5 s). Unknown (sysfs unreadable):
     /// every CPU is taken as online.
     pub fn is_online(&mut self, cpu: usize) -> bool {
         if self.read.is_none_or(|t| t.elapsed() >= Self::EVERY) {
-            let text = std::fs::read_to_string(Self::PATH).ok();
-            *self = OnlineCpus::from_list(text.as_deref());
+            let text = std::fs::read_to_string(&self.path).ok();
+            let path = std::mem::take(&mut self.path);
+            *self = OnlineCpus { path, ..OnlineCpus::from_list(text.as_deref()) };
         }
         self.online.is_empty() || self.online.get(cpu).copied().unwrap_or(false)
     }

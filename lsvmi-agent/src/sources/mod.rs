@@ -117,7 +117,7 @@ pub fn specs() -> [SourceSpec; 27] {
             "/proc/softirqs",
             100,
             softirqs::METRICS,
-            Cfg(|c| Box::new(softirqs::SoftirqsSource::new(&c.procfs_root))),
+            Cfg(|c| Box::new(softirqs::SoftirqsSource::new(&c.procfs_root, &c.sysfs_root))),
         ),
         spec(
             "proc_net_dev",

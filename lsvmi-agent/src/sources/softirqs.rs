@@ -18,7 +18,7 @@ metric!(
     "",
     ["cpu", "type"],
     "/proc/softirqs",
-    "Softirqs run since boot, per CPU and type (HI, TIMER, NET_TX, NET_RX, BLOCK, IRQ_POLL, TASKLET, SCHED, \
+    "Softirqs run since boot, per online CPU and type (HI, TIMER, NET_TX, NET_RX, BLOCK, IRQ_POLL, TASKLET, SCHED, \
      HRTIMER, RCU)."
 );
 
@@ -29,14 +29,18 @@ pub struct SoftirqsSource {
     table: CpuTable,
     /// Per type: series indexed by CPU number.
     rows: Tracked<Vec<Option<SeriesId>>>,
+    /// The file has a column per *possible* CPU (/proc/stat and /proc/interrupts only
+    /// the online ones): the others' columns are skipped.
+    online: crate::bpf::OnlineCpus,
 }
 
 impl SoftirqsSource {
-    pub fn new(procfs_root: &Path) -> Self {
+    pub fn new(procfs_root: &Path, sysfs_root: &Path) -> Self {
         SoftirqsSource {
             file: ProcFile::new(procfs_root.join("softirqs")),
             table: CpuTable::default(),
             rows: Tracked::default(),
+            online: crate::bpf::OnlineCpus::at(sysfs_root),
         }
     }
 }
@@ -50,6 +54,7 @@ impl Source for SoftirqsSource {
         let buf = self.file.contents()?;
         let ts = now_ms();
         let rows = &mut self.rows;
+        let online = &mut self.online;
         let mut short: Option<(usize, String)> = None;
         let mut report = cpu_table::parse(buf, &mut self.table, |row| {
             if row.values.len() < row.cpus.len() || !row.description.is_empty() {
@@ -59,6 +64,9 @@ impl Source for SoftirqsSource {
             let series = rows.entry(row.name, Vec::new);
             for (cpu, value) in row.per_cpu() {
                 let idx = cpu as usize;
+                if !online.is_online(idx) {
+                    continue;
+                }
                 if series.len() <= idx {
                     series.resize(idx + 1, None);
                 }
