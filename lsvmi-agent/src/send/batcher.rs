@@ -16,6 +16,9 @@ use crate::{
     stats::Stats,
 };
 
+/// Samples' room kept between batches at least (24 bytes each).
+const KEEP_SAMPLES: usize = 4096;
+
 /// Where batches go.
 pub enum Output {
     /// One outbox per destination (several in `replicate` mode).
@@ -116,7 +119,15 @@ impl Batcher {
                 Err(e) => error!(samples = pending.len(), "snappy compression failed, batch dropped: {e}"),
             }
         }
+        let flushed = pending.len();
         pending.clear();
+        // A burst (every series' first value at start-up, 80 000 on a host of 10 000
+        // threads) must not keep its buffer for the agent's life: room for twice this
+        // batch stays.
+        let keep = 2 * flushed.max(KEEP_SAMPLES);
+        if pending.capacity() > keep {
+            pending.shrink_to(keep);
+        }
         ratio
     }
 }
