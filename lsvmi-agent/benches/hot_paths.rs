@@ -100,7 +100,7 @@ fn with_prost(reg: &Registry, samples: &[Sample]) -> Vec<u8> {
                 .map(|s| {
                     s.labels
                         .iter()
-                        .map(|l| proto::Label { name: l.name.to_string(), value: l.value.to_string() })
+                        .map(|(name, value)| proto::Label { name: name.to_string(), value: value.to_string() })
                         .collect()
                 })
                 .unwrap_or_default(),

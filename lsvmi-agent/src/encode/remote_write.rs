@@ -1,8 +1,9 @@
 //! Remote-write 1.0 encoder for the hot path.
 //!
 //! Why by hand: building prost structs means allocating a `String` per label per
-//! series per batch. Here each series' labels are encoded once (cached by
-//! [`SeriesId`]) and a batch is a memcpy of those bytes plus a few varints per sample.
+//! series per batch. Here each series' labels are already in wire form in the registry
+//! ([`crate::model::LabelSet`]) and a batch is a memcpy of those bytes plus a few
+//! varints per sample.
 //! The output is byte-identical to prost's (tested below); `benches/hot_paths.rs`
 //! measures both.
 //!
@@ -14,19 +15,13 @@
 
 use prost::encoding::{encode_varint, encoded_len_varint};
 
-use crate::model::{Label, Registry, Sample, SeriesId};
+use crate::model::{Registry, Sample};
 
 // Field keys: (field number << 3) | wire type.
 const KEY_TIMESERIES: u8 = (1 << 3) | 2; // WriteRequest.timeseries, length-delimited
-const KEY_LABELS: u8 = (1 << 3) | 2; // TimeSeries.labels
 const KEY_SAMPLES: u8 = (2 << 3) | 2; // TimeSeries.samples
-const KEY_LABEL_NAME: u8 = (1 << 3) | 2; // Label.name
-const KEY_LABEL_VALUE: u8 = (2 << 3) | 2; // Label.value
 const KEY_SAMPLE_VALUE: u8 = (1 << 3) | 1; // Sample.value, fixed64
 const KEY_SAMPLE_TS: u8 = 2 << 3; // Sample.timestamp, varint
-
-/// Per series id: (generation, encoded labels).
-type LabelCache = Vec<Option<(u32, Box<[u8]>)>>;
 
 /// A compressed request ready to POST.
 #[derive(Clone, Debug)]
@@ -44,9 +39,6 @@ const SNAPPY_BLOCK: usize = 1 << 16;
 const MAX_PREAMBLE: usize = 5;
 
 pub struct Encoder {
-    /// Encoded `repeated Label` bytes per series (with the series' generation), filled
-    /// on first use and refreshed when the registry reuses the id.
-    label_cache: LabelCache,
     /// The request being encoded: all of it for [`Encoder::encode_protobuf`], at most a
     /// block and one time series while [`Encoder::encode`] compresses as it goes.
     protobuf: Vec<u8>,
@@ -69,7 +61,6 @@ struct Compressor {
 impl Default for Encoder {
     fn default() -> Self {
         Encoder {
-            label_cache: Vec::new(),
             protobuf: Vec::new(),
             compressor: Compressor {
                 snappy: snap::raw::Encoder::new(),
@@ -136,7 +127,7 @@ impl Encoder {
                 self.compressor.block(&self.protobuf[..SNAPPY_BLOCK])?;
                 self.protobuf.drain(..SNAPPY_BLOCK);
             }
-            let Some(labels) = cached_labels(&mut self.label_cache, registry, run[0].series) else { continue };
+            let Some(labels) = registry.get(run[0].series).map(|s| s.labels.as_bytes()) else { continue };
             series_count += 1;
             let samples_len: usize = run.iter().map(|s| field_len(sample_len(s))).sum();
             let ts_len = labels.len() + samples_len;
@@ -167,42 +158,6 @@ impl Encoder {
         let uncompressed_len = self.compressor.total;
         Ok(EncodedBatch { body: self.compressor.finish(), samples: sample_count, series, uncompressed_len })
     }
-}
-
-/// The encoded labels of `id`, encoded on first use.
-fn cached_labels<'c>(cache: &'c mut LabelCache, registry: &Registry, id: SeriesId) -> Option<&'c [u8]> {
-    if cache.len() <= id.index() {
-        cache.resize(id.index() + 1, None);
-    }
-    let series = registry.get(id)?;
-    let slot = &mut cache[id.index()];
-    if slot.as_ref().is_none_or(|(generation, _)| *generation != series.generation) {
-        *slot = Some((series.generation, encode_labels(&series.labels).into_boxed_slice()));
-    }
-    slot.as_ref().map(|(_, bytes)| &bytes[..])
-}
-
-/// `repeated Label labels = 1` of a TimeSeries. Empty strings are omitted like prost
-/// does (proto3 defaults); the registry never stores empty values anyway.
-fn encode_labels(labels: &[Label]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for l in labels {
-        let len = str_field_len(l.name) + str_field_len(&l.value);
-        out.push(KEY_LABELS);
-        encode_varint(len as u64, &mut out);
-        for (key, s) in [(KEY_LABEL_NAME, l.name), (KEY_LABEL_VALUE, &*l.value)] {
-            if !s.is_empty() {
-                out.push(key);
-                encode_varint(s.len() as u64, &mut out);
-                out.extend_from_slice(s.as_bytes());
-            }
-        }
-    }
-    out
-}
-
-fn str_field_len(s: &str) -> usize {
-    if s.is_empty() { 0 } else { field_len(s.len()) }
 }
 
 /// Key byte + length varint + payload.
@@ -236,7 +191,7 @@ mod tests {
     use super::*;
     use crate::{
         encode::proto,
-        model::{MetricDesc, MetricKind, STALE_NAN_BITS},
+        model::{MetricDesc, MetricKind, STALE_NAN_BITS, SeriesId},
     };
 
     static DESC: MetricDesc =
@@ -255,7 +210,7 @@ mod tests {
                     .unwrap()
                     .labels
                     .iter()
-                    .map(|l| proto::Label { name: l.name.to_string(), value: l.value.to_string() })
+                    .map(|(name, value)| proto::Label { name: name.to_string(), value: value.to_string() })
                     .collect(),
                 samples: samples
                     .iter()

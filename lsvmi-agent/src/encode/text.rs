@@ -30,10 +30,10 @@ impl TextWriter {
             }
             out.write_all(desc.name.as_bytes())?;
             let mut first = true;
-            for l in series.labels.iter().filter(|l| l.name != "__name__") {
+            for (name, value) in series.labels.iter().filter(|(name, _)| *name != "__name__") {
                 out.write_all(if first { b"{" } else { b"," })?;
                 first = false;
-                write!(out, "{}=\"{}\"", l.name, escape_value(&l.value))?;
+                write!(out, "{name}=\"{}\"", escape_value(value))?;
             }
             if !first {
                 out.write_all(b"}")?;

@@ -4,13 +4,15 @@
 //! [`SeriesId`]; after that a data point is just `(SeriesId, timestamp, value)`, 24 bytes.
 //! Encoding, batching and sending never know which source spoke.
 
+pub mod labels;
 mod metric;
 mod registry;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use labels::LabelSet;
 pub use metric::{MetricDesc, MetricKind};
-pub use registry::{Label, Registry, Series, SharedRegistry};
+pub use registry::{Registry, Series, SharedRegistry};
 
 /// Index of a series in the [`Registry`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,5 +1,6 @@
-//! The series table: label sets interned once, referenced by [`SeriesId`] afterwards.
-//! This is also the one place where host labels (`instance`, user labels) are added.
+//! The series table: label sets stored once (in wire form, see [`super::labels`]),
+//! referenced by [`SeriesId`] afterwards. This is also the one place where host labels
+//! (`instance`, user labels) are added.
 
 use std::{
     collections::VecDeque,
@@ -10,26 +11,17 @@ use std::{
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use super::{MetricDesc, SeriesId};
+use super::{MetricDesc, SeriesId, labels::LabelSet};
 
-/// A label of a registered series. Names are static (declared with the metric, or host
-/// label names leaked once at start-up) and values are interned: a host has thousands of
-/// series whose label values mostly repeat (`instance`, `pid`, `comm`, `mode`), and the
-/// label sets are most of the agent's heap.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Label {
-    pub name: &'static str,
-    pub value: Arc<str>,
-}
-
-/// A registered series: its metric and its full, sorted label set (with `__name__`).
+/// A registered series: its metric and its full label set (with `__name__`).
 #[derive(Debug)]
 pub struct Series {
     pub desc: &'static MetricDesc,
-    /// Sorted bytewise by name, names unique, no empty values: the remote-write rules.
-    pub labels: Vec<Label>,
-    /// Bumped each time the id is reused for another label set, so caches keyed by
-    /// [`SeriesId`] (the encoder's label bytes) know to refresh.
+    /// Sorted bytewise by name, names unique, no empty values (the remote-write rules),
+    /// in wire form.
+    pub labels: LabelSet,
+    /// Bumped each time the id is reused for another label set, so tables keyed by
+    /// [`SeriesId`] (the trigger engine's roles) know to refresh.
     pub generation: u32,
 }
 
@@ -44,17 +36,17 @@ pub type SharedRegistry = Arc<RwLock<Registry>>;
 /// All series known to this agent run.
 #[derive(Debug, Default)]
 pub struct Registry {
-    host_labels: Vec<Label>,
+    /// Put on every series; names leaked once at start-up (they live as long as the process).
+    host_labels: Vec<(&'static str, String)>,
     series: Vec<Series>,
     /// Live series by the hash of their label set. The labels themselves are stored once,
-    /// in `series` (on a host with thousands of task series, a second copy as map keys
-    /// was a third of the agent's memory).
+    /// in `series`.
     index: HashTable<SeriesId>,
     hasher: DefaultHashBuilder,
     /// Retired ids, oldest first, with the instant they were retired.
     free: VecDeque<(SeriesId, Instant)>,
-    /// Every label value in use, once.
-    values: hashbrown::HashSet<Arc<str>>,
+    /// Scratch for the label set being registered.
+    scratch: Vec<u8>,
 }
 
 impl Registry {
@@ -63,8 +55,7 @@ impl Registry {
         let host_labels = host_labels
             .into_iter()
             .filter(|(_, v)| !v.is_empty())
-            // Leaked once per configured host label: they live as long as the process.
-            .map(|(name, value)| Label { name: Box::leak(name.into_boxed_str()), value: Arc::from(value) })
+            .map(|(name, value)| (&*Box::leak(name.into_boxed_str()), value))
             .collect();
         Registry { host_labels, ..Default::default() }
     }
@@ -76,60 +67,42 @@ impl Registry {
     /// The id of the series `desc{labels}`, registering it on first sight.
     /// Labels with empty values are dropped (remote-write forbids them).
     pub fn register(&mut self, desc: &'static MetricDesc, labels: &[(&'static str, &str)]) -> SeriesId {
-        let mut set: Vec<Label> = Vec::with_capacity(1 + labels.len() + self.host_labels.len());
-        set.push(Label { name: "__name__", value: self.intern(desc.name) });
-        for (name, value) in labels {
-            if !value.is_empty() {
-                let value = self.intern(value);
-                set.push(Label { name, value });
+        let mut set: Vec<(&str, &str)> = Vec::with_capacity(1 + labels.len() + self.host_labels.len());
+        set.push(("__name__", desc.name));
+        set.extend(labels.iter().filter(|(_, v)| !v.is_empty()).map(|(n, v)| (*n, *v)));
+        for (name, value) in &self.host_labels {
+            if !set.iter().any(|(n, _)| n == name) {
+                set.push((name, value));
             }
         }
-        for host in &self.host_labels {
-            if !set.iter().any(|l| l.name == host.name) {
-                set.push(host.clone());
-            }
-        }
-        set.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-        // Duplicate names from one source would be a bug in that source; keep the first.
-        set.dedup_by(|b, a| a.name == b.name);
-        let hash = self.hasher.hash_one(&set);
-        let series = &self.series;
-        if let Some(id) = self.index.find(hash, |id| series[id.index()].labels == set) {
+        // Stable: of duplicate names from one source (a bug in that source), the first stays.
+        set.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        set.dedup_by(|b, a| a.0 == b.0);
+        self.scratch.clear();
+        super::labels::encode_sorted(&set, &mut self.scratch);
+        let hash = self.hasher.hash_one(&self.scratch[..]);
+        let (series, scratch) = (&self.series, &self.scratch);
+        if let Some(id) = self.index.find(hash, |id| series[id.index()].labels.as_bytes() == &scratch[..]) {
             return *id;
         }
+        let labels = LabelSet::from_encoded(&self.scratch);
         let id = match self.free.front() {
             Some(&(id, retired)) if retired.elapsed() >= REUSE_AFTER => {
                 self.free.pop_front();
                 let slot = &mut self.series[id.index()];
-                let old =
-                    std::mem::replace(slot, Series { desc, labels: set, generation: slot.generation.wrapping_add(1) });
-                // Values only the retired series used leave the pool.
-                for label in old.labels {
-                    if Arc::strong_count(&label.value) == 2 {
-                        self.values.remove(&*label.value);
-                    }
-                }
+                *slot = Series { desc, labels, generation: slot.generation.wrapping_add(1) };
                 id
             }
             _ => {
                 // u32 ids: over four billion series would exhaust memory long before this.
                 let id = SeriesId(u32::try_from(self.series.len()).unwrap_or(u32::MAX));
-                self.series.push(Series { desc, labels: set, generation: 0 });
+                self.series.push(Series { desc, labels, generation: 0 });
                 id
             }
         };
         let (series, hasher) = (&self.series, &self.hasher);
-        self.index.insert_unique(hash, id, |id| hasher.hash_one(&series[id.index()].labels));
+        self.index.insert_unique(hash, id, |id| hasher.hash_one(series[id.index()].labels.as_bytes()));
         id
-    }
-
-    fn intern(&mut self, value: &str) -> Arc<str> {
-        if let Some(v) = self.values.get(value) {
-            return v.clone();
-        }
-        let v: Arc<str> = Arc::from(value);
-        self.values.insert(v.clone());
-        v
     }
 
     /// The series has ended (process exited, interface removed). Its labels stay readable
@@ -138,7 +111,7 @@ impl Registry {
     /// gives a fresh id.
     pub fn retire(&mut self, id: SeriesId) {
         let Some(series) = self.series.get(id.index()) else { return };
-        let hash = self.hasher.hash_one(&series.labels);
+        let hash = self.hasher.hash_one(series.labels.as_bytes());
         if let Ok(entry) = self.index.find_entry(hash, |live| *live == id) {
             entry.remove();
             self.free.push_back((id, Instant::now()));
@@ -178,7 +151,7 @@ mod tests {
     };
 
     fn names(r: &Registry, id: SeriesId) -> Vec<(String, String)> {
-        r.get(id).unwrap().labels.iter().map(|l| (l.name.to_string(), l.value.to_string())).collect()
+        r.get(id).unwrap().labels.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -217,12 +190,8 @@ mod tests {
         assert_eq!(r.get(c).unwrap().generation, 1);
         assert!(names(&r, c).contains(&("cpu".into(), "2".into())));
         assert_eq!(r.live(), 2);
-        // Label values are shared, and those only the retired series used are dropped.
-        assert!(!r.values.contains("0"));
-        let d = r.register(&DESC, &[("cpu", "2"), ("mode", "user")]);
-        let (lc, ld) = (&r.get(c).unwrap().labels, &r.get(d).unwrap().labels);
-        let cpu = |l: &Vec<Label>| l.iter().find(|l| l.name == "cpu").unwrap().value.clone();
-        assert!(Arc::ptr_eq(&cpu(lc), &cpu(ld)));
+        // The reused id's old labels are gone with it.
+        assert!(!names(&r, c).contains(&("cpu".into(), "0".into())));
     }
 
     #[test]

@@ -205,9 +205,9 @@ mod tests {
             .iter()
             .find(|s| {
                 let l = &reg.get(s.series).unwrap().labels;
-                l.iter().any(|l| l.name == "cpu" && &*l.value == "1")
-                    && l.iter().any(|l| &*l.value == "user")
-                    && &*l[0].value == "proc_stat_cpu_seconds_total"
+                l.get("cpu") == Some("1")
+                    && l.get("mode") == Some("user")
+                    && l.get("__name__") == Some("proc_stat_cpu_seconds_total")
             })
             .unwrap();
         assert_eq!(user.value, 1.5);
