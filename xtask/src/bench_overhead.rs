@@ -156,6 +156,9 @@ pub fn floor_loop(seconds: u64, mounts: &[String], root: &Path) -> anyhow::Resul
     let slow = open(EVERY_SECOND);
     let mut mountinfo = File::open("/proc/self/mountinfo")?;
     let mut buf = vec![0u8; 64 * 1024];
+    // Its own: `buf` is cut to the last small file read, and a netlink message longer
+    // than the buffer is truncated, its dump never seen to end.
+    let mut netlink = vec![0u8; 64 * 1024];
     let mut tasks = Tasks::default();
     let start = Instant::now();
     let tick = Duration::from_millis(100);
@@ -169,7 +172,7 @@ pub fn floor_loop(seconds: u64, mounts: &[String], root: &Path) -> anyhow::Resul
                 pread_all(f, &mut buf);
             }
             tasks.second(root, n.is_multiple_of(150), &mut buf);
-            dump_qdiscs(&mut buf);
+            dump_qdiscs(&mut netlink);
         }
         if n.is_multiple_of(50) {
             pread_all(&mountinfo, &mut buf);

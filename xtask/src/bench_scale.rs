@@ -69,14 +69,23 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n| host | tasks | lsvmi CPU % | floor CPU % | ratio | lsvmi µs/task/s | lsvmi RSS | RSS/task | RSS/series |"
+        "\n| host | tasks | lsvmi CPU % | floor CPU % | ratio | lsvmi µs/task/s | lsvmi RSS | RSS/task | RSS per added task | RSS/series |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    // What each task beyond the smallest host's costs: the memory that grows with tasks,
+    // without the agent's fixed part.
+    let first = rows.first().map(|(_, tasks, a, ..)| (*tasks, a.rss_steady_max_kb));
     for (name, tasks, a, f, series) in rows {
         let per_task = |v: f64| if tasks == 0 { "-".to_string() } else { format!("{:.2}", v / tasks as f64) };
+        let added = match first {
+            Some((t0, rss0)) if tasks > t0 => {
+                format!("{:.2} KB", (a.rss_steady_max_kb as f64 - rss0 as f64) / (tasks - t0) as f64)
+            }
+            _ => "-".to_string(),
+        };
         let _ = writeln!(
             out,
-            "| {name} | {} | {:.3} | {:.3} | {:.2}× | {} | {:.1} MB | {} KB | {} B |",
+            "| {name} | {} | {:.3} | {:.3} | {:.2}× | {} | {:.1} MB | {} KB | {added} | {} B |",
             if tasks == 0 { "-".to_string() } else { tasks.to_string() },
             a.cpu_percent,
             f.cpu_percent,
