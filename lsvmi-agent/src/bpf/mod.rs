@@ -349,11 +349,15 @@ impl Bpf {
     where
         T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
     {
-        let map = self
-            .ebpf
-            .take_map(name)
-            .ok_or_else(|| BpfError::Kernel { what: name.into(), cause: "map missing from the object".into() })?;
+        let map = self.take_raw_map(name)?;
         T::try_from(map).map_err(|e| BpfError::kernel(name, &e))
+    }
+
+    /// Take a map out of the object as aya's untyped map.
+    pub fn take_raw_map(&mut self, name: &'static str) -> Result<aya::maps::Map, BpfError> {
+        self.ebpf
+            .take_map(name)
+            .ok_or_else(|| BpfError::Kernel { what: name.into(), cause: "map missing from the object".into() })
     }
 }
 

@@ -276,7 +276,7 @@ impl TraceBlockSource {
             requests: bpf.take_map(REQUESTS_MAP)?,
             stats: bpf.take_map(STATS_MAP)?,
             counters: bpf.take_map(COUNTERS_MAP)?,
-            timeline: super::timeline::Records::new(bpf.take_map(RING)?),
+            timeline: super::timeline::Records::new(RING, bpf.take_raw_map(RING)?)?,
             session: None,
         };
         let shared = Shared::new(maps, &SHARED);

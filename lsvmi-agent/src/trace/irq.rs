@@ -336,7 +336,7 @@ impl TraceIrqSource {
             irqs: bpf.take_map(IRQS_MAP)?,
             cpu: bpf.take_map(CPU_MAP)?,
             runs: bpf.take_map(RUNS_MAP)?,
-            timeline: super::timeline::Records::new(bpf.take_map(RING)?),
+            timeline: super::timeline::Records::new(RING, bpf.take_raw_map(RING)?)?,
             session: None,
         };
         let shared = Shared::new(maps, &SHARED);

@@ -332,7 +332,7 @@ impl TraceSchedSource {
             filter: bpf.take_map(FILTER_MAP)?,
             drops: bpf.take_map(DROPS_MAP)?,
             runs: bpf.take_map(RUNS_MAP)?,
-            timeline: super::timeline::Records::new(bpf.take_map(WAITS_RING)?),
+            timeline: super::timeline::Records::new(WAITS_RING, bpf.take_raw_map(WAITS_RING)?)?,
             session: None,
         };
         let shared = Shared::new(maps, &SHARED);

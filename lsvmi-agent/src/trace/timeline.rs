@@ -12,7 +12,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{MapData, RingBuf};
+use std::os::fd::{AsFd as _, OwnedFd};
+
+use aya::maps::{Map, MapData, RingBuf};
 use lsvmi_common::trace_sched::{PREEMPTED, WaitRecord};
 use serde_json::{Value, json};
 
@@ -24,21 +26,41 @@ pub const MAX_RECORDS: usize = 50_000;
 
 /// A session's timeline records as drained from its program's ring buffer (on the
 /// source's tick: the programs never wake the agent), bounded by [`MAX_RECORDS`].
+///
+/// The ring is mapped into the agent only from a session's start to its end: a mapped
+/// ring holds its data pages twice in RSS (the kernel maps them twice for wrap-around),
+/// 128–256 KiB per profile otherwise held for sessions that may never run.
 pub struct Records<R> {
-    ring: RingBuf<MapData>,
+    /// The ring map as the object made it, kept open for good: the session programs,
+    /// loaded later, name the map by this descriptor.
+    map: MapData,
+    ring: Option<RingBuf<MapData>>,
     pub records: Vec<R>,
     /// Records there was no room for.
     pub dropped: u64,
 }
 
 impl<R: aya::Pod> Records<R> {
-    pub fn new(ring: RingBuf<MapData>) -> Self {
-        Records { ring, records: Vec::new(), dropped: 0 }
+    /// From the ring map as taken from the object; it is mapped only from
+    /// [`Records::clear`] (a session's start) to [`Records::take`] (its end).
+    pub fn new(name: &str, map: Map) -> Result<Self, crate::bpf::BpfError> {
+        let Map::RingBuf(map) = map else {
+            return Err(crate::bpf::BpfError::Kernel { what: name.into(), cause: "not a ring buffer".into() });
+        };
+        Ok(Records { map, ring: None, records: Vec::new(), dropped: 0 })
+    }
+
+    /// A mapping of the ring, through a second descriptor of the same map.
+    fn map_ring(&self) -> Result<RingBuf<MapData>, String> {
+        let fd: OwnedFd = self.map.fd().as_fd().try_clone_to_owned().map_err(|e| e.to_string())?;
+        let data = MapData::from_fd(fd).map_err(|e| e.to_string())?;
+        RingBuf::try_from(Map::RingBuf(data)).map_err(|e| e.to_string())
     }
 
     /// Move what the ring holds to the records.
     pub fn drain(&mut self) {
-        while let Some(item) = self.ring.next() {
+        let Some(ring) = self.ring.as_mut() else { return };
+        while let Some(item) = ring.next() {
             if item.len() < size_of::<R>() {
                 continue;
             }
@@ -53,15 +75,23 @@ impl<R: aya::Pod> Records<R> {
         }
     }
 
-    /// Empty the ring and the records (before a session).
+    /// Map the ring and empty it and the records (before a session).
     pub fn clear(&mut self) {
+        if self.ring.is_none() {
+            match self.map_ring() {
+                Ok(ring) => self.ring = Some(ring),
+                Err(e) => tracing::warn!("the session's timeline ring cannot be mapped ({e}): no timeline"),
+            }
+        }
         self.drain();
         self.records.clear();
         self.dropped = 0;
     }
 
-    /// The session's records and the count of those dropped, leaving none.
+    /// The session's records and the count of those dropped, leaving none; the ring is
+    /// unmapped until the next session.
     pub fn take(&mut self) -> (Vec<R>, u64) {
+        self.ring = None;
         (std::mem::take(&mut self.records), std::mem::take(&mut self.dropped))
     }
 }
