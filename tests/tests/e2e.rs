@@ -253,3 +253,37 @@ fn every_bpf_family_arrives_and_histogram_quantile_works() {
         assert!(v.is_finite() && v > 0.0 && v < 10.0, "{promql} = {v}");
     }
 }
+
+/// A thread that renames itself (prctl PR_SET_NAME, as JVMs and thread pools do) gets
+/// series under its new name, and those under the old name end.
+#[test]
+fn a_renamed_thread_gets_series_under_its_new_name() {
+    let vm = Vm::start();
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let worker = std::thread::Builder::new()
+        .name("lsvmi-t-old".into())
+        .spawn(move || {
+            // SAFETY: no preconditions.
+            let _ = tid_tx.send(unsafe { libc::gettid() });
+            std::thread::sleep(Duration::from_millis(3000));
+            // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+            unsafe { libc::prctl(libc::PR_SET_NAME, c"lsvmi-t-new".as_ptr()) };
+            // Busy for a moment, so its CPU time moves under the new name.
+            let t = std::time::Instant::now();
+            while t.elapsed() < Duration::from_millis(300) {
+                std::hint::spin_loop();
+            }
+            std::thread::sleep(Duration::from_millis(3000));
+        })
+        .expect("spawning the worker");
+    let tid = tid_rx.recv().expect("the worker's tid").to_string();
+    let out = run_agent(&["--endpoint", &vm.write_url(), "--duration", "6", "--no-bpf"], Duration::from_secs(30));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = worker.join();
+    vm.force_flush();
+    let series = vm.export(&format!(r#"{{__name__="proc_tid_cpu_seconds_total",tid="{tid}",mode="user"}}"#));
+    let comms: Vec<&str> = series.iter().map(|s| s.label("comm")).collect();
+    assert!(comms.contains(&"lsvmi-t-old") && comms.contains(&"lsvmi-t-new"), "{comms:?}");
+    let old = series.iter().find(|s| s.label("comm") == "lsvmi-t-old").unwrap();
+    assert_eq!(old.values.last(), Some(&None), "the old name's series ends with a staleness marker");
+}

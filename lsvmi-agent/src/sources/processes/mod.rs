@@ -238,11 +238,21 @@ struct Proc {
     threads: Tracked<Thread>,
 }
 
+/// A thread's state, kept small: a host may have tens of thousands.
 struct Thread {
     starttime: u64,
-    comm: String,
-    cpu_ticks: Option<u64>,
+    /// Hash of its comm, to see a rename (the comm itself is in its series' labels).
+    comm: u64,
+    /// utime + stime at the last read; `u64::MAX` before the first.
+    cpu_ticks: u64,
     ids: [SeriesId; 8],
+}
+
+fn comm_hash(comm: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    comm.hash(&mut h);
+    h.finish()
 }
 
 impl SeriesIds for Proc {
@@ -588,26 +598,27 @@ fn collect_threads(
             report.bad(1, format!("{pid}/task/{tid}/stat").as_bytes(), "malformed stat");
             continue;
         };
+        let comm = comm_hash(&st.comm);
         let thread = proc.threads.entry(tid.as_bytes(), || Thread {
             starttime: st.starttime,
-            comm: st.comm.clone(),
-            cpu_ticks: None,
+            comm,
+            cpu_ticks: u64::MAX,
             ids: register_thread(out, pid, tid, &st.comm),
         });
-        if thread.starttime != st.starttime || thread.comm != st.comm {
+        if thread.starttime != st.starttime || thread.comm != comm {
             thread.ids.for_each_id(&mut |id| out.end_series(id, ts));
             *thread = Thread {
                 starttime: st.starttime,
-                comm: st.comm.clone(),
-                cpu_ticks: None,
+                comm,
+                cpu_ticks: u64::MAX,
                 ids: register_thread(out, pid, tid, &st.comm),
             };
         }
-        let ticks = st.utime.saturating_add(st.stime);
-        if thread.cpu_ticks == Some(ticks) && !proc_refresh {
+        let ticks = st.utime.saturating_add(st.stime).min(u64::MAX - 1);
+        if thread.cpu_ticks == ticks && !proc_refresh {
             continue;
         }
-        thread.cpu_ticks = Some(ticks);
+        thread.cpu_ticks = ticks;
         let ids = thread.ids;
         put(out, proc_refresh, ids[0], ts, st.utime as f64 / hz);
         put(out, proc_refresh, ids[1], ts, st.stime as f64 / hz);
