@@ -30,47 +30,6 @@ pub struct Series {
 /// series is never encoded with the new series' labels.
 const REUSE_AFTER: Duration = Duration::from_secs(60);
 
-/// Series per chunk of the table.
-const CHUNK: usize = 4096;
-
-/// The series by id, in chunks of [`CHUNK`]: the table grows a chunk at a time instead of
-/// doubling (a doubling vector of 80 000 series, a host of 10 000 threads, keeps room
-/// for 50 000 more: 1.6 MB, 160 bytes a thread).
-#[derive(Debug, Default)]
-struct Table {
-    chunks: Vec<Vec<Series>>,
-}
-
-impl Table {
-    fn len(&self) -> usize {
-        self.chunks.len().saturating_sub(1) * CHUNK + self.chunks.last().map_or(0, Vec::len)
-    }
-
-    fn get(&self, i: usize) -> Option<&Series> {
-        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
-    }
-
-    fn get_mut(&mut self, i: usize) -> Option<&mut Series> {
-        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
-    }
-
-    fn push(&mut self, series: Series) {
-        match self.chunks.last_mut() {
-            Some(last) if last.len() < CHUNK => last.push(series),
-            _ => {
-                let mut chunk = Vec::with_capacity(CHUNK);
-                chunk.push(series);
-                self.chunks.push(chunk);
-            }
-        }
-    }
-
-    /// The labels of a registered id (every id the index holds is in the table).
-    fn labels(&self, id: SeriesId) -> &[u8] {
-        self.get(id.index()).map_or(&[], |s| s.labels.as_bytes())
-    }
-}
-
 /// Shared between the sampler (which registers) and the encoders (which read).
 pub type SharedRegistry = Arc<RwLock<Registry>>;
 
@@ -79,7 +38,7 @@ pub type SharedRegistry = Arc<RwLock<Registry>>;
 pub struct Registry {
     /// Put on every series; names leaked once at start-up (they live as long as the process).
     host_labels: Vec<(&'static str, String)>,
-    series: Table,
+    series: Vec<Series>,
     /// Live series by the hash of their label set. The labels themselves are stored once,
     /// in `series`.
     index: HashTable<SeriesId>,
@@ -123,16 +82,15 @@ impl Registry {
         super::labels::encode_sorted(&set, &mut self.scratch);
         let hash = self.hasher.hash_one(&self.scratch[..]);
         let (series, scratch) = (&self.series, &self.scratch);
-        if let Some(id) = self.index.find(hash, |id| series.labels(*id) == &scratch[..]) {
+        if let Some(id) = self.index.find(hash, |id| series[id.index()].labels.as_bytes() == &scratch[..]) {
             return *id;
         }
         let labels = LabelSet::from_encoded(&self.scratch);
         let id = match self.free.front() {
             Some(&(id, retired)) if retired.elapsed() >= REUSE_AFTER => {
                 self.free.pop_front();
-                if let Some(slot) = self.series.get_mut(id.index()) {
-                    *slot = Series { desc, labels, generation: slot.generation.wrapping_add(1) };
-                }
+                let slot = &mut self.series[id.index()];
+                *slot = Series { desc, labels, generation: slot.generation.wrapping_add(1) };
                 id
             }
             _ => {
@@ -143,7 +101,7 @@ impl Registry {
             }
         };
         let (series, hasher) = (&self.series, &self.hasher);
-        self.index.insert_unique(hash, id, |id| hasher.hash_one(series.labels(*id)));
+        self.index.insert_unique(hash, id, |id| hasher.hash_one(series[id.index()].labels.as_bytes()));
         id
     }
 
@@ -174,7 +132,7 @@ impl Registry {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.series.chunks.is_empty()
+        self.series.is_empty()
     }
 }
 
@@ -234,19 +192,6 @@ mod tests {
         assert_eq!(r.live(), 2);
         // The reused id's old labels are gone with it.
         assert!(!names(&r, c).contains(&("cpu".into(), "0".into())));
-    }
-
-    #[test]
-    fn ids_across_chunks_keep_their_labels() {
-        let mut r = Registry::new([]);
-        let n = 2 * CHUNK + 7;
-        let ids: Vec<SeriesId> = (0..n).map(|i| r.register(&DESC, &[("cpu", &i.to_string())])).collect();
-        assert_eq!((r.len(), r.live(), r.series.chunks.len()), (n, n, 3));
-        for i in [0, CHUNK - 1, CHUNK, 2 * CHUNK, n - 1] {
-            assert_eq!(r.get(ids[i]).unwrap().labels.get("cpu"), Some(i.to_string().as_str()));
-            assert_eq!(r.register(&DESC, &[("cpu", &i.to_string())]), ids[i], "found again");
-        }
-        assert!(r.get(SeriesId(n as u32)).is_none());
     }
 
     #[test]
