@@ -11,7 +11,7 @@
 //! fully parsed [`aya::Btf`]: the kernel's 5.5 MB of BTF become ~28 MB of heap, which
 //! was the agent's whole peak memory. [`TracepointIds::skeleton`] hands aya a BTF that
 //! holds only the typedefs asked for, each at its kernel id (the ids before it are
-//! one-word placeholders): the lookup answers the same, for a few hundred KB.
+//! 12-byte placeholders): the lookup answers the same, for a few hundred KB.
 
 use thiserror::Error;
 
@@ -189,7 +189,7 @@ impl<'a> Btf<'a> {
     }
 }
 
-/// The kernel's BTF id of each tracepoint's `btf_trace_` typedef, kept (~45 KB for the
+/// The kernel's BTF id of each tracepoint's `btf_trace_` typedef, kept (~50 KB for the
 /// ~1 600 tracepoints of a 6.x kernel) so that sessions load tp_btf programs without
 /// reading the kernel's BTF again.
 #[derive(Default, Debug)]
