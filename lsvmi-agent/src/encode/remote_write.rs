@@ -15,7 +15,7 @@
 
 use prost::encoding::{encode_varint, encoded_len_varint};
 
-use crate::model::{Registry, Sample};
+use crate::model::{Registry, Sample, labels::field_len};
 
 // Field keys: (field number << 3) | wire type.
 const KEY_TIMESERIES: u8 = (1 << 3) | 2; // WriteRequest.timeseries, length-delimited
@@ -158,11 +158,6 @@ impl Encoder {
         let uncompressed_len = self.compressor.total;
         Ok(EncodedBatch { body: self.compressor.finish(), samples: sample_count, series, uncompressed_len })
     }
-}
-
-/// Key byte + length varint + payload.
-fn field_len(payload: usize) -> usize {
-    1 + encoded_len_varint(payload as u64) + payload
 }
 
 /// proto3 leaves default values (0.0, 0) out; so do we, to match prost byte for byte.

@@ -21,13 +21,6 @@ const KEY_VALUE: u8 = (2 << 3) | 2; // Label.value
 pub struct LabelSet(Box<[u8]>);
 
 impl LabelSet {
-    /// From `(name, value)` pairs already sorted by name, unique, without empty values.
-    pub fn from_sorted(pairs: &[(&str, &str)]) -> Self {
-        let mut out = Vec::new();
-        encode_sorted(pairs, &mut out);
-        LabelSet(out.into_boxed_slice())
-    }
-
     /// From bytes made by [`encode_sorted`].
     pub(crate) fn from_encoded(bytes: &[u8]) -> Self {
         LabelSet(bytes.into())
@@ -63,8 +56,8 @@ pub fn encode_sorted(pairs: &[(&str, &str)], out: &mut Vec<u8>) {
     }
 }
 
-/// Key byte + length varint + payload.
-fn field_len(payload: usize) -> usize {
+/// Bytes of a length-delimited protobuf field: key byte + length varint + payload.
+pub(crate) fn field_len(payload: usize) -> usize {
     1 + encoded_len_varint(payload as u64) + payload
 }
 
@@ -107,11 +100,17 @@ mod tests {
     use super::*;
     use crate::encode::proto;
 
+    fn set(pairs: &[(&str, &str)]) -> LabelSet {
+        let mut bytes = Vec::new();
+        encode_sorted(pairs, &mut bytes);
+        LabelSet::from_encoded(&bytes)
+    }
+
     #[test]
     fn round_trips_and_matches_prost() {
         let long = "v".repeat(300); // a two-byte length varint
         let pairs = [("__name__", "m_total"), ("comm", "ü x"), ("instance", long.as_str())];
-        let set = LabelSet::from_sorted(&pairs);
+        let set = set(&pairs);
         assert_eq!(set.iter().collect::<Vec<_>>(), pairs);
         assert_eq!(set.get("comm"), Some("ü x"));
         assert_eq!(set.get("nope"), None);
@@ -124,7 +123,7 @@ mod tests {
 
     #[test]
     fn garbage_ends_the_iteration_without_panicking() {
-        let set = LabelSet::from_sorted(&[("a", "b"), ("c", "d")]);
+        let set = set(&[("a", "b"), ("c", "d")]);
         for cut in 0..set.as_bytes().len() {
             let short = LabelSet::from_encoded(&set.as_bytes()[..cut]);
             assert!(short.iter().count() <= 2);
