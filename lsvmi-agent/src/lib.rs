@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod encode;
 pub mod error_line;
+pub mod limits;
 pub mod memory;
 pub mod model;
 pub mod privileges;

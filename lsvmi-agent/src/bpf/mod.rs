@@ -231,25 +231,20 @@ fn loader_without_kernel_btf<'a>() -> EbpfLoader<'a> {
     if crate::privileges::threads() != 1 {
         return EbpfLoader::new();
     }
-    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut old) } != 0 {
-        return EbpfLoader::new();
-    }
+    let Some(old) = crate::limits::open_files() else { return EbpfLoader::new() };
     // The lowest free descriptor is the one the next open returns.
     let lowest = match std::fs::File::open("/dev/null") {
         Ok(f) => std::os::fd::AsRawFd::as_raw_fd(&f) as libc::rlim_t,
         Err(_) => return EbpfLoader::new(),
     };
-    let closed = libc::rlimit { rlim_cur: lowest, rlim_max: old.rlim_max };
-    // SAFETY: setrlimit reads the struct it is given; lowering the soft limit is always allowed.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &closed) } != 0 {
+    // Lowering the soft limit is always allowed.
+    if crate::limits::set_open_files(&libc::rlimit { rlim_cur: lowest, rlim_max: old.rlim_max }).is_err() {
         return EbpfLoader::new();
     }
     let loader = EbpfLoader::new();
-    // SAFETY: as above; the old soft limit is within the unchanged hard limit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &old) } != 0 {
-        tracing::warn!("could not restore the open-file limit after loading BPF: {}", std::io::Error::last_os_error());
+    // The old soft limit is within the unchanged hard limit.
+    if let Err(e) = crate::limits::set_open_files(&old) {
+        tracing::warn!("could not restore the open-file limit after loading BPF: {e}");
     }
     loader
 }

@@ -303,18 +303,11 @@ const FD_RESERVE: u64 = 512;
 /// Raise this process's soft limit on open files to its hard limit (as Go's runtime
 /// does); the descriptors the process source may keep open.
 fn stat_fd_budget() -> usize {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit write/read the struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 0;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
+    let Some(mut lim) = crate::limits::open_files() else { return 0 };
+    if lim.rlim_cur < lim.rlim_max
+        && crate::limits::set_open_files(&libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max }).is_ok()
+    {
+        lim.rlim_cur = lim.rlim_max;
     }
     usize::try_from(lim.rlim_cur.saturating_sub(FD_RESERVE).min(1 << 20)).unwrap_or(0)
 }
