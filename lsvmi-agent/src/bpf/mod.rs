@@ -356,63 +356,6 @@ impl Bpf {
     }
 }
 
-/// Which CPUs are online, for the per-CPU maps and /proc/softirqs: both hold a value for
-/// every *possible* CPU, and a VM with 240 hot-plug slots and 8 CPUs online must not
-/// send 30× the series. Re-read from sysfs every 5 s (CPUs come and go); a CPU never
-/// online gets no series, one that goes offline stops being sent.
-pub struct OnlineCpus {
-    online: Vec<bool>,
-    read: Option<std::time::Instant>,
-    path: PathBuf,
-}
-
-impl OnlineCpus {
-    const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-    /// The running host's (`/sys`).
-    pub fn new() -> Self {
-        Self::at(std::path::Path::new("/sys"))
-    }
-
-    /// From `<sysfs_root>/devices/system/cpu/online`.
-    pub fn at(sysfs_root: &std::path::Path) -> Self {
-        OnlineCpus { online: Vec::new(), read: None, path: sysfs_root.join("devices/system/cpu/online") }
-    }
-
-    /// From a cpulist (`0-7,9`); every CPU when it cannot be read.
-    pub fn from_list(text: Option<&str>) -> Self {
-        let mut online = Vec::new();
-        for cpu in text.and_then(crate::sources::host::parse_cpu_list).unwrap_or_default() {
-            let i = cpu as usize;
-            if i >= crate::sources::text::MAX_CPUS as usize {
-                continue;
-            }
-            if online.len() <= i {
-                online.resize(i + 1, false);
-            }
-            online[i] = true;
-        }
-        OnlineCpus { online, read: Some(std::time::Instant::now()), path: PathBuf::new() }
-    }
-
-    /// Whether `cpu` is online (refreshed at most every 5 s). Unknown (sysfs unreadable):
-    /// every CPU is taken as online.
-    pub fn is_online(&mut self, cpu: usize) -> bool {
-        if self.read.is_none_or(|t| t.elapsed() >= Self::EVERY) {
-            let text = std::fs::read_to_string(&self.path).ok();
-            let path = std::mem::take(&mut self.path);
-            *self = OnlineCpus { path, ..OnlineCpus::from_list(text.as_deref()) };
-        }
-        self.online.is_empty() || self.online.get(cpu).copied().unwrap_or(false)
-    }
-}
-
-impl Default for OnlineCpus {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns()`.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -446,22 +389,4 @@ pub fn forward_program_logs(ebpf: &mut Ebpf) {
             }
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::OnlineCpus;
-
-    #[test]
-    fn only_online_cpus_of_the_possible_ones_count() {
-        // 240 hot-plug slots, 8 online (and one more brought up later).
-        let mut cpus = OnlineCpus::from_list(Some("0-7,12\n"));
-        let online: Vec<usize> = (0..240).filter(|c| cpus.is_online(*c)).collect();
-        assert_eq!(online, vec![0, 1, 2, 3, 4, 5, 6, 7, 12]);
-        // Unreadable or garbled: every CPU counts (nothing is silently lost).
-        let mut unknown = OnlineCpus::from_list(None);
-        assert!(unknown.is_online(200));
-        let mut garbled = OnlineCpus::from_list(Some("x-y"));
-        assert!(garbled.is_online(3));
-    }
 }

@@ -45,7 +45,7 @@ pub struct SoftirqTimeSource {
     map: PerCpuArray<MapData, CpuSoftirq>,
     /// Per CPU, per vector: (time, runs); empty for a CPU not (yet) online.
     series: Vec<Vec<(SeriesId, SeriesId)>>,
-    online: crate::bpf::OnlineCpus,
+    online: crate::sources::host::OnlineCpus,
 }
 
 impl SoftirqTimeSource {
@@ -55,7 +55,7 @@ impl SoftirqTimeSource {
             return Err(BpfError::Kernel { what: "softirq time".into(), cause: "needs both softirq programs".into() });
         }
         let map = bpf.take_map(CPU_MAP)?;
-        Ok(SoftirqTimeSource { map, series: Vec::new(), online: crate::bpf::OnlineCpus::new() })
+        Ok(SoftirqTimeSource { map, series: Vec::new(), online: crate::sources::host::OnlineCpus::new() })
     }
 }
 

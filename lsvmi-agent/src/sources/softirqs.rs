@@ -31,7 +31,7 @@ pub struct SoftirqsSource {
     rows: Tracked<Vec<Option<SeriesId>>>,
     /// The file has a column per *possible* CPU (/proc/stat and /proc/interrupts only
     /// the online ones): the others' columns are skipped.
-    online: crate::bpf::OnlineCpus,
+    online: crate::sources::host::OnlineCpus,
 }
 
 impl SoftirqsSource {
@@ -40,7 +40,7 @@ impl SoftirqsSource {
             file: ProcFile::new(procfs_root.join("softirqs")),
             table: CpuTable::default(),
             rows: Tracked::default(),
-            online: crate::bpf::OnlineCpus::at(sysfs_root),
+            online: crate::sources::host::OnlineCpus::at(sysfs_root),
         }
     }
 }

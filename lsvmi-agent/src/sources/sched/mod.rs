@@ -128,7 +128,7 @@ pub struct SchedSource {
     migrate: bool,
     /// By CPU; None for a CPU not (yet) online.
     cpus: Vec<Option<CpuSeries>>,
-    online: crate::bpf::OnlineCpus,
+    online: crate::sources::host::OnlineCpus,
     runq_hist: HistogramFamily,
 }
 
@@ -167,7 +167,7 @@ impl SchedSource {
             runq,
             migrate,
             cpus: Vec::new(),
-            online: crate::bpf::OnlineCpus::new(),
+            online: crate::sources::host::OnlineCpus::new(),
             runq_hist: HistogramFamily::new(&RUNQ_LATENCY),
         })
     }
