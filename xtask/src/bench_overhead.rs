@@ -45,17 +45,7 @@ pub fn run(seconds: u64, agent_args: &[String]) -> anyhow::Result<()> {
     let measure_for = Duration::from_secs(seconds);
 
     println!("bench-overhead: agent at default settings for {seconds} s (after {WARMUP:?} warm-up)…");
-    let agent_bin = workspace_root().join("target/release/lsvmi");
-    let agent = Command::new(&agent_bin)
-        .arg("--endpoint")
-        .arg(format!("{}/api/v1/write", vm.base_url()))
-        .arg("--spool-dir")
-        .arg(dir.join("spool"))
-        .args(agent_args)
-        .stdout(Stdio::null())
-        .stderr(File::create(dir.join("agent.log"))?)
-        .spawn()
-        .with_context(|| format!("starting {}", agent_bin.display()))?;
+    let agent = spawn_agent(&vm, &dir, agent_args)?;
     let agent_usage = measure(agent, measure_for)?;
     // The floor statfs's exactly the filesystems the agent reported.
     let _ = vm.get("/internal/force_flush");
@@ -84,6 +74,26 @@ pub fn run(seconds: u64, agent_args: &[String]) -> anyhow::Result<()> {
 }
 
 /// The floor loop (this binary's `floor-loop`) over `root` (/proc by default) for `dur`.
+/// The release agent pushing to `vm`, its spool and log (`agent.log`) in `dir`, with
+/// `args` added.
+pub fn spawn_agent(
+    vm: &vm::VictoriaMetrics,
+    dir: &Path,
+    args: &[impl AsRef<std::ffi::OsStr>],
+) -> anyhow::Result<Child> {
+    let agent_bin = workspace_root().join("target/release/lsvmi");
+    Command::new(&agent_bin)
+        .arg("--endpoint")
+        .arg(format!("{}/api/v1/write", vm.base_url()))
+        .arg("--spool-dir")
+        .arg(dir.join("spool"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(File::create(dir.join("agent.log"))?)
+        .spawn()
+        .with_context(|| format!("starting {}", agent_bin.display()))
+}
+
 pub fn measure_floor(me: &Path, mounts: &[String], root: Option<&Path>, dur: Duration) -> anyhow::Result<Usage> {
     let floor = Command::new(me)
         .args(["floor-loop", "--seconds", &(dur.as_secs() + WARMUP.as_secs() + 5).to_string()])

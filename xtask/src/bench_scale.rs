@@ -107,21 +107,9 @@ fn measure_agent(
     args: &[&str],
     dur: Duration,
 ) -> anyhow::Result<(bench_overhead::Usage, u64)> {
-    let agent_bin = workspace_root().join("target/release/lsvmi");
-    let log = dir.join("agent.log");
-    let child = Command::new(&agent_bin)
-        .arg("--endpoint")
-        .arg(format!("{}/api/v1/write", vm.base_url()))
-        .arg("--spool-dir")
-        .arg(dir.join("spool"))
-        .arg("--control-socket")
-        .arg(dir.join("control.sock"))
-        .args(["--instance", "scale"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .with_context(|| format!("starting {}", agent_bin.display()))?;
+    let mut all: Vec<std::ffi::OsString> = vec!["--control-socket".into(), dir.join("control.sock").into()];
+    all.extend(["--instance", "scale"].into_iter().chain(args.iter().copied()).map(Into::into));
+    let child = bench_overhead::spawn_agent(vm, dir, &all)?;
     let usage = bench_overhead::measure(child, dur)?;
     let _ = vm.get("/internal/force_flush");
     let series = vm
