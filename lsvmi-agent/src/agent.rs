@@ -136,11 +136,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::trace::hindsight::watch(&sessions);
     let sampler = tokio::spawn(sampler.run(tx, stop_rx));
     // Start-up is over once the first batches went out: its pages of code and data
-    // leave the RSS (see `memory`).
+    // leave the RSS (see `memory`). The smaps walk and the madvise calls take a few ms:
+    // on the blocking pool, not the runtime thread the sampler ticks on.
     tokio::spawn(async {
         tokio::time::sleep(START_UP).await;
-        match crate::memory::release_start_up_pages() {
-            Ok(bytes) => info!("memory: {:.1} MB of start-up pages (binary, libraries) released", bytes as f64 / 1e6),
+        match tokio::task::spawn_blocking(crate::memory::release_start_up_pages).await {
+            Ok(Ok(bytes)) => {
+                info!("memory: {:.1} MB of start-up pages (binary, libraries) released", bytes as f64 / 1e6)
+            }
+            Ok(Err(e)) => tracing::debug!("memory: start-up pages not released: {e}"),
             Err(e) => tracing::debug!("memory: start-up pages not released: {e}"),
         }
     });

@@ -54,8 +54,8 @@ fn releasable(smaps: &str) -> Vec<(usize, usize, u64)> {
 }
 
 /// Unmap the resident pages of every releasable mapping; returns the bytes they held.
-/// Called once, off the sampling path's critical moment (a task between ticks); it
-/// costs a read of smaps and one madvise per mapping.
+/// Called once, on the blocking pool (off the thread the sampler ticks on); it costs a
+/// read of this process's smaps and one madvise per mapping.
 pub fn release_start_up_pages() -> std::io::Result<u64> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     let mut released = 0;
