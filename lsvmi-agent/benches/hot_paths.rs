@@ -98,8 +98,7 @@ fn with_prost(reg: &Registry, samples: &[Sample]) -> Vec<u8> {
             labels: reg
                 .get(run[0].series)
                 .map(|s| {
-                    s.labels
-                        .iter()
+                    reg.labels(s)
                         .map(|(name, value)| proto::Label { name: name.to_string(), value: value.to_string() })
                         .collect()
                 })

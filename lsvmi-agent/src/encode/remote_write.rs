@@ -127,14 +127,14 @@ impl Encoder {
                 self.compressor.block(&self.protobuf[..SNAPPY_BLOCK])?;
                 self.protobuf.drain(..SNAPPY_BLOCK);
             }
-            let Some(labels) = registry.get(run[0].series).map(|s| s.labels.as_bytes()) else { continue };
+            let Some(series) = registry.get(run[0].series) else { continue };
             series_count += 1;
             let samples_len: usize = run.iter().map(|s| field_len(sample_len(s))).sum();
-            let ts_len = labels.len() + samples_len;
+            let ts_len = series.wire_len() + samples_len;
             let out = &mut self.protobuf;
             out.push(KEY_TIMESERIES);
             encode_varint(ts_len as u64, out);
-            out.extend_from_slice(labels);
+            registry.write_labels(series, out);
             for s in run {
                 out.push(KEY_SAMPLES);
                 encode_varint(sample_len(s) as u64, out);
@@ -201,10 +201,7 @@ mod tests {
             .iter()
             .map(|id| proto::TimeSeries {
                 labels: reg
-                    .get(*id)
-                    .unwrap()
-                    .labels
-                    .iter()
+                    .labels(reg.get(*id).unwrap())
                     .map(|(name, value)| proto::Label { name: name.to_string(), value: value.to_string() })
                     .collect(),
                 samples: samples

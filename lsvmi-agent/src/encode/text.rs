@@ -30,7 +30,7 @@ impl TextWriter {
             }
             out.write_all(desc.name.as_bytes())?;
             let mut first = true;
-            for (name, value) in series.labels.iter().filter(|(name, _)| *name != "__name__") {
+            for (name, value) in registry.labels(series).filter(|(name, _)| *name != "__name__") {
                 out.write_all(if first { b"{" } else { b"," })?;
                 first = false;
                 write!(out, "{name}=\"{}\"", escape_value(value))?;

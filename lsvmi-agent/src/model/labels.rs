@@ -5,8 +5,15 @@
 //! label, plus the vector) for lookups, and as encoded protobuf bytes cached by the
 //! remote-write encoder. Now each series keeps only the bytes the encoder sends — the
 //! `repeated Label labels = 1` field of a remote-write `TimeSeries` — and the few readers
-//! that need a label by name (the text writer, the trigger engine) decode them. That is
-//! ~130 bytes for a thread's series instead of ~380.
+//! that need a label by name (the text writer, the trigger engine) decode them.
+//!
+//! Two labels of each set are the same for thousands of series: `__name__` (one per
+//! metric) and the host labels (`instance`, user labels: one per agent). Those are kept
+//! once, in [`SharedLabels`], and a set holds a two-byte reference in their place; the
+//! encoder copies them in as it writes. That is ~60 bytes less per series (~500 bytes
+//! per thread), for one more `memcpy` per label set encoded.
+
+use std::collections::HashMap;
 
 use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
 
@@ -14,31 +21,99 @@ use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
 const KEY_LABELS: u8 = (1 << 3) | 2; // TimeSeries.labels
 const KEY_NAME: u8 = (1 << 3) | 2; // Label.name
 const KEY_VALUE: u8 = (2 << 3) | 2; // Label.value
+/// Not a protobuf key of `TimeSeries`: a reference to a shared label, followed by its
+/// index (varint). Never leaves the agent.
+const KEY_SHARED: u8 = 0x01;
 
 /// Encoded `repeated Label` bytes: labels sorted bytewise by name, names unique, no
-/// empty value (what remote write requires, and what makes equal sets equal bytes).
+/// empty value (what remote write requires, and what makes equal sets equal bytes),
+/// with shared labels as references into a [`SharedLabels`]. Which labels are shared is
+/// decided by the label alone, so equal sets are still equal bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LabelSet(Box<[u8]>);
 
+/// Labels kept once for many sets, each encoded as one `Label` field.
+#[derive(Debug, Default)]
+pub struct SharedLabels {
+    labels: Vec<Box<[u8]>>,
+    index: HashMap<Box<[u8]>, u32>,
+}
+
+impl SharedLabels {
+    /// Append a reference to `name=value` to `out` (adding the label on first sight);
+    /// returns its encoded length.
+    pub(crate) fn encode_ref(&mut self, name: &str, value: &str, out: &mut Vec<u8>) -> usize {
+        let mut label = Vec::with_capacity(field_len(field_len(name.len()) + field_len(value.len())));
+        encode_sorted(&[(name, value)], &mut label);
+        let len = label.len();
+        let next = u32::try_from(self.labels.len()).unwrap_or(u32::MAX);
+        let id = match self.index.get(&label[..]) {
+            Some(id) => *id,
+            None => {
+                let label = label.into_boxed_slice();
+                self.labels.push(label.clone());
+                self.index.insert(label, next);
+                next
+            }
+        };
+        out.push(KEY_SHARED);
+        encode_varint(u64::from(id), out);
+        len
+    }
+
+    /// Labels kept.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    fn get(&self, id: u64) -> Option<&[u8]> {
+        self.labels.get(usize::try_from(id).ok()?).map(|l| &l[..])
+    }
+}
+
 impl LabelSet {
-    /// From bytes made by [`encode_sorted`].
+    /// From bytes made by [`encode_sorted`] and [`SharedLabels::encode_ref`].
     pub(crate) fn from_encoded(bytes: &[u8]) -> Self {
         LabelSet(bytes.into())
     }
 
-    /// The bytes a remote-write `TimeSeries` carries.
-    pub fn as_bytes(&self) -> &[u8] {
+    /// The stored form (shared labels as references): what identifies the set.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
+    /// Append the bytes a remote-write `TimeSeries` carries, shared labels resolved.
+    pub(crate) fn write_wire(&self, shared: &SharedLabels, out: &mut Vec<u8>) {
+        let bytes = &self.0[..];
+        // Own labels are copied in runs, between the shared ones.
+        let (mut run, mut at) = (0, 0);
+        while let Some(&key) = bytes.get(at) {
+            let mut rest = &bytes[at + 1..];
+            let Ok(n) = decode_varint(&mut rest) else { break };
+            let after = bytes.len() - rest.len();
+            if key == KEY_SHARED {
+                out.extend_from_slice(&bytes[run..at]);
+                out.extend_from_slice(shared.get(n).unwrap_or_default());
+                (run, at) = (after, after);
+            } else {
+                at = after.saturating_add(usize::try_from(n).unwrap_or(usize::MAX));
+            }
+        }
+        out.extend_from_slice(bytes.get(run..at.min(bytes.len())).unwrap_or_default());
+    }
+
     /// `(name, value)` in order.
-    pub fn iter(&self) -> Labels<'_> {
-        Labels { rest: &self.0 }
+    pub fn iter<'a>(&'a self, shared: &'a SharedLabels) -> Labels<'a> {
+        Labels { rest: &self.0, shared }
     }
 
     /// The value of label `name`.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    pub fn get<'a>(&'a self, shared: &'a SharedLabels, name: &str) -> Option<&'a str> {
+        self.iter(shared).find(|(n, _)| *n == name).map(|(_, v)| v)
     }
 }
 
@@ -64,17 +139,26 @@ pub(crate) fn field_len(payload: usize) -> usize {
 /// The labels of a [`LabelSet`], decoded as they are read.
 pub struct Labels<'a> {
     rest: &'a [u8],
+    shared: &'a SharedLabels,
 }
 
 impl<'a> Iterator for Labels<'a> {
     type Item = (&'a str, &'a str);
 
     fn next(&mut self) -> Option<Self::Item> {
-        // Only `encode_sorted` makes these bytes; anything else ends the iteration.
-        let mut label = field(&mut self.rest, KEY_LABELS).or_else(|| {
+        // Only this module makes these bytes; anything else ends the iteration.
+        let label = if self.rest.first() == Some(&KEY_SHARED) {
+            let mut rest = &self.rest[1..];
+            let id = decode_varint(&mut rest).ok();
+            self.rest = rest;
+            id.and_then(|id| self.shared.get(id)).and_then(|mut l| field(&mut l, KEY_LABELS))
+        } else {
+            field(&mut self.rest, KEY_LABELS)
+        };
+        let Some(mut label) = label else {
             self.rest = &[];
-            None
-        })?;
+            return None;
+        };
         let name = field(&mut label, KEY_NAME)?;
         let value = field(&mut label, KEY_VALUE)?;
         Some((std::str::from_utf8(name).ok()?, std::str::from_utf8(value).ok()?))
@@ -100,34 +184,80 @@ mod tests {
     use super::*;
     use crate::encode::proto;
 
-    fn set(pairs: &[(&str, &str)]) -> LabelSet {
+    /// `pairs` (sorted) with the labels named in `shared_names` shared.
+    fn set(pairs: &[(&str, &str)], shared_names: &[&str], shared: &mut SharedLabels) -> LabelSet {
         let mut bytes = Vec::new();
-        encode_sorted(pairs, &mut bytes);
+        for pair in pairs {
+            if shared_names.contains(&pair.0) {
+                shared.encode_ref(pair.0, pair.1, &mut bytes);
+            } else {
+                encode_sorted(&[*pair], &mut bytes);
+            }
+        }
         LabelSet::from_encoded(&bytes)
+    }
+
+    fn wire(set: &LabelSet, shared: &SharedLabels) -> Vec<u8> {
+        let mut out = Vec::new();
+        set.write_wire(shared, &mut out);
+        out
     }
 
     #[test]
     fn round_trips_and_matches_prost() {
         let long = "v".repeat(300); // a two-byte length varint
-        let pairs = [("__name__", "m_total"), ("comm", "ü x"), ("instance", long.as_str())];
-        let set = set(&pairs);
-        assert_eq!(set.iter().collect::<Vec<_>>(), pairs);
-        assert_eq!(set.get("comm"), Some("ü x"));
-        assert_eq!(set.get("nope"), None);
+        let pairs = [("__name__", "m_total"), ("comm", "ü x"), ("instance", long.as_str()), ("z", "1")];
         let ts = proto::TimeSeries {
             labels: pairs.iter().map(|(n, v)| proto::Label { name: n.to_string(), value: v.to_string() }).collect(),
             samples: vec![],
         };
-        assert_eq!(set.as_bytes(), &ts.encode_to_vec()[..]);
+        // Any choice of shared labels: first, middle, last, adjacent, none, all.
+        let choices: [&[&str]; 6] = [
+            &[],
+            &["__name__"],
+            &["__name__", "instance"],
+            &["comm", "z"],
+            &["z"],
+            &["__name__", "comm", "instance", "z"],
+        ];
+        let mut shared = SharedLabels::default();
+        for names in choices {
+            let set = set(&pairs, names, &mut shared);
+            assert_eq!(set.iter(&shared).collect::<Vec<_>>(), pairs, "{names:?}");
+            assert_eq!(set.get(&shared, "comm"), Some("ü x"));
+            assert_eq!(set.get(&shared, "nope"), None);
+            assert_eq!(wire(&set, &shared), ts.encode_to_vec(), "{names:?}");
+        }
+        // Each shared label is kept once however many sets refer to it.
+        assert_eq!(shared.labels.len(), 4);
+    }
+
+    #[test]
+    fn a_shared_label_costs_a_set_two_bytes() {
+        let mut shared = SharedLabels::default();
+        let name = "proc_tid_context_switches_total";
+        let set = set(&[("__name__", name), ("tid", "1")], &["__name__"], &mut shared);
+        assert_eq!(set.as_bytes().len(), 2 + field_len(field_len(3) + field_len(1)));
     }
 
     #[test]
     fn garbage_ends_the_iteration_without_panicking() {
-        let set = set(&[("a", "b"), ("c", "d")]);
+        let mut shared = SharedLabels::default();
+        let set = set(&[("a", "b"), ("c", "d"), ("e", "f")], &["c"], &mut shared);
         for cut in 0..set.as_bytes().len() {
             let short = LabelSet::from_encoded(&set.as_bytes()[..cut]);
-            assert!(short.iter().count() <= 2);
+            assert!(short.iter(&shared).count() <= 3);
+            assert!(wire(&short, &shared).len() <= wire(&set, &shared).len());
         }
-        assert_eq!(LabelSet::from_encoded(&[0xff, 0x0a, 0x80]).iter().count(), 0);
+        for junk in [
+            &[0xff, 0x0a, 0x80][..],
+            &[KEY_SHARED, 0x7f],
+            &[KEY_SHARED],
+            &[KEY_LABELS, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+        ] {
+            let bad = LabelSet::from_encoded(junk);
+            assert_eq!(bad.iter(&shared).count(), 0);
+            let _ = wire(&bad, &shared);
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! The series table: label sets stored once (in wire form, see [`super::labels`]),
 //! referenced by [`SeriesId`] afterwards. This is also the one place where host labels
-//! (`instance`, user labels) are added.
+//! (`instance`, user labels) are added; they and `__name__` are shared by all sets
+//! ([`SharedLabels`]).
 
 use std::{
     collections::VecDeque,
@@ -11,18 +12,23 @@ use std::{
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use super::{MetricDesc, SeriesId, labels::LabelSet};
+use super::{
+    MetricDesc, SeriesId,
+    labels::{LabelSet, Labels, SharedLabels},
+};
 
 /// A registered series: its metric and its full label set (with `__name__`).
 #[derive(Debug)]
 pub struct Series {
     pub desc: &'static MetricDesc,
     /// Sorted bytewise by name, names unique, no empty values (the remote-write rules),
-    /// in wire form.
-    pub labels: LabelSet,
+    /// in wire form with shared labels as references: read it through the registry.
+    labels: LabelSet,
     /// Bumped each time the id is reused for another label set, so tables keyed by
     /// [`SeriesId`] (the trigger engine's roles) know to refresh.
     pub generation: u32,
+    /// Length of the labels on the wire (shared ones resolved).
+    wire_len: u32,
 }
 
 /// How long a retired id waits before reuse: longer than any sample can sit between the
@@ -38,6 +44,8 @@ pub type SharedRegistry = Arc<RwLock<Registry>>;
 pub struct Registry {
     /// Put on every series; names leaked once at start-up (they live as long as the process).
     host_labels: Vec<(&'static str, String)>,
+    /// `__name__` and host labels, kept once for all sets.
+    shared: SharedLabels,
     series: Vec<Series>,
     /// Live series by the hash of their label set. The labels themselves are stored once,
     /// in `series`.
@@ -47,6 +55,13 @@ pub struct Registry {
     free: VecDeque<(SeriesId, Instant)>,
     /// Scratch for the label set being registered.
     scratch: Vec<u8>,
+}
+
+impl Series {
+    /// Length of the labels on the wire: what [`Registry::write_labels`] appends.
+    pub fn wire_len(&self) -> usize {
+        self.wire_len as usize
+    }
 }
 
 impl Registry {
@@ -67,19 +82,31 @@ impl Registry {
     /// The id of the series `desc{labels}`, registering it on first sight.
     /// Labels with empty values are dropped (remote-write forbids them).
     pub fn register(&mut self, desc: &'static MetricDesc, labels: &[(&'static str, &str)]) -> SeriesId {
-        let mut set: Vec<(&str, &str)> = Vec::with_capacity(1 + labels.len() + self.host_labels.len());
-        set.push(("__name__", desc.name));
-        set.extend(labels.iter().filter(|(_, v)| !v.is_empty()).map(|(n, v)| (*n, *v)));
+        // (name, value, shared?)
+        let mut set: Vec<(&str, &str, bool)> = Vec::with_capacity(1 + labels.len() + self.host_labels.len());
+        set.push(("__name__", desc.name, true));
+        set.extend(labels.iter().filter(|(_, v)| !v.is_empty()).map(|(n, v)| (*n, *v, false)));
         for (name, value) in &self.host_labels {
-            if !set.iter().any(|(n, _)| n == name) {
-                set.push((name, value));
+            if !set.iter().any(|(n, ..)| n == name) {
+                set.push((name, value, true));
             }
         }
         // Stable: of duplicate names from one source (a bug in that source), the first stays.
         set.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         set.dedup_by(|b, a| a.0 == b.0);
         self.scratch.clear();
-        super::labels::encode_sorted(&set, &mut self.scratch);
+        let mut wire_len = 0;
+        for &(name, value, shared) in &set {
+            if shared {
+                wire_len += self.shared.encode_ref(name, value, &mut self.scratch);
+            } else {
+                let at = self.scratch.len();
+                super::labels::encode_sorted(&[(name, value)], &mut self.scratch);
+                wire_len += self.scratch.len() - at;
+            }
+        }
+        // A label set over 4 GiB cannot be built in the first place.
+        let wire_len = u32::try_from(wire_len).unwrap_or(u32::MAX);
         let hash = self.hasher.hash_one(&self.scratch[..]);
         let (series, scratch) = (&self.series, &self.scratch);
         if let Some(id) = self.index.find(hash, |id| series[id.index()].labels.as_bytes() == &scratch[..]) {
@@ -90,13 +117,13 @@ impl Registry {
             Some(&(id, retired)) if retired.elapsed() >= REUSE_AFTER => {
                 self.free.pop_front();
                 let slot = &mut self.series[id.index()];
-                *slot = Series { desc, labels, generation: slot.generation.wrapping_add(1) };
+                *slot = Series { desc, labels, generation: slot.generation.wrapping_add(1), wire_len };
                 id
             }
             _ => {
                 // u32 ids: over four billion series would exhaust memory long before this.
                 let id = SeriesId(u32::try_from(self.series.len()).unwrap_or(u32::MAX));
-                self.series.push(Series { desc, labels, generation: 0 });
+                self.series.push(Series { desc, labels, generation: 0, wire_len });
                 id
             }
         };
@@ -127,6 +154,21 @@ impl Registry {
         self.series.get(id.index())
     }
 
+    /// The labels of `series`, `(name, value)` in wire order (`__name__` included).
+    pub fn labels<'a>(&'a self, series: &'a Series) -> Labels<'a> {
+        series.labels.iter(&self.shared)
+    }
+
+    /// The value of label `name` of `series`.
+    pub fn label<'a>(&'a self, series: &'a Series, name: &str) -> Option<&'a str> {
+        series.labels.get(&self.shared, name)
+    }
+
+    /// Append the remote-write bytes of `series`' labels (its [`Series::wire_len`]).
+    pub(crate) fn write_labels(&self, series: &Series, out: &mut Vec<u8>) {
+        series.labels.write_wire(&self.shared, out);
+    }
+
     pub fn len(&self) -> usize {
         self.series.len()
     }
@@ -151,7 +193,7 @@ mod tests {
     };
 
     fn names(r: &Registry, id: SeriesId) -> Vec<(String, String)> {
-        r.get(id).unwrap().labels.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        r.labels(r.get(id).unwrap()).map(|(n, v)| (n.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -192,6 +234,24 @@ mod tests {
         assert_eq!(r.live(), 2);
         // The reused id's old labels are gone with it.
         assert!(!names(&r, c).contains(&("cpu".into(), "0".into())));
+    }
+
+    #[test]
+    fn name_and_host_labels_are_kept_once_and_resolved_on_the_wire() {
+        let mut r = Registry::new([("instance".to_string(), "h1".to_string())]);
+        let a = r.register(&DESC, &[("cpu", "0")]);
+        let _ = r.register(&DESC, &[("cpu", "1")]);
+        let mut wire = Vec::new();
+        r.write_labels(r.get(a).unwrap(), &mut wire);
+        let mut expected = Vec::new();
+        crate::model::labels::encode_sorted(
+            &[("__name__", "test_metric_total"), ("cpu", "0"), ("instance", "h1")],
+            &mut expected,
+        );
+        assert_eq!(wire, expected);
+        assert_eq!(r.get(a).unwrap().wire_len(), expected.len());
+        assert_eq!(r.shared.len(), 2);
+        assert_eq!(r.label(r.get(a).unwrap(), "instance"), Some("h1"));
     }
 
     #[test]

@@ -238,7 +238,7 @@ impl Engine {
                 self.last.resize(i + 1, None);
             }
             if self.roles[i].1 == Role::Unknown || self.roles[i].0 != series.generation {
-                let label = |n: &str| series.labels.get(n).map(str::to_string);
+                let label = |n: &str| registry.label(series, n).map(str::to_string);
                 self.roles[i] = (series.generation, self.role(series.desc, label));
                 self.last[i] = None;
             }

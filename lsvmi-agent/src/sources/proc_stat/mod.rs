@@ -204,10 +204,11 @@ mod tests {
         let user = samples
             .iter()
             .find(|s| {
-                let l = &reg.get(s.series).unwrap().labels;
-                l.get("cpu") == Some("1")
-                    && l.get("mode") == Some("user")
-                    && l.get("__name__") == Some("proc_stat_cpu_seconds_total")
+                let series = reg.get(s.series).unwrap();
+                let l = |name| reg.label(series, name);
+                l("cpu") == Some("1")
+                    && l("mode") == Some("user")
+                    && l("__name__") == Some("proc_stat_cpu_seconds_total")
             })
             .unwrap();
         assert_eq!(user.value, 1.5);
