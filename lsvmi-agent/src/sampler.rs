@@ -84,10 +84,9 @@ impl Sampler {
     }
 
     pub async fn run(mut self, tx: mpsc::Sender<Vec<Sample>>, mut stop: watch::Receiver<bool>) {
-        let mut ticker = tokio::time::interval(self.base);
         // A late tick is taken at once and the schedule continues on the original grid,
         // so timestamps stay ~interval apart; the ticks that could not run are counted.
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut ticker = crate::ticker::Ticker::new(self.base);
         let start = tokio::time::Instant::now();
         let mut tick: u64 = 0;
         let mut late = false;
@@ -95,13 +94,17 @@ impl Sampler {
         let mut watchdog = crate::systemd::Watchdog::from_env();
         let mut ready = false;
         loop {
-            let at = tokio::select! {
+            let periods = tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => break,
-                at = ticker.tick() => at,
+                periods = ticker.tick() => periods,
             };
             // The grid position of this tick; a jump means ticks were skipped.
-            let due = (at.duration_since(start).as_nanos() / self.base.as_nanos().max(1)) as u64;
+            let due = if ticker.counts_missed() {
+                tick + periods - 1
+            } else {
+                (start.elapsed().as_nanos() / self.base.as_nanos().max(1)) as u64
+            };
             if due > tick {
                 self.stats.missed_ticks.fetch_add(due - tick, Relaxed);
                 if !late {
@@ -220,5 +223,45 @@ impl Sampler {
             t.observe(&registry, &samples);
         }
         samples
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{model::Registry, sources::Collector};
+
+    /// Blocks the runtime thread for 250 ms on its first run.
+    struct Stall(u32);
+
+    impl Source for Stall {
+        fn name(&self) -> &'static str {
+            "stall"
+        }
+
+        fn collect(&mut self, _: &mut Collector<'_>) -> Result<(), SourceError> {
+            if self.0 == 0 {
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            self.0 += 1;
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn ticks_that_could_not_run_are_counted() {
+        let stats = Arc::new(Stats::new(["stall"]));
+        let registry = Registry::new([]).shared();
+        let sources: Vec<(Box<dyn Source>, Schedule)> = vec![(Box::new(Stall(0)), Schedule::default())];
+        let sampler = Sampler::new(sources, Duration::from_millis(50), registry, stats.clone());
+        let (tx, _rx) = mpsc::channel(8);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let run = tokio::spawn(sampler.run(tx, stop_rx));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        stop_tx.send(true).unwrap();
+        run.await.unwrap();
+        // 250 ms blocked at a 50 ms tick: of the four or five ticks due meanwhile, one runs
+        // late and the others are skipped.
+        assert!(stats.missed_ticks.load(Relaxed) >= 3, "{}", stats.missed_ticks.load(Relaxed));
     }
 }
