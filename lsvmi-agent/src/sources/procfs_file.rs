@@ -84,6 +84,19 @@ impl ProcFile {
 /// Re-read a kept-open file from offset 0 into `buf` (cleared first, capacity kept and
 /// grown as needed): one pread where open + read + close would be three syscalls.
 pub fn pread_into(file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
+    pread(file, buf, false)
+}
+
+/// [`pread_into`] for a file the kernel writes as one record (a `single_open` seq_file:
+/// a task's stat, status, io, schedstat, cgroup). Such a record is produced whole and
+/// handed out as far as the buffer allows, so a read that leaves room is the end of the
+/// file: the read that would return 0 is saved. (A multi-record seq_file stops a read
+/// at its own page-sized buffer, so this does not hold for /proc/stat or diskstats.)
+pub fn pread_record(file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
+    pread(file, buf, true)
+}
+
+fn pread(file: &File, buf: &mut Vec<u8>, one_record: bool) -> io::Result<()> {
     buf.clear();
     if buf.capacity() < 1024 {
         buf.reserve(4096);
@@ -100,7 +113,12 @@ pub fn pread_into(file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
                 buf.truncate(len);
                 return Ok(());
             }
-            Ok(n) => buf.truncate(len + n),
+            Ok(n) => {
+                buf.truncate(len + n);
+                if one_record && len + n < cap {
+                    return Ok(());
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
             Err(e) => {
                 buf.truncate(0);
@@ -110,19 +128,49 @@ pub fn pread_into(file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
     }
 }
 
-/// One-shot read of a small file into `buf` (cleared first, capacity kept): for files
-/// of short-lived objects (a task's stat), where keeping one descriptor open per object
-/// would cost more descriptors than it saves syscalls.
+/// One-shot read of a small file into `buf` (cleared first, capacity kept), for files
+/// read once per object (a new process's cmdline). `File::read_to_end` would add a
+/// statx and an lseek to size its buffer, and /proc reports size 0 anyway.
 pub fn read_into(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
-    use std::io::Read as _;
-    buf.clear();
-    File::open(path)?.read_to_end(buf)?;
-    Ok(())
+    pread_into(&File::open(path)?, buf)
+}
+
+/// [`read_into`] for a one-record file (see [`pread_record`]).
+pub fn read_record(path: &Path, buf: &mut Vec<u8>) -> io::Result<()> {
+    pread_record(&File::open(path)?, buf)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_record_reads_match_whole_reads_of_real_task_files() {
+        for name in ["stat", "status", "io", "schedstat", "cgroup", "statm"] {
+            let path = Path::new("/proc/self").join(name);
+            let mut buf = Vec::new();
+            if read_record(&path, &mut buf).is_err() {
+                continue; // io needs ptrace access to oneself: always there as root
+            }
+            let whole = std::fs::read(&path).unwrap();
+            // Counters move between the two reads; the shape (line count) does not.
+            assert_eq!(buf.split(|&b| b == b'\n').count(), whole.split(|&b| b == b'\n').count(), "{name}");
+            assert!(buf.ends_with(b"\n"), "{name}: cut short");
+        }
+    }
+
+    #[test]
+    fn one_record_reads_of_a_file_larger_than_the_buffer_get_all_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status");
+        let content: Vec<u8> = (0..10_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let mut buf = Vec::new();
+        read_record(&path, &mut buf).unwrap();
+        assert_eq!(buf, content);
+        read_into(&path, &mut buf).unwrap();
+        assert_eq!(buf, content);
+    }
 
     #[test]
     fn pread_into_rereads_from_the_start_and_grows() {

@@ -165,6 +165,11 @@ impl<V: SeriesIds> Tracked<V> {
         v
     }
 
+    /// The value for `key` if known, without marking it seen.
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
+        self.map.get_mut(key).map(|(v, _)| v)
+    }
+
     /// Mark `key` as seen without a value this cycle (its series stay, nothing is sent).
     pub fn touch(&mut self, key: &[u8]) {
         if let Some((_, seen)) = self.map.get_mut(key) {

@@ -18,7 +18,7 @@ use std::{
 use self::parse::{IO_FIELDS, STATUS_MEMORY, Stat};
 use super::{
     Collector, Source, SourceError,
-    procfs_file::{pread_into, read_into},
+    procfs_file::{pread_record, read_into, read_record},
     text::{ParseReport, SeriesIds, Tracked, parse_u64},
 };
 use crate::model::{MetricDesc, SeriesId, now_ms};
@@ -236,6 +236,8 @@ struct Proc {
     cpu_ticks: Option<u64>,
     ids: Vec<SeriesId>,
     threads: Tracked<Thread>,
+    /// Its `stat`, kept open while the process lives.
+    stat: Option<std::fs::File>,
 }
 
 /// A thread's state, kept small: a host may have tens of thousands.
@@ -246,6 +248,8 @@ struct Thread {
     /// utime + stime at the last read; `u64::MAX` before the first.
     cpu_ticks: u64,
     ids: [SeriesId; 8],
+    /// Its `stat`, kept open while the thread lives (see `read_thread_stat`).
+    stat: Option<std::fs::File>,
 }
 
 fn comm_hash(comm: &str) -> u64 {
@@ -291,25 +295,54 @@ pub struct ProcessesSource {
     baseline: [u64; 2],
     counts: Option<[SeriesId; 6]>,
     thread_churn: [u64; 2],
-    /// Each process's `stat`, kept open and re-read with pread (one syscall a second
-    /// instead of three), with the cycle it was last seen; at most `fd_budget` of them.
-    stat_fds: std::collections::HashMap<u64, (std::fs::File, u64)>,
-    fd_budget: usize,
+    /// Tasks' `stat` descriptors are kept open only when numbered below this.
+    fd_limit: i32,
 }
 
 /// Descriptors left for everything else (sockets, the spool, /proc files kept open).
 const FD_RESERVE: u64 = 512;
 
 /// Raise this process's soft limit on open files to its hard limit (as Go's runtime
-/// does); the descriptors the process source may keep open.
-fn stat_fd_budget() -> usize {
+/// does); descriptors numbered below the returned one may be kept open by this source.
+/// The kernel hands out the lowest free number, so kept descriptors never take the
+/// `FD_RESERVE` numbers at the top, and whatever else the agent opens finds room there.
+fn kept_fd_limit() -> i32 {
     let Some(mut lim) = crate::limits::open_files() else { return 0 };
     if lim.rlim_cur < lim.rlim_max
         && crate::limits::set_open_files(&libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max }).is_ok()
     {
         lim.rlim_cur = lim.rlim_max;
     }
-    usize::try_from(lim.rlim_cur.saturating_sub(FD_RESERVE).min(1 << 20)).unwrap_or(0)
+    i32::try_from(lim.rlim_cur.saturating_sub(FD_RESERVE).min(1 << 20)).unwrap_or(0)
+}
+
+/// A task's `stat` into `buf`: through `kept`, its descriptor from an earlier cycle
+/// (one pread a cycle instead of open + read + close), or opened afresh. Returns the
+/// descriptor to keep (`None` past the limit), or `None` when the task is gone.
+fn read_stat(
+    kept: Option<std::fs::File>,
+    dir: impl FnOnce() -> PathBuf,
+    path: &mut PathBuf,
+    buf: &mut Vec<u8>,
+    fd_limit: i32,
+) -> Option<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd as _;
+    // A kept one fails once its task exited (ESRCH): a new task may have its id, so
+    // open afresh.
+    if let Some(f) = kept
+        && pread_record(&f, buf).is_ok()
+        && !buf.is_empty()
+    {
+        return Some(Some(f));
+    }
+    path.clear();
+    path.push(dir());
+    path.push("stat");
+    let f = std::fs::File::open(&*path).ok()?;
+    if pread_record(&f, buf).is_err() || buf.is_empty() {
+        return None;
+    }
+    Some((f.as_raw_fd() < fd_limit).then_some(f))
 }
 
 impl ProcessesSource {
@@ -326,33 +359,8 @@ impl ProcessesSource {
             baseline: [0, 0],
             counts: None,
             thread_churn: [0, 0],
-            stat_fds: std::collections::HashMap::new(),
-            fd_budget: stat_fd_budget(),
+            fd_limit: kept_fd_limit(),
         }
-    }
-
-    /// `pid`'s stat into the buffer, from its kept-open descriptor when there is one;
-    /// false when the process is gone.
-    fn read_stat(&mut self, pid: u64, task_dir: &Path, cycle: u64) -> bool {
-        if let Some((f, seen)) = self.stat_fds.get_mut(&pid) {
-            *seen = cycle;
-            if pread_into(f, &mut self.buf).is_ok() && !self.buf.is_empty() {
-                return true;
-            }
-            // Exited (ESRCH): a new process may have its pid; open afresh.
-            self.stat_fds.remove(&pid);
-        }
-        self.path.clear();
-        self.path.push(task_dir);
-        self.path.push("stat");
-        let Ok(f) = std::fs::File::open(&self.path) else { return false };
-        if pread_into(&f, &mut self.buf).is_err() || self.buf.is_empty() {
-            return false;
-        }
-        if self.stat_fds.len() < self.fd_budget {
-            self.stat_fds.insert(pid, (f, cycle));
-        }
-        true
     }
 }
 
@@ -361,12 +369,14 @@ fn put(out: &mut Collector<'_>, refresh: bool, id: SeriesId, ts: i64, v: f64) {
     if refresh { out.push_refresh(id, ts, v) } else { out.push(id, ts, v) }
 }
 
-/// Read `<dir>/<name>` into `buf`; `Ok(false)` when the task is gone.
+/// Read `<dir>/<name>` into `buf`; `Ok(false)` when the task is gone. Every task file
+/// read here but cmdline is one record (see `pread_record`).
 fn read_task_file(path: &mut PathBuf, dir: &Path, name: &str, buf: &mut Vec<u8>) -> io::Result<bool> {
     path.clear();
     path.push(dir);
     path.push(name);
-    match read_into(path, buf) {
+    let read = if name == "cmdline" { read_into(path, buf) } else { read_record(path, buf) };
+    match read {
         Ok(()) => Ok(true),
         // ENOENT: exited; ESRCH: exiting (reads of a zombie's files).
         Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
@@ -431,22 +441,24 @@ impl Source for ProcessesSource {
             let Some(pid_text) = name.to_str() else { continue };
             let Some(pid) = parse_u64(pid_text.as_bytes()) else { continue };
             let task_dir = entry.path();
-            if !self.read_stat(pid, &task_dir, cycle) {
+            self.key.clear();
+            self.key.extend_from_slice(pid_text.as_bytes());
+            let kept = self.tasks.get_mut(&self.key).and_then(|p| p.stat.take());
+            let Some(stat) = read_stat(kept, || task_dir.clone(), &mut self.path, &mut self.buf, self.fd_limit) else {
                 continue;
-            }
+            };
             let ts = now_ms();
             let Some(st) = parse::parse_stat(&self.buf) else {
                 report.bad(1, format!("{pid_text}/stat").as_bytes(), "malformed stat");
                 continue;
             };
-            self.key.clear();
-            self.key.extend_from_slice(pid_text.as_bytes());
             let proc = self.tasks.entry(&self.key, || Proc {
                 starttime: st.starttime,
                 comm: String::new(),
                 cpu_ticks: None,
                 ids: Vec::new(),
                 threads: Tracked::default(),
+                stat: None,
             });
             if proc.ids.is_empty() || proc.starttime != st.starttime || proc.comm != st.comm {
                 // New, a reused pid, or an exec: (re)register with fresh info.
@@ -467,8 +479,10 @@ impl Source for ProcessesSource {
                     cpu_ticks: None,
                     ids: register_process(out, pid_text, &st, &cmdline, &cgroup),
                     threads: Tracked::default(),
+                    stat: None,
                 };
             }
+            proc.stat = stat;
             let ticks = st.utime.saturating_add(st.stime);
             let refresh = every == 0 || (cycle + pid).is_multiple_of(u64::from(every));
             let active = proc.cpu_ticks != Some(ticks);
@@ -526,6 +540,7 @@ impl Source for ProcessesSource {
                     &mut self.path,
                     &mut self.buf,
                     &mut report,
+                    self.fd_limit,
                 );
                 self.thread_churn[0] += proc.threads.appeared - before.0;
                 self.thread_churn[1] += proc.threads.ended - before.1;
@@ -534,8 +549,6 @@ impl Source for ProcessesSource {
         }
         let ts = now_ms();
         self.tasks.sweep(out, ts);
-        // Descriptors of processes no longer listed go.
-        self.stat_fds.retain(|_, (_, seen)| *seen == cycle);
         report.report_to(out);
         if self.first_cycle {
             // What existed at start-up was not created while we watched.
@@ -573,6 +586,7 @@ fn collect_threads(
     path: &mut PathBuf,
     buf: &mut Vec<u8>,
     report: &mut ParseReport,
+    fd_limit: i32,
 ) {
     let tasks = task_dir.join("task");
     let Ok(dir) = std::fs::read_dir(&tasks) else { return };
@@ -582,10 +596,8 @@ fn collect_threads(
         if parse_u64(tid.as_bytes()).is_none() {
             continue;
         }
-        let tdir = entry.path();
-        if !matches!(read_task_file(path, &tdir, "stat", buf), Ok(true)) {
-            continue;
-        }
+        let kept = proc.threads.get_mut(tid.as_bytes()).and_then(|t| t.stat.take());
+        let Some(stat) = read_stat(kept, || entry.path(), path, buf, fd_limit) else { continue };
         let ts = now_ms();
         let Some(st) = parse::parse_stat(buf) else {
             report.bad(1, format!("{pid}/task/{tid}/stat").as_bytes(), "malformed stat");
@@ -597,6 +609,7 @@ fn collect_threads(
             comm,
             cpu_ticks: u64::MAX,
             ids: register_thread(out, pid, tid, &st.comm),
+            stat: None,
         });
         if thread.starttime != st.starttime || thread.comm != comm {
             thread.ids.for_each_id(&mut |id| out.end_series(id, ts));
@@ -605,14 +618,17 @@ fn collect_threads(
                 comm,
                 cpu_ticks: u64::MAX,
                 ids: register_thread(out, pid, tid, &st.comm),
+                stat: None,
             };
         }
+        thread.stat = stat;
         let ticks = st.utime.saturating_add(st.stime).min(u64::MAX - 1);
         if thread.cpu_ticks == ticks && !proc_refresh {
             continue;
         }
         thread.cpu_ticks = ticks;
         let ids = thread.ids;
+        let tdir = entry.path();
         put(out, proc_refresh, ids[0], ts, st.utime as f64 / hz);
         put(out, proc_refresh, ids[1], ts, st.stime as f64 / hz);
         put(out, proc_refresh, ids[7], ts, st.processor as f64);
@@ -633,4 +649,80 @@ fn collect_threads(
         }
     }
     proc.threads.sweep(out, now_ms());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Registry, STALE_NAN_BITS, Sample};
+
+    /// A stat line of task `id` with `utime` ticks (the fields the source reads are real).
+    fn stat(id: u32, utime: u64) -> String {
+        format!("{id} (load) S 1 {id} {id} 0 -1 4194560 10 0 0 0 {utime} 5 0 0 20 0 2 0 77 1000 100 0 0\n")
+    }
+
+    fn write_task(root: &Path, rel: &str, id: u32, utime: u64) {
+        let dir = root.join(rel);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("stat"), stat(id, utime)).unwrap();
+    }
+
+    /// The thread cpu (user) values and stale markers of one cycle, by tid.
+    fn cycle(src: &mut ProcessesSource, reg: &mut Registry) -> Vec<(String, f64)> {
+        let mut samples: Vec<Sample> = Vec::new();
+        src.collect(&mut Collector::new(reg, &mut samples)).unwrap();
+        let mut got: Vec<(String, f64)> = samples
+            .iter()
+            .filter_map(|s| {
+                let series = reg.get(s.series)?;
+                let labels = |n| reg.label(series, n);
+                (labels("__name__") == Some("proc_tid_cpu_seconds_total") && labels("mode") == Some("user"))
+                    .then(|| (labels("tid").unwrap_or_default().to_string(), s.value))
+            })
+            .collect();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        got
+    }
+
+    #[test]
+    fn kept_descriptors_see_new_values_and_go_with_their_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        write_task(root, "10", 10, 100);
+        write_task(root, "10/task/10", 10, 50);
+        write_task(root, "10/task/11", 11, 50);
+        let mut src = ProcessesSource::new(root, true, 100);
+        let mut reg = Registry::new([]);
+        assert_eq!(cycle(&mut src, &mut reg), [("10".into(), 0.5), ("11".into(), 0.5)]);
+        // Both threads' stat are kept open now: rewritten in place, they read anew.
+        assert!(src.tasks.get_mut(b"10").unwrap().stat.is_some());
+        assert!(src.tasks.get_mut(b"10").unwrap().threads.get_mut(b"11").unwrap().stat.is_some());
+        write_task(root, "10", 10, 200);
+        write_task(root, "10/task/11", 11, 150);
+        // (A plain collector refreshes every cycle: the unchanged thread comes too.)
+        assert_eq!(cycle(&mut src, &mut reg), [("10".into(), 0.5), ("11".into(), 1.5)]);
+        // A thread no longer listed ends (a stale marker), and its descriptor closes with it.
+        std::fs::remove_dir_all(root.join("10/task/11")).unwrap();
+        write_task(root, "10", 10, 300);
+        let got = cycle(&mut src, &mut reg);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got[0] == ("10".into(), 0.5) && got[1].0 == "11" && got[1].1.to_bits() == STALE_NAN_BITS, "{got:?}");
+        assert!(src.tasks.get_mut(b"10").unwrap().threads.get_mut(b"11").is_none());
+    }
+
+    #[test]
+    fn nothing_is_kept_open_past_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        write_task(dir.path(), "10", 10, 100);
+        write_task(dir.path(), "10/task/10", 10, 100);
+        let mut src = ProcessesSource::new(dir.path(), true, 100);
+        src.fd_limit = 0;
+        let mut reg = Registry::new([]);
+        assert_eq!(cycle(&mut src, &mut reg), [("10".into(), 1.0)]);
+        assert!(src.tasks.get_mut(b"10").unwrap().stat.is_none());
+        // Read afresh each cycle instead.
+        write_task(dir.path(), "10", 10, 200);
+        write_task(dir.path(), "10/task/10", 10, 200);
+        assert_eq!(cycle(&mut src, &mut reg), [("10".into(), 2.0)]);
+    }
 }
