@@ -51,6 +51,9 @@ pub struct Sampler {
     filter: ChangeFilter,
     base: Duration,
     queue_full: bool,
+    /// Samples of the last cycle: the next cycle's vector starts at that size, instead
+    /// of growing to it by doubling (a realloc and copy per doubling, every tick).
+    last_len: usize,
     /// Trace triggers watching each tick's samples (none configured: nothing done).
     triggers: Option<crate::trace::triggers::Engine>,
 }
@@ -74,7 +77,16 @@ impl Sampler {
                 overrunning: false,
             })
             .collect();
-        Sampler { slots, registry, stats, filter: ChangeFilter::default(), base, queue_full: false, triggers: None }
+        Sampler {
+            slots,
+            registry,
+            stats,
+            filter: ChangeFilter::default(),
+            base,
+            queue_full: false,
+            triggers: None,
+            last_len: 0,
+        }
     }
 
     /// Watch each tick's samples with `engine` (trace triggers).
@@ -145,7 +157,7 @@ impl Sampler {
 
     /// Collect every source due at `tick`.
     pub fn cycle(&mut self, tick: u64) -> Vec<Sample> {
-        let mut samples = Vec::new();
+        let mut samples = Vec::with_capacity(self.last_len);
         let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
         for slot in &mut self.slots {
             let name = slot.source.name();
@@ -222,6 +234,8 @@ impl Sampler {
         if let Some(t) = &mut self.triggers {
             t.observe(&registry, &samples);
         }
+        // Cycles differ (sources on longer intervals): the last one's size, not the max.
+        self.last_len = samples.len();
         samples
     }
 }
