@@ -185,14 +185,20 @@ impl OnlineCpus {
         OnlineCpus { online, read: Some(std::time::Instant::now()), path: PathBuf::new() }
     }
 
-    /// Whether `cpu` is online (refreshed at most every 5 s). Unknown (sysfs unreadable):
-    /// every CPU is taken as online.
-    pub fn is_online(&mut self, cpu: usize) -> bool {
+    /// Re-read the list if it is 5 s old; call once per cycle, then ask
+    /// [`is_online`](Self::is_online) (which reads no clock: it is asked per CPU per row).
+    pub fn refresh(&mut self) -> &Self {
         if self.read.is_none_or(|t| t.elapsed() >= Self::EVERY) {
             let text = std::fs::read_to_string(&self.path).ok();
             let path = std::mem::take(&mut self.path);
             *self = OnlineCpus { path, ..OnlineCpus::from_list(text.as_deref()) };
         }
+        self
+    }
+
+    /// Whether `cpu` was online at the last [`refresh`](Self::refresh). Unknown (sysfs
+    /// unreadable): every CPU is taken as online.
+    pub fn is_online(&self, cpu: usize) -> bool {
         self.online.is_empty() || self.online.get(cpu).copied().unwrap_or(false)
     }
 }
@@ -228,13 +234,13 @@ mod tests {
     #[test]
     fn only_online_cpus_of_the_possible_ones_count() {
         // 240 hot-plug slots, 8 online (and one more brought up later).
-        let mut cpus = OnlineCpus::from_list(Some("0-7,12\n"));
+        let cpus = OnlineCpus::from_list(Some("0-7,12\n"));
         let online: Vec<usize> = (0..240).filter(|c| cpus.is_online(*c)).collect();
         assert_eq!(online, vec![0, 1, 2, 3, 4, 5, 6, 7, 12]);
         // Unreadable or garbled: every CPU counts (nothing is silently lost).
-        let mut unknown = OnlineCpus::from_list(None);
+        let unknown = OnlineCpus::from_list(None);
         assert!(unknown.is_online(200));
-        let mut garbled = OnlineCpus::from_list(Some("x-y"));
+        let garbled = OnlineCpus::from_list(Some("x-y"));
         assert!(garbled.is_online(3));
     }
 }

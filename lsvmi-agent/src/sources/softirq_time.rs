@@ -67,7 +67,8 @@ impl Source for SoftirqTimeSource {
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
         let values = self.map.get(&0, 0).map_err(|source| SourceError::Map { map: CPU_MAP, source })?;
         let ts = now_ms();
-        let online: Vec<bool> = (0..values.len()).map(|cpu| self.online.is_online(cpu)).collect();
+        let online = self.online.refresh();
+        let online: Vec<bool> = (0..values.len()).map(|cpu| online.is_online(cpu)).collect();
         self.series.resize_with(values.len(), Vec::new);
         for (cpu, per) in self.series.iter_mut().enumerate() {
             if per.is_empty() && online[cpu] {

@@ -54,7 +54,7 @@ impl Source for SoftirqsSource {
         let buf = self.file.contents()?;
         let ts = now_ms();
         let rows = &mut self.rows;
-        let online = &mut self.online;
+        let online = self.online.refresh();
         let mut short: Option<(usize, String)> = None;
         let mut report = cpu_table::parse(buf, &mut self.table, |row| {
             if row.values.len() < row.cpus.len() || !row.description.is_empty() {

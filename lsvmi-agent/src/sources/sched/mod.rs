@@ -182,7 +182,8 @@ impl Source for SchedSource {
         let values = self.map.get(&0, 0).map_err(|source| SourceError::Map { map: CPU_MAP, source })?;
         let now_ns = monotonic_ns();
         let ts = now_ms();
-        let online: Vec<bool> = (0..values.len()).map(|cpu| self.online.is_online(cpu)).collect();
+        let online = self.online.refresh();
+        let online: Vec<bool> = (0..values.len()).map(|cpu| online.is_online(cpu)).collect();
         self.cpus.resize_with(values.len(), || None);
         for (cpu, slot) in self.cpus.iter_mut().enumerate() {
             if slot.is_none() && online[cpu] {
