@@ -36,6 +36,9 @@ impl Default for Schedule {
 
 struct Slot {
     source: Box<dyn Source>,
+    name: &'static str,
+    /// Its entry in `Stats::sources`, found once (the lookup compares names).
+    stats: Option<usize>,
     schedule: Schedule,
     interval: Duration,
     cycles: u64,
@@ -68,6 +71,8 @@ impl Sampler {
         let slots = sources
             .into_iter()
             .map(|(source, schedule)| Slot {
+                name: source.name(),
+                stats: stats.sources.iter().position(|s| s.name == source.name()),
                 source,
                 schedule,
                 interval: base * schedule.every_ticks.max(1),
@@ -160,11 +165,11 @@ impl Sampler {
         let mut samples = Vec::with_capacity(self.last_len);
         let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
         for slot in &mut self.slots {
-            let name = slot.source.name();
+            let name = slot.name;
             if !tick.is_multiple_of(u64::from(slot.schedule.every_ticks.max(1))) {
                 continue;
             }
-            let stats = self.stats.source(name);
+            let stats = slot.stats.and_then(|i| self.stats.sources.get(i));
             let started = Instant::now();
             let mut out = Collector::change_only(
                 &mut registry,

@@ -181,10 +181,6 @@ impl Stats {
         }
     }
 
-    pub fn source(&self, name: &str) -> Option<&SourceStats> {
-        self.sources.iter().find(|s| s.name == name)
-    }
-
     pub fn dropped(&self, reason: DropReason, samples: u64) {
         self.samples_dropped[reason as usize].fetch_add(samples, Relaxed);
     }
