@@ -4,9 +4,12 @@
 //! much lsvmi adds on top of the reads it cannot avoid.
 //!
 //! Both run for the same time against the same local VictoriaMetrics, one after the
-//! other (never together: they would compete for the 2 CPUs). CPU comes from the
-//! process's utime + stime in /proc/<pid>/stat; memory from VmRSS sampled every second
-//! (steady state, after a warm-up) and VmHWM (the peak since start, start-up included).
+//! other (never together: they would compete for the 2 CPUs), `--rounds` times in turn.
+//! CPU is the time on a CPU from each thread's /proc/<pid>/task/<tid>/schedstat, in ns,
+//! summed every second (utime + stime count 10 ms clock ticks: a 60 s run at 0.4 % of a
+//! core is only 24 of them); memory from VmRSS sampled every second (steady state, after
+//! a warm-up) and VmHWM (the peak since start, start-up included). `--agent-bin` measures
+//! another build (an older main, for an A/B on the same machine and day).
 
 use std::{
     ffi::CString,
@@ -36,39 +39,55 @@ pub struct Usage {
     pub hwm_kb: u64,
 }
 
-pub fn run(seconds: u64, agent_args: &[String]) -> anyhow::Result<()> {
+pub fn run(seconds: u64, rounds: u32, agent_bin: Option<&Path>, agent_args: &[String]) -> anyhow::Result<()> {
     crate::setup::ensure()?;
     status(cargo().args(["build", "--release", "-p", "lsvmi-agent"]))?;
+    let agent_bin = agent_bin.map_or_else(|| workspace_root().join("target/release/lsvmi"), Path::to_path_buf);
     let dir = workspace_root().join("target").join("lsvmi-bench");
     let _ = std::fs::remove_dir_all(&dir);
     let vm = vm::VictoriaMetrics::start(&dir, 8428)?;
     let measure_for = Duration::from_secs(seconds);
-
-    println!("bench-overhead: agent at default settings for {seconds} s (after {WARMUP:?} warm-up)…");
-    let agent = spawn_agent(&vm, &dir, agent_args)?;
-    let agent_usage = measure(agent, measure_for)?;
-    // The floor statfs's exactly the filesystems the agent reported.
-    let _ = vm.get("/internal/force_flush");
-    let mounts = vm.label_values("mountpoint")?;
-
-    println!("bench-overhead: floor (reads only) for {seconds} s…");
     let me = std::env::current_exe().context("locating xtask")?;
-    let floor_usage = measure_floor(&me, &mounts, None, measure_for)?;
+
+    let mut rows = Vec::new();
+    for round in 1..=rounds.max(1) {
+        println!(
+            "bench-overhead, round {round}: {} at default settings for {seconds} s (after {WARMUP:?} warm-up)…",
+            agent_bin.display()
+        );
+        let agent = spawn(&agent_bin, &vm, &dir, agent_args)?;
+        let agent_usage = measure(agent, measure_for)?;
+        // The floor statfs's exactly the filesystems the agent reported.
+        let _ = vm.get("/internal/force_flush");
+        let mounts = vm.label_values("mountpoint")?;
+        println!("bench-overhead, round {round}: floor (reads only) for {seconds} s…");
+        let floor_usage = measure_floor(&me, &mounts, None, measure_for)?;
+        rows.push((agent_usage, floor_usage));
+    }
     drop(vm);
 
-    let ratio = agent_usage.cpu_percent / floor_usage.cpu_percent.max(1e-9);
     println!();
-    println!("|                     | CPU (% of one core) | RSS steady max | RSS peak (VmHWM) |");
-    println!("|---------------------|---------------------|----------------|------------------|");
-    for (name, u) in [("lsvmi (defaults)", &agent_usage), ("floor (reads only)", &floor_usage)] {
+    println!("| round | lsvmi CPU (% of one core) | floor CPU | ratio | lsvmi RSS steady max | RSS peak (VmHWM) |");
+    println!("|---|---|---|---|---|---|");
+    for (i, (a, f)) in rows.iter().enumerate() {
         println!(
-            "| {name:<19} | {:>19.3} | {:>11.1} MB | {:>13.1} MB |",
-            u.cpu_percent,
-            u.rss_steady_max_kb as f64 / 1024.0,
-            u.hwm_kb as f64 / 1024.0
+            "| {} | {:.3} | {:.3} | {:.2}× | {:.1} MB | {:.1} MB |",
+            i + 1,
+            a.cpu_percent,
+            f.cpu_percent,
+            a.cpu_percent / f.cpu_percent.max(1e-9),
+            a.rss_steady_max_kb as f64 / 1024.0,
+            a.hwm_kb as f64 / 1024.0
         );
     }
-    println!("\nratio lsvmi / floor: {ratio:.2}x  (target <= 1.3x; RSS target <= 8 MB steady, 16 MB peak)");
+    let sum = |f: fn(&(Usage, Usage)) -> f64| rows.iter().map(f).sum::<f64>();
+    let (agent, floor) = (sum(|r| r.0.cpu_percent), sum(|r| r.1.cpu_percent));
+    let floor_rss = rows.iter().map(|r| r.1.rss_steady_max_kb).max().unwrap_or(0);
+    println!(
+        "\nratio lsvmi / floor over all rounds: {:.2}x  (target <= 1.3x; RSS target <= 8 MB steady, 16 MB peak; floor RSS {:.1} MB)",
+        agent / floor.max(1e-9),
+        floor_rss as f64 / 1024.0
+    );
     println!("agent log: {}", dir.join("agent.log").display());
     Ok(())
 }
@@ -81,8 +100,16 @@ pub fn spawn_agent(
     dir: &Path,
     args: &[impl AsRef<std::ffi::OsStr>],
 ) -> anyhow::Result<Child> {
-    let agent_bin = workspace_root().join("target/release/lsvmi");
-    Command::new(&agent_bin)
+    spawn(&workspace_root().join("target/release/lsvmi"), vm, dir, args)
+}
+
+fn spawn(
+    agent_bin: &Path,
+    vm: &vm::VictoriaMetrics,
+    dir: &Path,
+    args: &[impl AsRef<std::ffi::OsStr>],
+) -> anyhow::Result<Child> {
+    Command::new(agent_bin)
         .arg("--endpoint")
         .arg(format!("{}/api/v1/write", vm.base_url()))
         .arg("--spool-dir")
@@ -112,38 +139,46 @@ pub fn measure(mut child: Child, dur: Duration) -> anyhow::Result<Usage> {
     if let Some(st) = child.try_wait()? {
         bail!("process {pid} exited during warm-up ({st})");
     }
-    let hz = clock_ticks();
     let t0 = Instant::now();
-    let c0 = cpu_ticks(pid)?;
+    let mut cpu = CpuTime::default();
+    cpu.update(pid);
     let mut rss_max = 0;
     while t0.elapsed() < dur {
         std::thread::sleep(Duration::from_secs(1).min(dur.saturating_sub(t0.elapsed())));
+        cpu.update(pid);
         rss_max = rss_max.max(status_kb(pid, "VmRSS:")?);
     }
-    let c1 = cpu_ticks(pid)?;
     let elapsed = t0.elapsed().as_secs_f64();
     let hwm = status_kb(pid, "VmHWM:")?;
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
     let _ = child.wait();
-    Ok(Usage { cpu_percent: (c1 - c0) as f64 / hz / elapsed * 100.0, rss_steady_max_kb: rss_max, hwm_kb: hwm })
+    Ok(Usage { cpu_percent: cpu.ns as f64 / 1e9 / elapsed * 100.0, rss_steady_max_kb: rss_max, hwm_kb: hwm })
 }
 
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no memory effects.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
+/// A process's time on a CPU since the first update, in ns: each thread's
+/// `/proc/<pid>/task/<tid>/schedstat`, summed by the change since the last update (a
+/// thread that ends between two updates loses at most its last second).
+#[derive(Default)]
+struct CpuTime {
+    last: std::collections::HashMap<String, u64>,
+    started: bool,
+    ns: u64,
 }
 
-/// utime + stime (all threads) of `pid`, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = text.rsplit_once(')').map(|(_, a)| a).context("malformed stat")?;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of proc(5); index 0 here is field 3.
-    let utime: u64 = f.get(11).context("no utime")?.parse()?;
-    let stime: u64 = f.get(12).context("no stime")?.parse()?;
-    Ok(utime + stime)
+impl CpuTime {
+    fn update(&mut self, pid: u32) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return };
+        for t in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(t.path().join("schedstat")) else { continue };
+            let Some(run) = text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) else { continue };
+            let tid = t.file_name().to_string_lossy().into_owned();
+            // A thread first seen after the start ran only inside the window.
+            let before = self.last.insert(tid, run).unwrap_or(if self.started { 0 } else { run });
+            self.ns += run.saturating_sub(before);
+        }
+        self.started = true;
+    }
 }
 
 fn status_kb(pid: u32, key: &str) -> anyhow::Result<u64> {

@@ -63,6 +63,13 @@ enum Cmd {
         /// Measurement time for each of the two runs
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// Agent and floor in turn this many times (the ratio is over all of them)
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+        /// Measure this agent binary instead of this tree's release build (an A/B against
+        /// an older main: build it in a worktree, then run this command with each)
+        #[arg(long)]
+        agent_bin: Option<std::path::PathBuf>,
         /// Extra flags for the agent, after `--`
         #[arg(last = true)]
         agent_args: Vec<String>,
@@ -109,7 +116,9 @@ fn main() -> ExitCode {
         Cmd::Test { cargo_args } => test(&cargo_args),
         Cmd::Package => package().map(|_| ()),
         Cmd::Dashboards { check } => dashboards::run(check),
-        Cmd::BenchOverhead { seconds, agent_args } => bench_overhead::run(seconds, &agent_args),
+        Cmd::BenchOverhead { seconds, rounds, agent_bin, agent_args } => {
+            bench_overhead::run(seconds, rounds, agent_bin.as_deref(), &agent_args)
+        }
         Cmd::BenchBpf { seconds } => bench_bpf::run(seconds),
         Cmd::FloorLoop { seconds, mounts, root } => bench_overhead::floor_loop(seconds, &mounts, &root),
         Cmd::BenchScale { seconds } => bench_scale::run(seconds),
