@@ -68,10 +68,9 @@ impl Source for SoftirqTimeSource {
         let values = self.map.get(&0, 0).map_err(|source| SourceError::Map { map: CPU_MAP, source })?;
         let ts = now_ms();
         let online = self.online.refresh();
-        let online: Vec<bool> = (0..values.len()).map(|cpu| online.is_online(cpu)).collect();
         self.series.resize_with(values.len(), Vec::new);
         for (cpu, per) in self.series.iter_mut().enumerate() {
-            if per.is_empty() && online[cpu] {
+            if per.is_empty() && online.is_online(cpu) {
                 let cpu = cpu.to_string();
                 *per = NAMES
                     .iter()
@@ -82,7 +81,7 @@ impl Source for SoftirqTimeSource {
                     .collect();
             }
         }
-        for ((v, series), _) in values.iter().zip(&self.series).zip(&online).filter(|(_, on)| **on) {
+        for (_, (v, series)) in values.iter().zip(&self.series).enumerate().filter(|(cpu, _)| online.is_online(*cpu)) {
             for (vec, (time, runs)) in series.iter().enumerate() {
                 out.push(*time, ts, v.time_ns[vec] as f64 / 1e9);
                 out.push(*runs, ts, v.count[vec] as f64);

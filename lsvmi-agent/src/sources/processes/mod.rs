@@ -248,7 +248,7 @@ struct Thread {
     /// utime + stime at the last read; `u64::MAX` before the first.
     cpu_ticks: u64,
     ids: [SeriesId; 8],
-    /// Its `stat`, kept open while the thread lives (see `read_thread_stat`).
+    /// Its `stat`, kept open while the thread lives (see `read_stat`).
     stat: Option<std::fs::File>,
 }
 

@@ -183,10 +183,9 @@ impl Source for SchedSource {
         let now_ns = monotonic_ns();
         let ts = now_ms();
         let online = self.online.refresh();
-        let online: Vec<bool> = (0..values.len()).map(|cpu| online.is_online(cpu)).collect();
         self.cpus.resize_with(values.len(), || None);
         for (cpu, slot) in self.cpus.iter_mut().enumerate() {
-            if slot.is_none() && online[cpu] {
+            if slot.is_none() && online.is_online(cpu) {
                 let cpu = cpu.to_string();
                 let one =
                     |out: &mut Collector<'_>, desc, kind: &str| out.series(desc, &[("cpu", &cpu), ("kind", kind)]);
@@ -201,10 +200,15 @@ impl Source for SchedSource {
             }
         }
         if self.runq {
-            values.iter().zip(&online).filter(|(_, on)| **on).for_each(|(v, _)| self.runq_hist.observe_range(&v.runq));
+            let runq = &mut self.runq_hist;
+            values
+                .iter()
+                .enumerate()
+                .filter(|(cpu, _)| online.is_online(*cpu))
+                .for_each(|(_, v)| runq.observe_range(&v.runq));
         }
         for (cpu, (v, series)) in values.iter().zip(self.cpus.iter_mut()).enumerate() {
-            let (Some(series), true) = (series.as_mut(), online[cpu]) else { continue };
+            let (Some(series), true) = (series.as_mut(), online.is_online(cpu)) else { continue };
             if self.switch {
                 out.push(series.switches, ts, v.switches as f64);
                 out.push(series.voluntary, ts, v.voluntary as f64);
