@@ -104,7 +104,6 @@ impl Sampler {
         // A late tick is taken at once and the schedule continues on the original grid,
         // so timestamps stay ~interval apart; the ticks that could not run are counted.
         let mut ticker = crate::ticker::Ticker::new(self.base);
-        let start = tokio::time::Instant::now();
         let mut tick: u64 = 0;
         let mut late = false;
         // systemd: READY after the first tick, WATCHDOG from every tick after.
@@ -117,11 +116,7 @@ impl Sampler {
                 periods = ticker.tick() => periods,
             };
             // The grid position of this tick; a jump means ticks were skipped.
-            let due = if ticker.counts_missed() {
-                tick + periods - 1
-            } else {
-                (start.elapsed().as_nanos() / self.base.as_nanos().max(1)) as u64
-            };
+            let due = tick + periods - 1;
             if due > tick {
                 self.stats.missed_ticks.fetch_add(due - tick, Relaxed);
                 if !late {

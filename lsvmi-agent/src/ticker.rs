@@ -16,7 +16,8 @@ use tokio::io::unix::AsyncFd;
 
 pub enum Ticker {
     Kernel(AsyncFd<OwnedFd>),
-    Tokio(tokio::time::Interval),
+    /// The interval, and the grid instant of its last tick.
+    Tokio(tokio::time::Interval, Option<tokio::time::Instant>),
 }
 
 impl Ticker {
@@ -35,7 +36,7 @@ impl Ticker {
         let mut interval = tokio::time::interval(period);
         // A late tick is taken at once and the schedule continues on the original grid.
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        Ticker::Tokio(interval)
+        Ticker::Tokio(interval, None)
     }
 
     /// Wait for the next tick; returns the periods that passed since the last one (1 when
@@ -43,10 +44,15 @@ impl Ticker {
     pub async fn tick(&mut self) -> u64 {
         loop {
             match self {
-                Ticker::Tokio(interval) => {
-                    interval.tick().await;
-                    // `Skip` hides how many were skipped; the sampler's grid check counts them.
-                    return 1;
+                Ticker::Tokio(interval, last) => {
+                    // With `Skip`, ticks stay on the grid: the distance to the last one
+                    // in periods is exact. (A late tick comes at its own deadline; the
+                    // ticks skipped show in the distance to the next one.)
+                    let at = interval.tick().await;
+                    let period = interval.period().as_nanos().max(1);
+                    let periods = last.map_or(1, |l| (at.duration_since(l).as_nanos() / period) as u64);
+                    *last = Some(at);
+                    return periods.max(1);
                 }
                 Ticker::Kernel(fd) => match expirations(fd).await {
                     Ok(n) => return n.max(1),
@@ -59,11 +65,6 @@ impl Ticker {
                 },
             }
         }
-    }
-
-    /// Whether this ticker reports missed ticks itself.
-    pub fn counts_missed(&self) -> bool {
-        matches!(self, Ticker::Kernel(_))
     }
 }
 
@@ -109,7 +110,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn ticks_at_once_then_on_the_period_and_counts_missed_ones() {
         let mut t = Ticker::new(Duration::from_millis(20));
-        assert!(t.counts_missed());
+        assert!(matches!(t, Ticker::Kernel(_)));
         let start = std::time::Instant::now();
         assert_eq!(t.tick().await, 1);
         assert_eq!(t.tick().await, 1);
@@ -122,8 +123,13 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn the_runtime_timer_is_a_working_fallback() {
         let mut t = Ticker::tokio(Duration::from_millis(10));
-        assert!(!t.counts_missed());
+        assert!(matches!(t, Ticker::Tokio(..)));
         assert_eq!(t.tick().await, 1);
         assert_eq!(t.tick().await, 1);
+        // It counts missed ticks too: blocked 35 ms at 10 ms, the late tick runs and the
+        // next one is at least three periods on.
+        std::thread::sleep(Duration::from_millis(35));
+        let (late, next) = (t.tick().await, t.tick().await);
+        assert!(late + next >= 4, "{late} + {next}");
     }
 }
