@@ -30,6 +30,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let vm = vm::VictoriaMetrics::start(&dir, 8428)?;
     let me = std::env::current_exe().context("locating xtask")?;
+    let floor_bin = bench_overhead::floor_bin()?;
     let dur = Duration::from_secs(seconds);
     let mut rows = Vec::new();
 
@@ -43,7 +44,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(2));
         let tasks = count_tasks(Path::new("/proc"));
         let (agent, series) = measure_agent(&vm, &dir, &[], dur)?;
-        let floor = bench_overhead::measure_floor(&me, &[], None, dur)?;
+        let floor = bench_overhead::measure_floor(&floor_bin, &[], None, dur)?;
         let _ = load.kill();
         let _ = load.wait();
         rows.push((format!("{extra} extra threads"), tasks, agent, floor, series));
@@ -60,7 +61,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         let sys_s = sys.to_str().context("utf-8 path")?;
         let args = ["--procfs-root", root_s, "--sysfs-root", sys_s, "--no-bpf"];
         let (agent, series) = measure_agent(&vm, &dir, &args, dur)?;
-        let floor = bench_overhead::measure_floor(&me, &[], Some(&root), dur)?;
+        let floor = bench_overhead::measure_floor(&floor_bin, &[], Some(&root), dur)?;
         // A tree has no tasks to speak of: its per-task columns are left empty.
         rows.push((format!("{cpus} CPUs (tree)"), 0, agent, floor, series));
     }
