@@ -10,12 +10,18 @@ pub struct CpuTable {
     /// CPU number of each column, from the header.
     pub cpus: Vec<u32>,
     values: Vec<u64>,
+    /// The header last parsed, and whether this parse's differs from it (the columns
+    /// of a row with the same bytes then mean other CPUs).
+    header: Vec<u8>,
+    pub header_changed: bool,
 }
 
 /// One row: its name (without `:`), a count per header column (fewer when the row has
 /// a single total, as `ERR:` and `MIS:` do), and the description after the counts.
 pub struct Row<'a> {
     pub name: &'a [u8],
+    /// The whole row (leading blanks trimmed), for `text::Memo`.
+    pub line: &'a [u8],
     /// CPU number of each column (from the header).
     pub cpus: &'a [u32],
     pub values: &'a [u64],
@@ -37,10 +43,29 @@ impl Row<'_> {
 /// Parse `buf`, calling `row` for each well-formed row. Malformed rows are skipped and
 /// reported; a missing or bad header makes every row unusable (one report).
 pub fn parse(buf: &[u8], table: &mut CpuTable, mut row: impl FnMut(Row<'_>)) -> ParseReport {
+    parse_skipping(buf, table, &mut row, |_, _, _| false, |row, r| row(r))
+}
+
+/// As [`parse`], asking `skip(state, name, line)` first for each named row: a row it
+/// skips is not parsed (its bytes are those last parsed, see `text::Memo`). Not asked
+/// when the header changed: the same bytes then mean other CPUs. `state` is what both
+/// callbacks work on.
+pub fn parse_skipping<S>(
+    buf: &[u8],
+    table: &mut CpuTable,
+    state: &mut S,
+    mut skip: impl FnMut(&mut S, &[u8], &[u8]) -> bool,
+    mut row: impl FnMut(&mut S, Row<'_>),
+) -> ParseReport {
     let mut report = ParseReport::default();
     table.cpus.clear();
     let mut lines = numbered_lines(buf);
     let Some((_, header)) = lines.next() else { return report };
+    table.header_changed = table.header != header;
+    if table.header_changed {
+        table.header.clear();
+        table.header.extend_from_slice(header);
+    }
     for col in header.split(|c| c.is_ascii_whitespace()).filter(|f| !f.is_empty()) {
         match col.strip_prefix(b"CPU").and_then(parse_cpu) {
             Some(cpu) => table.cpus.push(cpu),
@@ -65,6 +90,9 @@ pub fn parse(buf: &[u8], table: &mut CpuTable, mut row: impl FnMut(Row<'_>)) -> 
             report.bad(lineno, trimmed, "row name is empty or has spaces");
             continue;
         }
+        if !table.header_changed && skip(state, name, trimmed) {
+            continue;
+        }
         let mut rest = &trimmed[colon + 1..];
         table.values.clear();
         while table.values.len() < table.cpus.len() {
@@ -82,7 +110,10 @@ pub fn parse(buf: &[u8], table: &mut CpuTable, mut row: impl FnMut(Row<'_>)) -> 
             report.bad(lineno, name, "row has no counts");
             continue;
         }
-        row(Row { name, cpus: &table.cpus, values: &table.values, description: rest.trim_ascii() });
+        row(
+            state,
+            Row { name, line: trimmed, cpus: &table.cpus, values: &table.values, description: rest.trim_ascii() },
+        );
     }
     report
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{
     Collector, Source, SourceError,
     procfs_file::ProcFile,
-    text::{ParseReport, Tracked, fields, label, numbered_lines, parse_u64},
+    text::{Memo, ParseReport, Tracked, fields, label, numbered_lines, parse_u64, split_fields},
 };
 use crate::model::{MetricDesc, SeriesId, now_ms};
 
@@ -64,7 +64,7 @@ pub static METRICS: &[&MetricDesc] = &[
 
 pub struct DiskstatsSource {
     file: ProcFile,
-    devices: Tracked<[SeriesId; 17]>,
+    devices: Tracked<Memo<[SeriesId; 17]>>,
 }
 
 impl DiskstatsSource {
@@ -75,21 +75,33 @@ impl DiskstatsSource {
 
 /// Call `f(device, values, count)` per line; older kernels have 11 or 15 value columns.
 pub fn parse(buf: &[u8], mut f: impl FnMut(&[u8], &[u64; 17], usize)) -> ParseReport {
-    let mut report = ParseReport::default();
-    let mut values = [0u64; 17];
-    'lines: for (lineno, line) in numbered_lines(buf) {
-        let mut cols = fields(line);
-        let (Some(_major), Some(_minor), Some(name)) = (cols.next(), cols.next(), cols.next()) else {
-            if !line.iter().all(u8::is_ascii_whitespace) {
-                report.bad(lineno, line, "expected major, minor and device name");
-            }
-            continue;
-        };
+    rows(buf, |row| {
+        let name = row.name;
+        if let Some((values, n)) = row.counters() {
+            f(name, &values, n);
+        }
+    })
+}
+
+/// One device's line, its counters not yet parsed.
+pub struct Row<'a> {
+    pub name: &'a [u8],
+    pub line: &'a [u8],
+    lineno: usize,
+    counters: &'a [u8],
+    report: &'a mut ParseReport,
+}
+
+impl Row<'_> {
+    /// The counters and how many there are (11, 15 or 17); `None` (reported) when the
+    /// line is malformed.
+    pub fn counters(self) -> Option<([u64; 17], usize)> {
+        let mut values = [0u64; 17];
         let mut n = 0;
-        for col in cols {
+        for col in fields(self.counters) {
             let Some(v) = parse_u64(col) else {
-                report.bad(lineno, name, "counter is not an unsigned 64-bit number");
-                continue 'lines;
+                self.report.bad(self.lineno, self.name, "counter is not an unsigned 64-bit number");
+                return None;
             };
             if n < values.len() {
                 values[n] = v;
@@ -97,10 +109,24 @@ pub fn parse(buf: &[u8], mut f: impl FnMut(&[u8], &[u64; 17], usize)) -> ParseRe
             }
         }
         if n < 11 {
-            report.bad(lineno, name, "fewer than 11 counters");
-            continue;
+            self.report.bad(self.lineno, self.name, "fewer than 11 counters");
+            return None;
         }
-        f(name, &values, n);
+        Some((values, n))
+    }
+}
+
+/// Call `f` for each device line; lines without major, minor and name are reported.
+fn rows(buf: &[u8], mut f: impl FnMut(Row<'_>)) -> ParseReport {
+    let mut report = ParseReport::default();
+    for (lineno, line) in numbered_lines(buf) {
+        let Some((name, counters)) = split_fields(line, 2) else {
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                report.bad(lineno, line, "expected major, minor and device name");
+            }
+            continue;
+        };
+        f(Row { name, line, lineno, counters, report: &mut report });
     }
     report
 }
@@ -114,14 +140,21 @@ impl Source for DiskstatsSource {
         let buf = self.file.contents()?;
         let ts = now_ms();
         let devices = &mut self.devices;
-        let report = parse(buf, |name, values, n| {
-            let ids = devices.entry(name, || {
-                let l = label(name);
-                COLUMNS.map(|(d, _)| out.series(d, &[("device", &l)]))
-            });
-            for ((id, (_, scale)), v) in ids.iter().zip(COLUMNS).zip(values).take(n) {
-                out.push(*id, ts, *v as f64 * scale);
+        let report = rows(buf, |row| {
+            if devices.unchanged(row.name, row.line, out, ts) {
+                return;
             }
+            let (name, line) = (row.name, row.line);
+            let Some((values, n)) = row.counters() else { return };
+            let memo = devices.entry(name, || {
+                let l = label(name);
+                Memo::new(COLUMNS.map(|(d, _)| out.series(d, &[("device", &l)])))
+            });
+            memo.last.start();
+            for ((id, (_, scale)), v) in memo.ids.iter().zip(COLUMNS).zip(values).take(n) {
+                memo.last.push(out, *id, ts, v as f64 * scale);
+            }
+            memo.last.parsed(line);
         });
         report.report_to(out);
         self.devices.sweep(out, ts);
@@ -132,6 +165,32 @@ impl Source for DiskstatsSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipping_unchanged_devices_sends_what_parsing_them_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sda, sda2) =
+            ("8 0 sda 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17", "8 0 sda 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 18");
+        let (loop0, loop0_short) = ("7 0 loop0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0", "7 0 loop0 5 0 0 0 0 0 0 0 0 0 0");
+        let contents = [
+            format!("{sda}\n{loop0}\n"),
+            format!("{sda}\n{loop0}\n"),
+            format!("{sda2}\n{loop0}\n"),
+            format!("{sda2}\n7 0 loop0 x\n"),
+            format!("{sda}\n{loop0}\n"),
+            format!("{sda}\n{loop0_short}\n"),
+            format!("{sda}\n"),
+            format!("{sda}\n{loop0}\n"),
+            format!("{sda}\n{loop0}\n"),
+        ];
+        let contents: Vec<&str> = contents.iter().map(String::as_str).collect();
+        crate::sources::assert_skipping_sends_what_parsing_sends(
+            DiskstatsSource::new(dir.path()),
+            DiskstatsSource::new(dir.path()),
+            |text| std::fs::write(dir.path().join("diskstats"), text).unwrap(),
+            &contents,
+        );
+    }
 
     #[test]
     fn old_and_new_kernels_and_bad_lines() {

@@ -154,6 +154,8 @@ pub struct OnlineCpus {
     online: Vec<bool>,
     read: Option<std::time::Instant>,
     path: PathBuf,
+    /// Whether the last refresh found another set than the one before.
+    changed: bool,
 }
 
 impl OnlineCpus {
@@ -166,7 +168,7 @@ impl OnlineCpus {
 
     /// From `<sysfs_root>/devices/system/cpu/online`.
     pub fn at(sysfs_root: &Path) -> Self {
-        OnlineCpus { online: Vec::new(), read: None, path: sysfs_root.join("devices/system/cpu/online") }
+        OnlineCpus { online: Vec::new(), read: None, path: sysfs_root.join("devices/system/cpu/online"), changed: true }
     }
 
     /// From a cpulist (`0-7,9`); every CPU when it cannot be read.
@@ -182,7 +184,7 @@ impl OnlineCpus {
             }
             online[i] = true;
         }
-        OnlineCpus { online, read: Some(std::time::Instant::now()), path: PathBuf::new() }
+        OnlineCpus { online, read: Some(std::time::Instant::now()), path: PathBuf::new(), changed: true }
     }
 
     /// Re-read the list if it is 5 s old; call once per cycle, then ask
@@ -191,9 +193,20 @@ impl OnlineCpus {
         if self.read.is_none_or(|t| t.elapsed() >= Self::EVERY) {
             let text = std::fs::read_to_string(&self.path).ok();
             let path = std::mem::take(&mut self.path);
+            let first = self.read.is_none();
+            let old = std::mem::take(&mut self.online);
             *self = OnlineCpus { path, ..OnlineCpus::from_list(text.as_deref()) };
+            self.changed = first || old != self.online;
+        } else {
+            self.changed = false;
         }
         self
+    }
+
+    /// Whether the last [`refresh`](Self::refresh) found a set other than the one before
+    /// (true at the first).
+    pub fn changed(&self) -> bool {
+        self.changed
     }
 
     /// Whether `cpu` was online at the last [`refresh`](Self::refresh). Unknown (sysfs

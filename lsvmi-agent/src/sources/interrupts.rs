@@ -7,7 +7,7 @@ use super::{
     Collector, Source, SourceError,
     cpu_table::{self, CpuTable},
     procfs_file::ProcFile,
-    text::{SeriesIds, Tracked, fields, label},
+    text::{Memo, SeriesIds, Tracked, fields, label},
 };
 use crate::model::{MetricDesc, SeriesId, now_ms};
 
@@ -55,7 +55,7 @@ impl SeriesIds for IrqSeries {
 pub struct InterruptsSource {
     file: ProcFile,
     table: CpuTable,
-    irqs: Tracked<IrqSeries>,
+    irqs: Tracked<Memo<IrqSeries>>,
 }
 
 impl InterruptsSource {
@@ -93,39 +93,51 @@ impl Source for InterruptsSource {
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
         let buf = self.file.contents()?;
         let ts = now_ms();
-        let irqs = &mut self.irqs;
-        let report = cpu_table::parse(buf, &mut self.table, |row| {
-            let s = irqs.entry(row.name, IrqSeries::default);
-            let irq = label(row.name);
-            if row.is_total() {
-                let id = *s.total.get_or_insert_with(|| out.series(&INTERRUPTS, &[("irq", &irq)]));
-                out.push(id, ts, row.values[0] as f64);
-            } else {
-                for (cpu, value) in row.per_cpu() {
-                    let idx = cpu as usize;
-                    if s.per_cpu.len() <= idx {
-                        s.per_cpu.resize(idx + 1, None);
+        // Most IRQs did not fire in the last second: their rows read the same.
+        let skip = |(irqs, out): &mut (&mut Tracked<Memo<IrqSeries>>, &mut Collector<'_>), name: &[u8], line: &[u8]| {
+            irqs.unchanged(name, line, out, ts)
+        };
+        let report = cpu_table::parse_skipping(
+            buf,
+            &mut self.table,
+            &mut (&mut self.irqs, &mut *out),
+            skip,
+            |(irqs, out), row| {
+                let Memo { ids: s, last } = irqs.entry(row.name, || Memo::new(IrqSeries::default()));
+                last.start();
+                if row.is_total() {
+                    let id = *s.total.get_or_insert_with(|| out.series(&INTERRUPTS, &[("irq", &label(row.name))]));
+                    last.push(out, id, ts, row.values[0] as f64);
+                } else {
+                    for (cpu, value) in row.per_cpu() {
+                        let idx = cpu as usize;
+                        if s.per_cpu.len() <= idx {
+                            s.per_cpu.resize(idx + 1, None);
+                        }
+                        let id = *s.per_cpu[idx].get_or_insert_with(|| {
+                            out.series(&INTERRUPTS, &[("cpu", &cpu.to_string()), ("irq", &label(row.name))])
+                        });
+                        last.push(out, id, ts, value as f64);
                     }
-                    let id = *s.per_cpu[idx]
-                        .get_or_insert_with(|| out.series(&INTERRUPTS, &[("cpu", &cpu.to_string()), ("irq", &irq)]));
-                    out.push(id, ts, value as f64);
                 }
-            }
-            // A device can be added to or removed from a shared IRQ: the info follows.
-            if s.info.as_ref().is_none_or(|(d, _)| **d != *row.description) {
-                if let Some((_, old)) = s.info.take() {
-                    out.end_series(old, ts);
+                // A device can be added to or removed from a shared IRQ: the info follows.
+                if s.info.as_ref().is_none_or(|(d, _)| **d != *row.description) {
+                    if let Some((_, old)) = s.info.take() {
+                        out.end_series(old, ts);
+                    }
+                    let irq = label(row.name);
+                    let numbered = row.name.iter().all(u8::is_ascii_digit);
+                    let labels = info_labels(numbered, row.description);
+                    let mut all: Vec<(&str, &str)> = vec![("irq", &irq)];
+                    all.extend(labels.iter().map(|(k, v)| (*k, v.as_str())));
+                    s.info = Some((row.description.into(), out.series(&INFO, &all)));
                 }
-                let numbered = row.name.iter().all(u8::is_ascii_digit);
-                let labels = info_labels(numbered, row.description);
-                let mut all: Vec<(&str, &str)> = vec![("irq", &irq)];
-                all.extend(labels.iter().map(|(k, v)| (*k, v.as_str())));
-                s.info = Some((row.description.into(), out.series(&INFO, &all)));
-            }
-            if let Some((_, id)) = &s.info {
-                out.push(*id, ts, 1.0);
-            }
-        });
+                if let Some((_, id)) = &s.info {
+                    last.push(out, *id, ts, 1.0);
+                }
+                last.parsed(row.line);
+            },
+        );
         report.report_to(out);
         self.irqs.sweep(out, ts);
         Ok(())
@@ -135,6 +147,34 @@ impl Source for InterruptsSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipping_unchanged_rows_sends_what_parsing_them_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = "           CPU0       CPU1\n";
+        let table = |loc: u32, devices: &str| {
+            format!(
+                "{header}  1:         10          0   IO-APIC   1-edge      {devices}\nLOC:        {loc}        200   Local timer interrupts\nERR:          0\n"
+            )
+        };
+        let contents = [
+            table(100, "i8042"),
+            table(100, "i8042"),
+            table(101, "i8042"),
+            table(101, "i8042, rtc0"),
+            table(101, "i8042"),
+            table(101, "i8042").replace("CPU1", "CPU2"),
+            table(101, "i8042"),
+            table(101, "i8042"),
+        ];
+        let contents: Vec<&str> = contents.iter().map(String::as_str).collect();
+        crate::sources::assert_skipping_sends_what_parsing_sends(
+            InterruptsSource::new(dir.path()),
+            InterruptsSource::new(dir.path()),
+            |text| std::fs::write(dir.path().join("interrupts"), text).unwrap(),
+            &contents,
+        );
+    }
 
     #[test]
     fn info_labels_split_chip_trigger_devices() {

@@ -379,6 +379,21 @@ impl ChangeFilter {
         }
     }
 
+    /// For a series whose value is known not to have changed (its row's bytes are those
+    /// it was last parsed from): the last value sent when this cycle is its refresh,
+    /// `Err(true)` when it is not (left out, as `pass` would), `Err(false)` when nothing
+    /// was ever sent for it.
+    fn repeat(&self, id: SeriesId, cycle: u64, refresh_every: u32) -> Result<f64, bool> {
+        let i = id.index();
+        match self.last.get(i) {
+            None | Some(&UNSENT) => Err(false),
+            Some(&bits) if refresh_every != 0 && (cycle + i as u64).is_multiple_of(u64::from(refresh_every)) => {
+                Ok(f64::from_bits(bits))
+            }
+            Some(_) => Err(true),
+        }
+    }
+
     fn remember(&mut self, id: SeriesId, value: f64) {
         let i = id.index();
         if self.last.len() <= i {
@@ -401,6 +416,8 @@ pub struct Collector<'a> {
     registry: &'a mut Registry,
     samples: &'a mut Vec<Sample>,
     filter: Option<(&'a mut ChangeFilter, u64, u32)>,
+    /// Whether sources may skip rows whose bytes did not change ([`Collector::repeats`]).
+    repeat: bool,
     unchanged: u64,
     parse_errors: u64,
     first_parse_error: Option<ParseError>,
@@ -414,6 +431,7 @@ impl<'a> Collector<'a> {
             registry,
             samples,
             filter: None,
+            repeat: true,
             unchanged: 0,
             parse_errors: 0,
             first_parse_error: None,
@@ -452,6 +470,34 @@ impl<'a> Collector<'a> {
             return;
         }
         self.samples.push(Sample { series, ts_ms, value });
+    }
+
+    /// Whether a source may skip parsing a row whose bytes are those it last parsed and
+    /// call [`Collector::repeat`] for its series instead: only under a change filter with
+    /// a refresh schedule, where an unchanged value is sent only on its refresh cycle,
+    /// and the filter's last value sent for a series is always the last value read (a
+    /// change always passes). Without a filter every value is sent, so rows are parsed.
+    pub fn repeats(&self) -> bool {
+        self.repeat && matches!(self.filter, Some((_, _, every)) if every > 0)
+    }
+
+    /// The series' value is the one last read (see [`Collector::repeats`]): send it
+    /// again, with this cycle's timestamp, if this is its refresh cycle.
+    #[inline]
+    pub fn repeat(&mut self, series: SeriesId, ts_ms: i64) {
+        let Some((filter, cycle, every)) = &self.filter else { return };
+        match filter.repeat(series, *cycle, *every) {
+            Ok(value) => self.samples.push(Sample { series, ts_ms, value }),
+            Err(true) => self.unchanged += 1,
+            Err(false) => {}
+        }
+    }
+
+    /// A collector whose sources parse every row (tests compare it with one that skips).
+    #[cfg(test)]
+    pub fn parsing_every_row(mut self) -> Self {
+        self.repeat = false;
+        self
     }
 
     /// Send regardless of the change filter (and remember the value as sent): for sources
@@ -518,6 +564,49 @@ impl<'a> Collector<'a> {
     pub fn take_parse_errors(&mut self) -> (u64, Option<ParseError>) {
         (std::mem::take(&mut self.parse_errors), self.first_parse_error.take())
     }
+}
+
+/// For sources that skip unchanged rows: run `skipping` and `parsing` (two sources over
+/// the same file) through the same sequence of file contents (`write` puts each in
+/// place), under a change filter with a short refresh, and check that they send the
+/// same samples: skipping a row must never change what leaves the host.
+#[cfg(test)]
+pub fn assert_skipping_sends_what_parsing_sends(
+    mut skipping: impl Source,
+    mut parsing: impl Source,
+    write: impl Fn(&str),
+    contents: &[&str],
+) {
+    let (mut reg_a, mut reg_b) = (Registry::new([]), Registry::new([]));
+    let (mut filter_a, mut filter_b) = (ChangeFilter::default(), ChangeFilter::default());
+    let described = |reg: &Registry, samples: &[Sample]| -> Vec<(Vec<(String, String)>, u64)> {
+        let mut v: Vec<_> = samples
+            .iter()
+            .map(|s| {
+                let series = reg.get(s.series).expect("registered");
+                let labels = reg.labels(series).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+                (labels, s.value.to_bits())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut skipped = 0;
+    // Twice round, so that every row is unchanged on some cycles of each refresh phase.
+    for (cycle, text) in contents.iter().chain(contents).enumerate() {
+        write(text);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut out = Collector::change_only(&mut reg_a, &mut a, &mut filter_a, cycle as u64, 3);
+        skipping.collect(&mut out).unwrap();
+        let unchanged_a = out.unchanged();
+        let mut out = Collector::change_only(&mut reg_b, &mut b, &mut filter_b, cycle as u64, 3).parsing_every_row();
+        parsing.collect(&mut out).unwrap();
+        assert_eq!(out.unchanged(), unchanged_a, "cycle {cycle}: samples counted unchanged");
+        assert!(a.iter().all(|s| s.ts_ms > 0));
+        assert_eq!(described(&reg_a, &a), described(&reg_b, &b), "cycle {cycle}, file:\n{text}");
+        skipped += unchanged_a;
+    }
+    assert!(skipped > 0, "nothing was ever unchanged: the test proves nothing");
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{
     Collector, Source, SourceError,
     procfs_file::ProcFile,
-    text::{ParseReport, Tracked, fields, label, numbered_lines, parse_u64},
+    text::{Memo, ParseReport, Tracked, fields, label, numbered_lines, parse_u64},
 };
 use crate::model::{MetricDesc, SeriesId, now_ms};
 
@@ -44,7 +44,7 @@ pub static METRICS: &[&MetricDesc] = &COLUMNS;
 
 pub struct NetDevSource {
     file: ProcFile,
-    interfaces: Tracked<[SeriesId; 16]>,
+    interfaces: Tracked<Memo<[SeriesId; 16]>>,
 }
 
 impl NetDevSource {
@@ -55,9 +55,47 @@ impl NetDevSource {
 
 /// Call `f(interface, counters)` for each interface line (the two header lines skipped).
 pub fn parse(buf: &[u8], mut f: impl FnMut(&[u8], &[u64; 16])) -> ParseReport {
+    rows(buf, |row| {
+        let name = row.name;
+        if let Some(values) = row.counters() {
+            f(name, &values);
+        }
+    })
+}
+
+/// One interface's line, its counters not yet parsed.
+pub struct Row<'a> {
+    pub name: &'a [u8],
+    pub line: &'a [u8],
+    lineno: usize,
+    counters: &'a [u8],
+    report: &'a mut ParseReport,
+}
+
+impl Row<'_> {
+    /// The 16 counters; `None` (reported) when the line is malformed.
+    pub fn counters(self) -> Option<[u64; 16]> {
+        let mut values = [0u64; 16];
+        let mut cols = fields(self.counters);
+        for v in &mut values {
+            let Some(n) = cols.next().and_then(parse_u64) else {
+                self.report.bad(self.lineno, self.name, "expected 16 unsigned counters");
+                return None;
+            };
+            *v = n;
+        }
+        if self.name.is_empty() {
+            self.report.bad(self.lineno, self.line, "empty interface name");
+            return None;
+        }
+        Some(values)
+    }
+}
+
+/// Call `f` for each interface line; lines without `interface:` are reported.
+fn rows(buf: &[u8], mut f: impl FnMut(Row<'_>)) -> ParseReport {
     let mut report = ParseReport::default();
-    let mut values = [0u64; 16];
-    'lines: for (lineno, line) in numbered_lines(buf).skip(2) {
+    for (lineno, line) in numbered_lines(buf).skip(2) {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -66,21 +104,7 @@ pub fn parse(buf: &[u8], mut f: impl FnMut(&[u8], &[u64; 16])) -> ParseReport {
             continue;
         };
         let name = line[..colon].trim_ascii();
-        let mut cols = fields(&line[colon + 1..]);
-        for v in values.iter_mut() {
-            match cols.next().and_then(parse_u64) {
-                Some(n) => *v = n,
-                None => {
-                    report.bad(lineno, name, "expected 16 unsigned counters");
-                    continue 'lines;
-                }
-            }
-        }
-        if name.is_empty() {
-            report.bad(lineno, line, "empty interface name");
-            continue;
-        }
-        f(name, &values);
+        f(Row { name, line, lineno, counters: &line[colon + 1..], report: &mut report });
     }
     report
 }
@@ -94,14 +118,21 @@ impl Source for NetDevSource {
         let buf = self.file.contents()?;
         let ts = now_ms();
         let interfaces = &mut self.interfaces;
-        let report = parse(buf, |name, values| {
-            let ids = interfaces.entry(name, || {
-                let l = label(name);
-                COLUMNS.map(|d| out.series(d, &[("interface", &l)]))
-            });
-            for (id, v) in ids.iter().zip(values) {
-                out.push(*id, ts, *v as f64);
+        let report = rows(buf, |row| {
+            if interfaces.unchanged(row.name, row.line, out, ts) {
+                return;
             }
+            let (name, line) = (row.name, row.line);
+            let Some(values) = row.counters() else { return };
+            let memo = interfaces.entry(name, || {
+                let l = label(name);
+                Memo::new(COLUMNS.map(|d| out.series(d, &[("interface", &l)])))
+            });
+            memo.last.start();
+            for (id, v) in memo.ids.iter().zip(values) {
+                memo.last.push(out, *id, ts, v as f64);
+            }
+            memo.last.parsed(line);
         });
         report.report_to(out);
         self.interfaces.sweep(out, ts);
@@ -138,6 +169,31 @@ mod tests {
         // the sink's rate() treats a decrease as a reset; the agent does not guess.
         let back = cycle(format!("{header}lo: 0 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n"));
         assert_eq!(back[0].value, 0.0);
+    }
+
+    #[test]
+    fn skipping_unchanged_interfaces_sends_what_parsing_them_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("net")).unwrap();
+        let header = "h1\nh2\n";
+        let line = |n: &str, first: u32| format!("{n}: {first} 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n");
+        let contents = [
+            format!("{header}{}{}", line("lo", 1), line("eth0", 1)),
+            format!("{header}{}{}", line("lo", 1), line("eth0", 1)),
+            format!("{header}{}{}", line("lo", 2), line("eth0", 1)),
+            format!("{header}{}eth0: 1 2\n", line("lo", 2)),
+            format!("{header}{}{}", line("lo", 2), line("eth0", 1)),
+            format!("{header}{}", line("lo", 2)),
+            format!("{header}{}{}", line("lo", 2), line("eth0", 1)),
+            format!("{header}{}{}", line("lo", 2), line("eth0", 1)),
+        ];
+        let contents: Vec<&str> = contents.iter().map(String::as_str).collect();
+        crate::sources::assert_skipping_sends_what_parsing_sends(
+            NetDevSource::new(dir.path()),
+            NetDevSource::new(dir.path()),
+            |text| std::fs::write(dir.path().join("net/dev"), text).unwrap(),
+            &contents,
+        );
     }
 
     #[test]

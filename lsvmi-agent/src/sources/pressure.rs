@@ -11,7 +11,7 @@ use tracing::info;
 use super::{
     Collector, Source, SourceError,
     procfs_file::ProcFile,
-    text::{ParseReport, fields, numbered_lines, parse_decimal, parse_u64},
+    text::{LastParse, ParseReport, fields, numbered_lines, parse_decimal, parse_u64},
 };
 use crate::model::{MetricDesc, SeriesId, now_ms};
 
@@ -93,6 +93,8 @@ struct Resource {
     file: ProcFile,
     /// [some, full] × [total, avg10, avg60, avg300]
     series: [Option<[SeriesId; 4]>; 2],
+    /// The file as last parsed (it often reads the same: see `text::Memo`).
+    last: LastParse,
 }
 
 pub struct PressureSource {
@@ -106,7 +108,12 @@ impl PressureSource {
         for name in RESOURCES {
             let path = procfs_root.join("pressure").join(name);
             if path.exists() {
-                resources.push(Resource { name, file: ProcFile::new(path), series: [None, None] });
+                resources.push(Resource {
+                    name,
+                    file: ProcFile::new(path),
+                    series: [None, None],
+                    last: LastParse::default(),
+                });
             } else {
                 info!(source = "proc_pressure", "{} absent: {name} pressure not collected", path.display());
             }
@@ -133,8 +140,14 @@ impl Source for PressureSource {
             };
             read_any = true;
             let ts = now_ms();
+            // No stall since the last read, and the averages not yet recomputed (every 2 s).
+            if r.last.repeat_if_same(buf, out, ts) {
+                continue;
+            }
             let (some, full, report) = parse(buf);
+            let complete = report.bad_lines == 0;
             report.report_to(out);
+            r.last.start();
             for (k, (kind, line)) in [("some", some), ("full", full)].into_iter().enumerate() {
                 let Some(line) = line else { continue };
                 let name = r.name;
@@ -143,10 +156,13 @@ impl Source for PressureSource {
                     let avg = WINDOWS.map(|w| out.series(&AVG, &[("resource", name), ("kind", kind), ("window", w)]));
                     [total, avg[0], avg[1], avg[2]]
                 });
-                out.push(ids[0], ts, line.total_us as f64 / 1e6);
+                r.last.push(out, ids[0], ts, line.total_us as f64 / 1e6);
                 for (id, v) in ids[1..].iter().zip(line.avg) {
-                    out.push(*id, ts, v / 100.0);
+                    r.last.push(out, *id, ts, v / 100.0);
                 }
+            }
+            if complete {
+                r.last.parsed(buf);
             }
         }
         // One unreadable file is reported when nothing could be read; otherwise the
@@ -161,6 +177,28 @@ impl Source for PressureSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipping_an_unchanged_file_sends_what_parsing_it_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pressure")).unwrap();
+        for r in RESOURCES {
+            std::fs::write(dir.path().join("pressure").join(r), "").unwrap();
+        }
+        let text = |total: u32| {
+            format!(
+                "some avg10=0.00 avg60=0.00 avg300=0.00 total={total}\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
+            )
+        };
+        let contents = [text(5), text(5), text(6), "some avg10=x total=1\n".to_owned(), text(6), text(6), text(6)];
+        let contents: Vec<&str> = contents.iter().map(String::as_str).collect();
+        crate::sources::assert_skipping_sends_what_parsing_sends(
+            PressureSource::new(dir.path()),
+            PressureSource::new(dir.path()),
+            |t| std::fs::write(dir.path().join("pressure/io"), t).unwrap(),
+            &contents,
+        );
+    }
 
     #[test]
     fn some_and_full() {

@@ -113,6 +113,22 @@ pub fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
     line.split(|c| c.is_ascii_whitespace()).filter(|f| !f.is_empty())
 }
 
+/// The whitespace-separated field `n` (0-based) of a line and the text after it, or
+/// `None` when the line has fewer fields.
+#[inline]
+pub fn split_fields(line: &[u8], n: usize) -> Option<(&[u8], &[u8])> {
+    let mut at = 0;
+    for i in 0..=n {
+        let start = at + line[at..].iter().position(|c| !c.is_ascii_whitespace())?;
+        let end = line[start..].iter().position(u8::is_ascii_whitespace).map_or(line.len(), |e| start + e);
+        if i == n {
+            return Some((&line[start..end], &line[end..]));
+        }
+        at = end;
+    }
+    None
+}
+
 /// Lines with their 1-based numbers.
 #[inline]
 pub fn numbered_lines(buf: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
@@ -203,6 +219,86 @@ impl<V: SeriesIds> Tracked<V> {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+}
+
+/// A row's series, with the bytes the row was last parsed from and the series its
+/// values went to: a row that reads the same as last time has the same values, so it
+/// is not parsed again (see [`Tracked::unchanged`]). Most rows of the 100 ms files are
+/// like that: idle disks and interfaces, softirq types that did not run.
+#[derive(Debug)]
+pub struct Memo<V> {
+    pub ids: V,
+    pub last: LastParse,
+}
+
+/// What a [`Memo`]'s row was last parsed from, and the series it pushed.
+#[derive(Debug, Default)]
+pub struct LastParse {
+    row: Vec<u8>,
+    pushed: Vec<SeriesId>,
+}
+
+impl<V> Memo<V> {
+    pub fn new(ids: V) -> Self {
+        Memo { ids, last: LastParse::default() }
+    }
+}
+
+impl LastParse {
+    /// A parse of the row begins: forget the last one.
+    pub fn start(&mut self) {
+        self.row.clear();
+        self.pushed.clear();
+    }
+
+    /// Push a value of the row (as [`Collector::push`]) and note its series.
+    #[inline]
+    pub fn push(&mut self, out: &mut Collector<'_>, series: SeriesId, ts_ms: i64, value: f64) {
+        self.pushed.push(series);
+        out.push(series, ts_ms, value);
+    }
+
+    /// The row parsed completely: keep its bytes, so that the same bytes next time are
+    /// not parsed again. (A row not marked so is parsed every time.)
+    pub fn parsed(&mut self, row: &[u8]) {
+        self.row.clear();
+        self.row.extend_from_slice(row);
+    }
+
+    /// When `row` is what was last parsed and `out` allows it ([`Collector::repeats`]):
+    /// send those of the series it pushed that are due for refresh, with their last
+    /// values, and return true: the caller skips the row.
+    pub fn repeat_if_same(&self, row: &[u8], out: &mut Collector<'_>, ts_ms: i64) -> bool {
+        if !out.repeats() || self.row.is_empty() || self.row != row {
+            return false;
+        }
+        for &id in &self.pushed {
+            out.repeat(id, ts_ms);
+        }
+        true
+    }
+}
+
+impl<V: SeriesIds> SeriesIds for Memo<V> {
+    fn for_each_id(&self, f: &mut dyn FnMut(SeriesId)) {
+        self.ids.for_each_id(f);
+    }
+}
+
+impl<V: SeriesIds> Tracked<Memo<V>> {
+    /// When `row` is what `key`'s row was last parsed from and `out` allows it
+    /// ([`Collector::repeats`]): mark `key` seen, send those of the series it pushed
+    /// that are due for refresh, with their last values, and return true: the caller
+    /// skips the row. False otherwise (a new or changed row, or a collector that sends
+    /// everything).
+    pub fn unchanged(&mut self, key: &[u8], row: &[u8], out: &mut Collector<'_>, ts_ms: i64) -> bool {
+        let Some((memo, seen)) = self.map.get_mut(key) else { return false };
+        let same = memo.last.repeat_if_same(row, out, ts_ms);
+        if same {
+            *seen = self.cycle;
+        }
+        same
     }
 }
 
