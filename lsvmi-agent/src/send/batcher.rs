@@ -51,7 +51,13 @@ impl Batcher {
             tokio::select! {
                 got = rx.recv() => match got {
                     Some(mut samples) => {
-                        pending.append(&mut samples);
+                        if pending.is_empty() && samples.len() > pending.capacity() {
+                            // A burst (every thread of a large process on its refresh
+                            // cycle): take its vector rather than grow ours to copy it.
+                            pending = samples;
+                        } else {
+                            pending.append(&mut samples);
+                        }
                         let by_size = pending.len() as f64 * bytes_per_sample >= self.max_bytes as f64;
                         // During an outage every cycle goes to disk at once: what waits
                         // here for the batch interval would die with the process.
