@@ -7,7 +7,10 @@
 //!   busy a fifth of the time), on this host's /proc;
 //! - CPUs: /proc trees of 64 and 256 CPUs synthesised from the captured 2-CPU one
 //!   (`testdata/proc/debian12-6.18-2cpu`: stat, softirqs, interrupts and softnet_stat
-//!   widened), read through `--procfs-root` with eBPF off.
+//!   widened), read through `--procfs-root` with eBPF off. The tree ticks while it is
+//!   read ([`Ticker`]): every 100 ms each CPU's idle time, its TIMER, SCHED and RCU
+//!   softirqs and its local timer interrupts advance, as on a real host. A still tree
+//!   would be the best case, every row reading as it did (and not parsed again).
 //!
 //! Printed per row: CPU (% of one core) of both and their ratio, the agent's CPU per task
 //! (µs per second), its steady RSS, and bytes of RSS per task and per series.
@@ -60,8 +63,10 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         let root_s = root.to_str().context("utf-8 path")?;
         let sys_s = sys.to_str().context("utf-8 path")?;
         let args = ["--procfs-root", root_s, "--sysfs-root", sys_s, "--no-bpf"];
+        let ticker = Ticker::start(&root)?;
         let (agent, series) = measure_agent(&vm, &dir, &args, dur)?;
         let floor = bench_overhead::measure_floor(&floor_bin, &[], Some(&root), dur)?;
+        ticker.stop();
         // A tree has no tasks to speak of: its per-task columns are left empty.
         rows.push((format!("{cpus} CPUs (tree)"), 0, agent, floor, series));
     }
@@ -217,7 +222,107 @@ fn synthesise(from: &Path, to: &Path, cpus: u32) -> anyhow::Result<()> {
     write(to, "net/softnet_stat", &out)
 }
 
+/// Makes a synthesised tree change as a busy host's /proc does: every 100 ms, the last
+/// digit of the counters a running CPU advances (each `cpuN` line's idle column; the
+/// TIMER, SCHED and RCU rows of softirqs; LOC of interrupts) steps on, in place. The
+/// lengths never change, so a read that meets a write still parses.
+pub struct Ticker {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Ticker {
+    pub fn start(root: &Path) -> anyhow::Result<Ticker> {
+        let mut files = Vec::new();
+        for (name, rows, column) in [
+            ("stat", &["cpu"][..], Some(3)),
+            ("softirqs", &["TIMER:", "SCHED:", "RCU:"][..], None),
+            ("interrupts", &["LOC:"][..], None),
+        ] {
+            let path = root.join(name);
+            let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let digits = last_digits(&text, rows, column);
+            files.push((std::fs::OpenOptions::new().write(true).open(&path)?, text, digits));
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::os::unix::fs::FileExt as _;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                for (file, text, digits) in &mut files {
+                    for &at in digits.iter() {
+                        text[at] = if text[at] == b'9' { b'0' } else { text[at] + 1 };
+                    }
+                    let _ = file.write_all_at(text, 0);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Ok(Ticker { stop, thread })
+    }
+
+    pub fn stop(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// Offsets of the last digit of the counters to advance: in rows starting with one of
+/// `rows` (`cpu` matches every `cpuN` line but not the total), the value `column`
+/// (0-based after the row's name), or every value when `None`.
+fn last_digits(text: &[u8], rows: &[&str], column: Option<usize>) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for line in text.split(|&b| b == b'\n') {
+        let trimmed = line.trim_ascii_start();
+        let lead = line.len() - trimmed.len();
+        let name_end = trimmed.iter().position(u8::is_ascii_whitespace).unwrap_or(trimmed.len());
+        let name = &trimmed[..name_end];
+        let wanted = rows.iter().any(|r| match *r {
+            "cpu" => name.len() > 3 && name.starts_with(b"cpu") && name[3].is_ascii_digit(),
+            r => name == r.as_bytes(),
+        });
+        if wanted {
+            let mut i = lead + name_end;
+            let mut field = 0;
+            while i < line.len() {
+                while i < line.len() && line[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                let begin = i;
+                while i < line.len() && line[i].is_ascii_digit() {
+                    i += 1;
+                }
+                if i == begin {
+                    break; // the description after the counts
+                }
+                if column.is_none_or(|c| c == field) {
+                    out.push(start + i - 1);
+                }
+                field += 1;
+            }
+        }
+        start += line.len() + 1;
+    }
+    out
+}
+
 fn write(root: &Path, name: &str, text: &str) -> anyhow::Result<()> {
     let path: PathBuf = root.join(name);
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ticker_advances_the_counters_it_names() {
+        let stat = b"cpu  1 2 3 44 5\ncpu0 1 2 3 17 5\ncpu12 1 2 3 9 5\nctxt 5\n";
+        let at = last_digits(stat, &["cpu"], Some(3));
+        assert_eq!(at.iter().map(|&i| stat[i]).collect::<Vec<_>>(), b"79");
+        let softirqs = b"    CPU0 CPU1\n  HI: 1 2\n  TIMER: 10 25\nLOC: 7 8 Local timer\n";
+        let at = last_digits(softirqs, &["TIMER:", "LOC:"], None);
+        assert_eq!(at.iter().map(|&i| softirqs[i]).collect::<Vec<_>>(), b"0578");
+    }
 }
