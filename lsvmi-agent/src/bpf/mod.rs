@@ -10,6 +10,7 @@
 //! They reach the programs as read-only globals, which the verifier treats as constants.
 
 pub mod btf;
+pub mod percpu;
 pub mod tracefs;
 
 use std::{path::PathBuf, sync::OnceLock};
@@ -346,6 +347,13 @@ impl Bpf {
     {
         let map = self.take_raw_map(name)?;
         T::try_from(map).map_err(|e| BpfError::kernel(name, &e))
+    }
+
+    /// Take a per-CPU array out of the object, to be read one entry at a time into a
+    /// buffer kept between reads ([`percpu::PerCpuEntry`]).
+    pub fn take_per_cpu<T: aya::Pod>(&mut self, name: &'static str) -> Result<percpu::PerCpuEntry<T>, BpfError> {
+        let map = self.take_raw_map(name)?;
+        percpu::PerCpuEntry::new(map).map_err(|cause| BpfError::Kernel { what: name.into(), cause })
     }
 
     /// Take a map out of the object as aya's untyped map.

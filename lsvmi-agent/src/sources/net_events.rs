@@ -11,7 +11,7 @@ use std::{
     path::Path,
 };
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, RingBuf};
 use lsvmi_common::net::{
     ABSENT, CPU_MAP, CpuNet, DROP_REASONS, EVENT_DROP, EVENT_RETRANSMIT, EVENT_SEND_RESET, EVENTS_MAP, GLOBAL_OFFSETS,
     NetEvent, NetOffsets, PROG_KFREE_SKB, PROG_PROBE, PROG_RECEIVE_RESET, PROG_RETRANSMIT, PROG_SEND_RESET,
@@ -242,7 +242,7 @@ impl Slots {
 }
 
 pub struct NetEventsSource {
-    map: PerCpuArray<MapData, CpuNet>,
+    map: crate::bpf::percpu::PerCpuEntry<CpuNet>,
     ring: Option<RingBuf<MapData>>,
     layout: Layout,
     on: Vec<bool>,
@@ -277,7 +277,7 @@ impl NetEventsSource {
         if !on.iter().any(|&o| o) {
             return Err(BpfError::Kernel { what: "network programs".into(), cause: "none is running".into() });
         }
-        let map = bpf.take_map(CPU_MAP)?;
+        let map = bpf.take_per_cpu(CPU_MAP)?;
         let ring = match bpf.take_map::<RingBuf<MapData>>(EVENTS_MAP) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -404,13 +404,13 @@ impl Source for NetEventsSource {
             self.drain();
             return Ok(());
         }
-        let values = self.map.get(&0, 0).map_err(|source| SourceError::Map { map: CPU_MAP, source })?;
+        self.map.read(0).map_err(|source| SourceError::Map { map: CPU_MAP, source })?;
         let ts = now_ms();
         self.drain();
         // Host-wide sums: per-CPU attribution of network events says little (softirq
         // runs them on whichever CPU the packet landed on).
         let mut sum = zeroed();
-        for v in values.iter() {
+        for v in self.map.values() {
             add(&mut sum, v);
         }
         let l = &self.layout;

@@ -3,7 +3,6 @@
 //! counts how often each type ran; this says how long, which is what steals time from a
 //! latency-critical thread on the same core (NET_RX on a busy NIC queue, for instance).
 
-use aya::maps::{MapData, PerCpuArray};
 use lsvmi_common::softirq::{CPU_MAP, CpuSoftirq, NAMES, PROG_ENTRY, PROG_EXIT};
 
 use super::{Collector, Source, SourceError};
@@ -42,7 +41,7 @@ pub static BPF: BpfSource = BpfSource {
 };
 
 pub struct SoftirqTimeSource {
-    map: PerCpuArray<MapData, CpuSoftirq>,
+    map: crate::bpf::percpu::PerCpuEntry<CpuSoftirq>,
     /// Per CPU, per vector: (time, runs); empty for a CPU not (yet) online.
     series: Vec<Vec<(SeriesId, SeriesId)>>,
     online: crate::sources::host::OnlineCpus,
@@ -54,7 +53,7 @@ impl SoftirqTimeSource {
         if !on.iter().all(|&o| o) {
             return Err(BpfError::Kernel { what: "softirq time".into(), cause: "needs both softirq programs".into() });
         }
-        let map = bpf.take_map(CPU_MAP)?;
+        let map = bpf.take_per_cpu(CPU_MAP)?;
         Ok(SoftirqTimeSource { map, series: Vec::new(), online: crate::sources::host::OnlineCpus::new() })
     }
 }
@@ -65,7 +64,8 @@ impl Source for SoftirqTimeSource {
     }
 
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
-        let values = self.map.get(&0, 0).map_err(|source| SourceError::Map { map: CPU_MAP, source })?;
+        self.map.read(0).map_err(|source| SourceError::Map { map: CPU_MAP, source })?;
+        let values = self.map.values();
         let ts = now_ms();
         let online = self.online.refresh();
         self.series.resize_with(values.len(), Vec::new);
@@ -81,7 +81,7 @@ impl Source for SoftirqTimeSource {
                     .collect();
             }
         }
-        for (_, (v, series)) in values.iter().zip(&self.series).enumerate().filter(|(cpu, _)| online.is_online(*cpu)) {
+        for (_, (v, series)) in values.zip(&self.series).enumerate().filter(|(cpu, _)| online.is_online(*cpu)) {
             for (vec, (time, runs)) in series.iter().enumerate() {
                 out.push(*time, ts, v.time_ns[vec] as f64 / 1e9);
                 out.push(*runs, ts, v.count[vec] as f64);

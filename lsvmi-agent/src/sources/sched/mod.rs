@@ -2,7 +2,6 @@
 //! time and run-queue latency histogram live in one per-CPU map value that this source
 //! copies on the sampling tick. No ring buffer, no wake-up per event.
 
-use aya::maps::{MapData, PerCpuArray};
 use lsvmi_common::sched::{CPU_MAP, CpuSched, GLOBAL_OFFSETS, PROG_MIGRATE, PROG_SWITCH, SchedOffsets};
 
 use super::{Collector, Source, SourceError, histogram::HistogramFamily};
@@ -121,7 +120,7 @@ struct CpuSeries {
 }
 
 pub struct SchedSource {
-    map: PerCpuArray<MapData, CpuSched>,
+    map: crate::bpf::percpu::PerCpuEntry<CpuSched>,
     switch: bool,
     /// Run-queue latency offsets known (see `SchedOffsets`).
     runq: bool,
@@ -160,7 +159,7 @@ impl SchedSource {
                 cause: "neither sched_switch nor sched_migrate_task is running".into(),
             });
         }
-        let map = bpf.take_map(CPU_MAP)?;
+        let map = bpf.take_per_cpu(CPU_MAP)?;
         Ok(SchedSource {
             map,
             switch,
@@ -179,7 +178,8 @@ impl Source for SchedSource {
     }
 
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
-        let values = self.map.get(&0, 0).map_err(|source| SourceError::Map { map: CPU_MAP, source })?;
+        self.map.read(0).map_err(|source| SourceError::Map { map: CPU_MAP, source })?;
+        let values = self.map.values();
         let now_ns = monotonic_ns();
         let ts = now_ms();
         let online = self.online.refresh();
@@ -202,12 +202,12 @@ impl Source for SchedSource {
         if self.runq {
             let runq = &mut self.runq_hist;
             values
-                .iter()
+                .clone()
                 .enumerate()
                 .filter(|(cpu, _)| online.is_online(*cpu))
                 .for_each(|(_, v)| runq.observe_range(&v.runq));
         }
-        for (cpu, (v, series)) in values.iter().zip(self.cpus.iter_mut()).enumerate() {
+        for (cpu, (v, series)) in values.zip(self.cpus.iter_mut()).enumerate() {
             let (Some(series), true) = (series.as_mut(), online.is_online(cpu)) else { continue };
             if self.switch {
                 out.push(series.switches, ts, v.switches as f64);
