@@ -297,6 +297,59 @@ pub struct ProcessesSource {
     thread_churn: [u64; 2],
     /// Tasks' `stat` descriptors are kept open only when numbered below this.
     fd_limit: i32,
+    /// Directory listings: buffers and paths reused every cycle (see [`list_tasks`]).
+    scratch: Listing,
+}
+
+/// What listing /proc and the task directories reuses from cycle to cycle.
+#[derive(Default)]
+struct Listing {
+    /// getdents64 buffer for /proc, and the pids in it.
+    dir_buf: Vec<u8>,
+    pids: Vec<u32>,
+    /// The same for one process's `task` directory.
+    task_buf: Vec<u8>,
+    tids: Vec<u32>,
+    /// `<root>/<pid>`, `<root>/<pid>/task` and `<root>/<pid>/task/<tid>`.
+    task_dir: PathBuf,
+    threads_dir: PathBuf,
+    thread_dir: PathBuf,
+}
+
+/// The entries of `dir` named by a number (pids, tids), in the kernel's order, read
+/// with getdents64 into `buf` (kept between calls). `read_dir` allocated a `DirEntry`
+/// and a name for every entry, and a path when asked: three allocations for every
+/// process each second, and for every thread of each process that ran.
+fn list_tasks(dir: &Path, buf: &mut Vec<u8>, out: &mut Vec<u32>) -> io::Result<()> {
+    use rustix::fs::{Mode, OFlags, RawDir};
+    out.clear();
+    let fd = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    buf.clear();
+    buf.reserve(16 * 1024);
+    let mut entries = RawDir::new(fd, buf.spare_capacity_mut());
+    while let Some(entry) = entries.next() {
+        let entry = entry?;
+        if let Some(n) = parse_u64(entry.file_name().to_bytes()).and_then(|n| u32::try_from(n).ok()) {
+            out.push(n);
+        }
+    }
+    Ok(())
+}
+
+/// `n` in decimal, in `buf`.
+fn decimal(n: u32, buf: &mut [u8; 10]) -> &str {
+    let mut at = buf.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[at..]).unwrap_or_default()
 }
 
 /// Descriptors left for everything else (sockets, the spool, /proc files kept open).
@@ -360,6 +413,7 @@ impl ProcessesSource {
             counts: None,
             thread_churn: [0, 0],
             fd_limit: kept_fd_limit(),
+            scratch: Listing::default(),
         }
     }
 }
@@ -432,15 +486,21 @@ impl Source for ProcessesSource {
     }
 
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
-        let dir = std::fs::read_dir(&self.root).map_err(|e| SourceError::read(&self.root, e))?;
+        let Listing { dir_buf, pids, task_dir, .. } = &mut self.scratch;
+        list_tasks(&self.root, dir_buf, pids).map_err(|e| SourceError::read(&self.root, e))?;
+        let pids = std::mem::take(pids);
+        let mut task_dir = std::mem::take(task_dir);
         let (cycle, every) = (out.cycle(), out.refresh_every());
         let mut report = ParseReport::default();
         let mut thread_count = 0u64;
-        for entry in dir.flatten() {
-            let name = entry.file_name();
-            let Some(pid_text) = name.to_str() else { continue };
-            let Some(pid) = parse_u64(pid_text.as_bytes()) else { continue };
-            let task_dir = entry.path();
+        let mut digits = [0u8; 10];
+        for &pid in &pids {
+            let pid_text = decimal(pid, &mut digits);
+            let pid = u64::from(pid);
+            task_dir.clear();
+            task_dir.push(&self.root);
+            task_dir.push(pid_text);
+            let task_dir = &task_dir;
             self.key.clear();
             self.key.extend_from_slice(pid_text.as_bytes());
             let kept = self.tasks.get_mut(&self.key).and_then(|p| p.stat.take());
@@ -463,12 +523,12 @@ impl Source for ProcessesSource {
             if proc.ids.is_empty() || proc.starttime != st.starttime || proc.comm != st.comm {
                 // New, a reused pid, or an exec: (re)register with fresh info.
                 proc.for_each_id(&mut |id| out.end_series(id, ts));
-                let cmdline = read_task_file(&mut self.path, &task_dir, "cmdline", &mut self.buf)
+                let cmdline = read_task_file(&mut self.path, task_dir, "cmdline", &mut self.buf)
                     .ok()
                     .filter(|ok| *ok)
                     .map(|_| parse::parse_cmdline(&self.buf, CMDLINE_MAX))
                     .unwrap_or_default();
-                let cgroup = read_task_file(&mut self.path, &task_dir, "cgroup", &mut self.buf)
+                let cgroup = read_task_file(&mut self.path, task_dir, "cgroup", &mut self.buf)
                     .ok()
                     .filter(|ok| *ok)
                     .map(|_| parse::parse_cgroup(&self.buf))
@@ -500,7 +560,7 @@ impl Source for ProcessesSource {
             put(out, refresh, ids[I_THREADS], ts, st.num_threads as f64);
             put(out, refresh, ids[I_LAST_CPU], ts, st.processor as f64);
             put(out, refresh, ids[I_INFO], ts, 1.0);
-            if let Ok(true) = read_task_file(&mut self.path, &task_dir, "status", &mut self.buf) {
+            if let Ok(true) = read_task_file(&mut self.path, task_dir, "status", &mut self.buf) {
                 let status = parse::parse_status(&self.buf);
                 for (i, v) in status.memory.iter().enumerate() {
                     if let Some(v) = v {
@@ -514,14 +574,14 @@ impl Source for ProcessesSource {
                 }
             }
             // io needs ptrace access (root has it); without it, it is left out.
-            if let Ok(true) = read_task_file(&mut self.path, &task_dir, "io", &mut self.buf) {
+            if let Ok(true) = read_task_file(&mut self.path, task_dir, "io", &mut self.buf) {
                 for (i, v) in parse::parse_io(&self.buf).iter().enumerate() {
                     if let Some(v) = v {
                         put(out, refresh, ids[I_IO + i], ts, *v as f64);
                     }
                 }
             }
-            if let Ok(true) = read_task_file(&mut self.path, &task_dir, "schedstat", &mut self.buf)
+            if let Ok(true) = read_task_file(&mut self.path, task_dir, "schedstat", &mut self.buf)
                 && let Some([run, wait, slices]) = parse::parse_schedstat(&self.buf)
             {
                 put(out, refresh, ids[I_SCHED], ts, run as f64 / 1e9);
@@ -534,19 +594,22 @@ impl Source for ProcessesSource {
                     out,
                     proc,
                     pid_text,
-                    &task_dir,
+                    task_dir,
                     refresh,
                     hz,
                     &mut self.path,
                     &mut self.buf,
                     &mut report,
                     self.fd_limit,
+                    &mut self.scratch,
                 );
                 self.thread_churn[0] += proc.threads.appeared - before.0;
                 self.thread_churn[1] += proc.threads.ended - before.1;
                 thread_count += proc.threads.len() as u64;
             }
         }
+        self.scratch.pids = pids;
+        self.scratch.task_dir = task_dir;
         let ts = now_ms();
         self.tasks.sweep(out, ts);
         report.report_to(out);
@@ -587,17 +650,23 @@ fn collect_threads(
     buf: &mut Vec<u8>,
     report: &mut ParseReport,
     fd_limit: i32,
+    scratch: &mut Listing,
 ) {
-    let tasks = task_dir.join("task");
-    let Ok(dir) = std::fs::read_dir(&tasks) else { return };
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(tid) = name.to_str() else { continue };
-        if parse_u64(tid.as_bytes()).is_none() {
-            continue;
-        }
+    let Listing { task_buf, tids, threads_dir, thread_dir, .. } = scratch;
+    threads_dir.clear();
+    threads_dir.push(task_dir);
+    threads_dir.push("task");
+    if list_tasks(threads_dir, task_buf, tids).is_err() {
+        return;
+    }
+    let mut digits = [0u8; 10];
+    for &tid in tids.iter() {
+        let tid = decimal(tid, &mut digits);
+        thread_dir.clear();
+        thread_dir.push(&*threads_dir);
+        thread_dir.push(tid);
         let kept = proc.threads.get_mut(tid.as_bytes()).and_then(|t| t.stat.take());
-        let Some(stat) = read_stat(kept, || entry.path(), path, buf, fd_limit) else { continue };
+        let Some(stat) = read_stat(kept, || thread_dir.clone(), path, buf, fd_limit) else { continue };
         let ts = now_ms();
         let Some(st) = parse::parse_stat(buf) else {
             report.bad(1, format!("{pid}/task/{tid}/stat").as_bytes(), "malformed stat");
@@ -628,11 +697,11 @@ fn collect_threads(
         }
         thread.cpu_ticks = ticks;
         let ids = thread.ids;
-        let tdir = entry.path();
+        let tdir = &*thread_dir;
         put(out, proc_refresh, ids[0], ts, st.utime as f64 / hz);
         put(out, proc_refresh, ids[1], ts, st.stime as f64 / hz);
         put(out, proc_refresh, ids[7], ts, st.processor as f64);
-        if let Ok(true) = read_task_file(path, &tdir, "status", buf) {
+        if let Ok(true) = read_task_file(path, tdir, "status", buf) {
             let status = parse::parse_status(buf);
             for (id, v) in [(ids[2], status.voluntary), (ids[3], status.involuntary)] {
                 if let Some(v) = v {
@@ -640,7 +709,7 @@ fn collect_threads(
                 }
             }
         }
-        if let Ok(true) = read_task_file(path, &tdir, "schedstat", buf)
+        if let Ok(true) = read_task_file(path, tdir, "schedstat", buf)
             && let Some([run, wait, slices]) = parse::parse_schedstat(buf)
         {
             put(out, proc_refresh, ids[4], ts, run as f64 / 1e9);
