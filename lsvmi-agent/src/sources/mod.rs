@@ -364,14 +364,18 @@ pub struct ChangeFilter {
 const UNSENT: u64 = 0x7ff8_0000_dead_0001;
 
 impl ChangeFilter {
+    /// Whether `cycle` is series `i`'s refresh cycle (every cycle when `refresh_every` is 0).
+    fn due(i: usize, cycle: u64, refresh_every: u32) -> bool {
+        refresh_every == 0 || (cycle + i as u64).is_multiple_of(u64::from(refresh_every))
+    }
+
     fn pass(&mut self, id: SeriesId, value: f64, cycle: u64, refresh_every: u32) -> bool {
         let i = id.index();
         if self.last.len() <= i {
             self.last.resize(i + 1, UNSENT);
         }
         let bits = value.to_bits();
-        let due = refresh_every == 0 || (cycle + i as u64).is_multiple_of(u64::from(refresh_every));
-        if due || self.last[i] != bits {
+        if Self::due(i, cycle, refresh_every) || self.last[i] != bits {
             self.last[i] = bits;
             true
         } else {
@@ -387,9 +391,7 @@ impl ChangeFilter {
         let i = id.index();
         match self.last.get(i) {
             None | Some(&UNSENT) => Err(false),
-            Some(&bits) if refresh_every != 0 && (cycle + i as u64).is_multiple_of(u64::from(refresh_every)) => {
-                Ok(f64::from_bits(bits))
-            }
+            Some(&bits) if Self::due(i, cycle, refresh_every) => Ok(f64::from_bits(bits)),
             Some(_) => Err(true),
         }
     }
