@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{
     Collector, Source, SourceError,
     procfs_file::ProcFile,
-    text::{Memo, ParseReport, Tracked, fields, label, numbered_lines, parse_u64, split_fields},
+    text::{Memo, ParseReport, Row, Tracked, fields, label, numbered_lines, parse_u64, split_fields},
 };
 use crate::model::{MetricDesc, SeriesId, now_ms};
 
@@ -77,56 +77,45 @@ impl DiskstatsSource {
 pub fn parse(buf: &[u8], mut f: impl FnMut(&[u8], &[u64; 17], usize)) -> ParseReport {
     rows(buf, |row| {
         let name = row.name;
-        if let Some((values, n)) = row.counters() {
+        if let Some((values, n)) = counters(row) {
             f(name, &values, n);
         }
     })
 }
 
-/// One device's line, its counters not yet parsed.
-pub struct Row<'a> {
-    pub name: &'a [u8],
-    pub line: &'a [u8],
-    lineno: usize,
-    counters: &'a [u8],
-    report: &'a mut ParseReport,
-}
-
-impl Row<'_> {
-    /// The counters and how many there are (11, 15 or 17); `None` (reported) when the
-    /// line is malformed.
-    pub fn counters(self) -> Option<([u64; 17], usize)> {
-        let mut values = [0u64; 17];
-        let mut n = 0;
-        for col in fields(self.counters) {
-            let Some(v) = parse_u64(col) else {
-                self.report.bad(self.lineno, self.name, "counter is not an unsigned 64-bit number");
-                return None;
-            };
-            if n < values.len() {
-                values[n] = v;
-                n += 1;
-            }
-        }
-        if n < 11 {
-            self.report.bad(self.lineno, self.name, "fewer than 11 counters");
+/// A device's counters and how many there are (11, 15 or 17); `None` (reported) when the
+/// line is malformed.
+fn counters(mut row: Row<'_>) -> Option<([u64; 17], usize)> {
+    let mut values = [0u64; 17];
+    let mut n = 0;
+    for col in fields(row.values) {
+        let Some(v) = parse_u64(col) else {
+            row.bad(row.name, "counter is not an unsigned 64-bit number");
             return None;
+        };
+        if n < values.len() {
+            values[n] = v;
+            n += 1;
         }
-        Some((values, n))
     }
+    if n < 11 {
+        row.bad(row.name, "fewer than 11 counters");
+        return None;
+    }
+    Some((values, n))
 }
 
 /// Call `f` for each device line; lines without major, minor and name are reported.
 fn rows(buf: &[u8], mut f: impl FnMut(Row<'_>)) -> ParseReport {
     let mut report = ParseReport::default();
     for (lineno, line) in numbered_lines(buf) {
-        let Some((name, counters)) = split_fields(line, 2) else {
+        let Some((name, values)) = split_fields(line, 2) else {
             if !line.iter().all(u8::is_ascii_whitespace) {
                 report.bad(lineno, line, "expected major, minor and device name");
             }
             continue;
         };
-        f(Row { name, line, lineno, counters, report: &mut report });
+        f(Row::new(lineno, line, name, values, &mut report));
     }
     report
 }
@@ -145,7 +134,7 @@ impl Source for DiskstatsSource {
                 return;
             }
             let (name, line) = (row.name, row.line);
-            let Some((values, n)) = row.counters() else { return };
+            let Some((values, n)) = counters(row) else { return };
             let memo = devices.entry(name, || {
                 let l = label(name);
                 Memo::new(COLUMNS.map(|(d, _)| out.series(d, &[("device", &l)])))
@@ -183,7 +172,6 @@ mod tests {
             format!("{sda}\n{loop0}\n"),
             format!("{sda}\n{loop0}\n"),
         ];
-        let contents: Vec<&str> = contents.iter().map(String::as_str).collect();
         crate::sources::assert_skipping_sends_what_parsing_sends(
             DiskstatsSource::new(dir.path()),
             DiskstatsSource::new(dir.path()),

@@ -167,7 +167,6 @@ mod tests {
             table(101, "i8042"),
             table(101, "i8042"),
         ];
-        let contents: Vec<&str> = contents.iter().map(String::as_str).collect();
         crate::sources::assert_skipping_sends_what_parsing_sends(
             InterruptsSource::new(dir.path()),
             InterruptsSource::new(dir.path()),

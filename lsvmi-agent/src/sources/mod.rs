@@ -577,7 +577,7 @@ pub fn assert_skipping_sends_what_parsing_sends(
     mut skipping: impl Source,
     mut parsing: impl Source,
     write: impl Fn(&str),
-    contents: &[&str],
+    contents: &[impl AsRef<str>],
 ) {
     let (mut reg_a, mut reg_b) = (Registry::new([]), Registry::new([]));
     let (mut filter_a, mut filter_b) = (ChangeFilter::default(), ChangeFilter::default());
@@ -596,6 +596,7 @@ pub fn assert_skipping_sends_what_parsing_sends(
     let mut skipped = 0;
     // Twice round, so that every row is unchanged on some cycles of each refresh phase.
     for (cycle, text) in contents.iter().chain(contents).enumerate() {
+        let text = text.as_ref();
         write(text);
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let mut out = Collector::change_only(&mut reg_a, &mut a, &mut filter_a, cycle as u64, 3);

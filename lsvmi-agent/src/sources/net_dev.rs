@@ -7,7 +7,7 @@ use std::path::Path;
 use super::{
     Collector, Source, SourceError,
     procfs_file::ProcFile,
-    text::{Memo, ParseReport, Tracked, fields, label, numbered_lines, parse_u64},
+    text::{Memo, ParseReport, Row, Tracked, fields, label, numbered_lines, parse_u64},
 };
 use crate::model::{MetricDesc, SeriesId, now_ms};
 
@@ -57,39 +57,28 @@ impl NetDevSource {
 pub fn parse(buf: &[u8], mut f: impl FnMut(&[u8], &[u64; 16])) -> ParseReport {
     rows(buf, |row| {
         let name = row.name;
-        if let Some(values) = row.counters() {
+        if let Some(values) = counters(row) {
             f(name, &values);
         }
     })
 }
 
-/// One interface's line, its counters not yet parsed.
-pub struct Row<'a> {
-    pub name: &'a [u8],
-    pub line: &'a [u8],
-    lineno: usize,
-    counters: &'a [u8],
-    report: &'a mut ParseReport,
-}
-
-impl Row<'_> {
-    /// The 16 counters; `None` (reported) when the line is malformed.
-    pub fn counters(self) -> Option<[u64; 16]> {
-        let mut values = [0u64; 16];
-        let mut cols = fields(self.counters);
-        for v in &mut values {
-            let Some(n) = cols.next().and_then(parse_u64) else {
-                self.report.bad(self.lineno, self.name, "expected 16 unsigned counters");
-                return None;
-            };
-            *v = n;
-        }
-        if self.name.is_empty() {
-            self.report.bad(self.lineno, self.line, "empty interface name");
+/// An interface's 16 counters; `None` (reported) when the line is malformed.
+fn counters(mut row: Row<'_>) -> Option<[u64; 16]> {
+    let mut values = [0u64; 16];
+    let mut cols = fields(row.values);
+    for v in &mut values {
+        let Some(n) = cols.next().and_then(parse_u64) else {
+            row.bad(row.name, "expected 16 unsigned counters");
             return None;
-        }
-        Some(values)
+        };
+        *v = n;
     }
+    if row.name.is_empty() {
+        row.bad(row.line, "empty interface name");
+        return None;
+    }
+    Some(values)
 }
 
 /// Call `f` for each interface line; lines without `interface:` are reported.
@@ -104,7 +93,7 @@ fn rows(buf: &[u8], mut f: impl FnMut(Row<'_>)) -> ParseReport {
             continue;
         };
         let name = line[..colon].trim_ascii();
-        f(Row { name, line, lineno, counters: &line[colon + 1..], report: &mut report });
+        f(Row::new(lineno, line, name, &line[colon + 1..], &mut report));
     }
     report
 }
@@ -123,7 +112,7 @@ impl Source for NetDevSource {
                 return;
             }
             let (name, line) = (row.name, row.line);
-            let Some(values) = row.counters() else { return };
+            let Some(values) = counters(row) else { return };
             let memo = interfaces.entry(name, || {
                 let l = label(name);
                 Memo::new(COLUMNS.map(|d| out.series(d, &[("interface", &l)])))
@@ -187,7 +176,6 @@ mod tests {
             format!("{header}{}{}", line("lo", 2), line("eth0", 1)),
             format!("{header}{}{}", line("lo", 2), line("eth0", 1)),
         ];
-        let contents: Vec<&str> = contents.iter().map(String::as_str).collect();
         crate::sources::assert_skipping_sends_what_parsing_sends(
             NetDevSource::new(dir.path()),
             NetDevSource::new(dir.path()),

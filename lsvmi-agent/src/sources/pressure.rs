@@ -191,7 +191,6 @@ mod tests {
             )
         };
         let contents = [text(5), text(5), text(6), "some avg10=x total=1\n".to_owned(), text(6), text(6), text(6)];
-        let contents: Vec<&str> = contents.iter().map(String::as_str).collect();
         crate::sources::assert_skipping_sends_what_parsing_sends(
             PressureSource::new(dir.path()),
             PressureSource::new(dir.path()),

@@ -125,7 +125,6 @@ mod tests {
             table(101),
             table(101),
         ];
-        let contents: Vec<&str> = contents.iter().map(String::as_str).collect();
         crate::sources::assert_skipping_sends_what_parsing_sends(
             SoftirqsSource::new(dir.path(), &sys),
             SoftirqsSource::new(dir.path(), &sys),

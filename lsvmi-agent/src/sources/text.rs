@@ -222,6 +222,29 @@ impl<V: SeriesIds> Tracked<V> {
     }
 }
 
+/// A line of a table keyed by name (a disk, an interface), its values not parsed yet: a
+/// source that skips unchanged rows ([`Memo`]) looks at `name` and `line` first.
+pub struct Row<'a> {
+    pub name: &'a [u8],
+    /// The whole line, as [`Memo`] keeps it.
+    pub line: &'a [u8],
+    /// The text after the name: the values.
+    pub values: &'a [u8],
+    lineno: usize,
+    report: &'a mut ParseReport,
+}
+
+impl<'a> Row<'a> {
+    pub fn new(lineno: usize, line: &'a [u8], name: &'a [u8], values: &'a [u8], report: &'a mut ParseReport) -> Self {
+        Row { name, line, values, lineno, report }
+    }
+
+    /// Report the row malformed (`field` is what to show of it); the caller skips it.
+    pub fn bad(&mut self, field: &[u8], reason: &'static str) {
+        self.report.bad(self.lineno, field, reason);
+    }
+}
+
 /// A row's series, with the bytes the row was last parsed from and the series its
 /// values went to: a row that reads the same as last time has the same values, so it
 /// is not parsed again (see [`Tracked::unchanged`]). Most rows of the 100 ms files are
