@@ -336,22 +336,6 @@ fn list_tasks(dir: &Path, buf: &mut Vec<u8>, out: &mut Vec<u32>) -> io::Result<(
     Ok(())
 }
 
-/// `n` in decimal, in `buf`.
-fn decimal(n: u32, buf: &mut [u8; 10]) -> &str {
-    let mut at = buf.len();
-    let mut n = n;
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    // Only ASCII digits were written.
-    std::str::from_utf8(&buf[at..]).unwrap_or_default()
-}
-
 /// Descriptors left for everything else (sockets, the spool, /proc files kept open).
 const FD_RESERVE: u64 = 512;
 
@@ -493,9 +477,9 @@ impl Source for ProcessesSource {
         let (cycle, every) = (out.cycle(), out.refresh_every());
         let mut report = ParseReport::default();
         let mut thread_count = 0u64;
-        let mut digits = [0u8; 10];
+        let mut digits = itoa::Buffer::new();
         for &pid in &pids {
-            let pid_text = decimal(pid, &mut digits);
+            let pid_text = digits.format(pid);
             let pid = u64::from(pid);
             task_dir.clear();
             task_dir.push(&self.root);
@@ -659,9 +643,9 @@ fn collect_threads(
     if list_tasks(threads_dir, task_buf, tids).is_err() {
         return;
     }
-    let mut digits = [0u8; 10];
+    let mut digits = itoa::Buffer::new();
     for &tid in tids.iter() {
-        let tid = decimal(tid, &mut digits);
+        let tid = digits.format(tid);
         thread_dir.clear();
         thread_dir.push(&*threads_dir);
         thread_dir.push(tid);
