@@ -46,8 +46,16 @@ fn some_traffic(dir: &std::path::Path) {
     drop(s);
     let _ = sink.join();
     let closed = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port");
-    for _ in 0..50 {
-        let _ = std::net::TcpStream::connect(closed);
+    // Two bursts, further apart than the network counters are read (1 s): a drop
+    // reason's series starts at its first burst, and one value alone has no rate. (With
+    // one burst, the panel had data only when the host dropped something else earlier.)
+    for burst in 0..2 {
+        if burst > 0 {
+            std::thread::sleep(Duration::from_millis(1500));
+        }
+        for _ in 0..50 {
+            let _ = std::net::TcpStream::connect(closed);
+        }
     }
     let _ = Command::new("dd")
         .arg("if=/dev/zero")
