@@ -18,7 +18,7 @@ use crate::{
     sampler::Sampler,
     sampler::Schedule,
     send::{
-        batcher::{Batcher, Output},
+        batcher::{Batcher, Cut, Output},
         http::{self, HttpSender},
         outbox::Outbox,
         spool::{Spool, SpoolConfig},
@@ -33,7 +33,8 @@ use crate::{
 /// When start-up is surely over (the BPF object loaded, the first batches sent).
 const START_UP: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Cycles' worth of sample vectors the sampler may get ahead of the batcher.
+/// Batches the sampler may get ahead of the batcher (a second's worth each, a cycle's
+/// during an outage).
 const SAMPLER_CHANNEL_CAPACITY: usize = 64;
 
 /// Run until SIGINT/SIGTERM or `config.duration`, then flush and return.
@@ -103,15 +104,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let (outboxes, senders) = start_delivery(&config, &stats, &abort_rx)?;
         (Output::Remote { encoder: Box::new(Encoder::new()), outboxes: outboxes.clone() }, senders, outboxes)
     };
-    let batcher = Batcher {
-        registry: registry.clone(),
-        stats: stats.clone(),
-        output,
-        interval: config.batch_interval,
-        max_samples: config.max_batch_samples,
-        max_bytes: config.max_batch_bytes,
-    };
-    let batcher = tokio::spawn(batcher.run(rx));
+    let cut =
+        Arc::new(Cut::new(config.batch_interval, config.max_batch_samples, config.max_batch_bytes, outboxes.clone()));
+    let batcher = Batcher { registry: registry.clone(), stats: stats.clone(), output, cut: cut.clone() };
+    let (recycle, recycled) = Batcher::recycling();
+    let batcher = tokio::spawn(batcher.run(rx, recycle));
     let sessions = crate::trace::Sessions::new(config.trace.clone());
     sessions.set_tracer(match &ebpf {
         Some(e) => crate::trace::Tracers::new(e, &sessions).map(|t| Arc::new(t) as Arc<dyn crate::trace::Tracer>),
@@ -119,7 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => Err("eBPF did not start (see the warning at start-up)".into()),
     });
     let control = match crate::trace::control::bind(&config.trace.socket) {
-        Ok(listener) => Some(tokio::spawn(crate::trace::control::serve(listener, sessions.clone(), stop_rx.clone()))),
+        Ok(listener) => Some(tokio::spawn(crate::trace::control::serve(listener, sessions.clone(), stop_rx))),
         Err(e) => {
             tracing::warn!("deep tracing unavailable: {e}; collection continues");
             None
@@ -134,10 +131,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         info!(triggers = ?names, "trace triggers armed");
     }
     crate::trace::hindsight::watch(&sessions);
-    let sampler = tokio::spawn(sampler.run(tx, stop_rx));
+    let sampler = sampler.spawn(tx, cut, recycled).context("starting the sampler thread")?;
     // Start-up is over once the first batches went out: its pages of code and data
     // leave the RSS (see `memory`). The smaps walk and the madvise calls take a few ms:
-    // on the blocking pool, not the runtime thread the sampler ticks on.
+    // on the blocking pool, off the runtime thread.
     tokio::spawn(async {
         tokio::time::sleep(START_UP).await;
         match tokio::task::spawn_blocking(crate::memory::release_start_up_pages).await {
@@ -169,11 +166,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         crate::trace::control::stop_programs(&sessions, s).await;
     }
     let _ = stop_tx.send(true);
+    sampler.stop();
     if let Some(c) = control {
         let _ = c.await;
     }
-    sampler.await.context("sampler task")?;
+    // The sampler hands over its last batch and ends, which ends the batcher.
     batcher.await.context("batcher task")?;
+    tokio::task::spawn_blocking(move || sampler.join()).await.context("sampler thread")??;
     // Deliver what is queued within the shutdown deadline; then park the rest in the
     // spool for the next run (or count it lost without one).
     let all_sent = async {

@@ -29,5 +29,4 @@ pub mod send;
 pub mod sources;
 pub mod stats;
 pub mod systemd;
-pub mod ticker;
 pub mod trace;

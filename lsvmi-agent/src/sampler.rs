@@ -1,20 +1,29 @@
-//! The collection loop: on every base tick (100 ms by default) each due source is read
-//! and its samples are handed to the batcher. Each source has its own interval (a
-//! multiple of the tick) and change-only filter. A source that fails is reported once
-//! when it starts failing and once when it recovers; the others carry on. A source
-//! that takes longer than its interval, and a tick that could not run on time, are
-//! counted and logged, never silently lost.
+//! The collection loop, on a thread of its own: on every base tick (100 ms by default)
+//! each due source is read and its samples are added to the batch, which goes to the
+//! batcher (on the runtime) when [`Cut`] says it is complete — once a second by default.
+//! Each source has its own interval (a multiple of the tick) and change-only filter. A
+//! source that fails is reported once when it starts failing and once when it recovers;
+//! the others carry on. A source that takes longer than its interval, and a tick that
+//! could not run on time, are counted and logged, never silently lost.
+//!
+//! Why a thread: the tick shares nothing with encoding, compression and HTTP (a slow
+//! request or a large batch cannot make a tick late), and it costs one sleep and one
+//! wake-up on the kernel's timer — no runtime timer, task poll or channel per tick.
 
 use std::{
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Acquire, Ordering::Relaxed, Ordering::Release},
+    },
     time::{Duration, Instant},
 };
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
     model::{Sample, SharedRegistry},
+    send::batcher::Cut,
     sources::{ChangeFilter, Collector, Source, SourceError},
     stats::{DropReason, Stats},
 };
@@ -43,6 +52,8 @@ struct Slot {
     interval: Duration,
     cycles: u64,
     failing: bool,
+    /// It panicked: a bug, and its state may be half-updated, so it is not run again.
+    off: bool,
     malformed: bool,
     overrunning: bool,
 }
@@ -54,9 +65,6 @@ pub struct Sampler {
     filter: ChangeFilter,
     base: Duration,
     queue_full: bool,
-    /// Samples of the last cycle: the next cycle's vector starts at that size, instead
-    /// of growing to it by doubling (a realloc and copy per doubling, every tick).
-    last_len: usize,
     /// Trace triggers watching each tick's samples (none configured: nothing done).
     triggers: Option<crate::trace::triggers::Engine>,
 }
@@ -78,20 +86,12 @@ impl Sampler {
                 interval: base * schedule.every_ticks.max(1),
                 cycles: 0,
                 failing: false,
+                off: false,
                 malformed: false,
                 overrunning: false,
             })
             .collect();
-        Sampler {
-            slots,
-            registry,
-            stats,
-            filter: ChangeFilter::default(),
-            base,
-            queue_full: false,
-            triggers: None,
-            last_len: 0,
-        }
+        Sampler { slots, registry, stats, filter: ChangeFilter::default(), base, queue_full: false, triggers: None }
     }
 
     /// Watch each tick's samples with `engine` (trace triggers).
@@ -100,23 +100,43 @@ impl Sampler {
         self
     }
 
-    pub async fn run(mut self, tx: mpsc::Sender<Vec<Sample>>, mut stop: watch::Receiver<bool>) {
+    /// Start sampling on a thread of its own. Batches go to `tx`; emptied ones come
+    /// back through `recycled` to be filled again.
+    pub fn spawn(
+        self,
+        tx: mpsc::Sender<Vec<Sample>>,
+        cut: Arc<Cut>,
+        recycled: std::sync::mpsc::Receiver<Vec<Sample>>,
+    ) -> std::io::Result<Running> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        // Sources hand slow work to the runtime (a trace session's timeline is written
+        // on its blocking pool): from this thread too.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let thread = std::thread::Builder::new().name("lsvmi-sampler".into()).spawn(move || {
+            let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            self.run(&Handoff { tx, cut, recycled }, &flag);
+        })?;
+        Ok(Running { stop, thread })
+    }
+
+    fn run(mut self, out: &Handoff, stop: &AtomicBool) {
         // A late tick is taken at once and the schedule continues on the original grid,
         // so timestamps stay ~interval apart; the ticks that could not run are counted.
-        let mut ticker = crate::ticker::Ticker::new(self.base);
+        let period = u64::try_from(self.base.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let every = u64::try_from(out.cut.interval.as_nanos() / u128::from(period)).unwrap_or(u64::MAX).max(1);
+        let start = Instant::now();
+        let mut batch = Vec::new();
         let mut tick: u64 = 0;
+        // The batch goes once this many ticks have run (on the grid of `every`).
+        let mut handoff_at = every;
         let mut late = false;
         // systemd: READY after the first tick, WATCHDOG from every tick after.
         let mut watchdog = crate::systemd::Watchdog::from_env();
         let mut ready = false;
-        loop {
-            let periods = tokio::select! {
-                biased;
-                _ = stop.wait_for(|s| *s) => break,
-                periods = ticker.tick() => periods,
-            };
+        while sleep_until(start, period.saturating_mul(tick), stop) {
             // The grid position of this tick; a jump means ticks were skipped.
-            let due = tick + periods - 1;
+            let due = u64::try_from(start.elapsed().as_nanos() / u128::from(period)).unwrap_or(u64::MAX);
             if due > tick {
                 self.stats.missed_ticks.fetch_add(due - tick, Relaxed);
                 if !late {
@@ -127,7 +147,8 @@ impl Sampler {
             } else {
                 late = false;
             }
-            let samples = self.cycle(tick);
+            let before = batch.len();
+            self.cycle(tick, &mut batch);
             tick += 1;
             if !ready {
                 crate::systemd::ready(self.slots.len());
@@ -136,44 +157,73 @@ impl Sampler {
             if let Some(w) = &mut watchdog {
                 w.tick();
             }
-            if samples.is_empty() {
+            self.stats.samples_collected.fetch_add((batch.len() - before) as u64, Relaxed);
+            if tick < handoff_at && !out.cut.full(batch.len()) {
                 continue;
             }
-            let n = samples.len() as u64;
-            self.stats.samples_collected.fetch_add(n, Relaxed);
-            match tx.try_send(samples) {
-                Ok(()) => self.queue_full = false,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.stats.dropped(DropReason::QueueFull, n);
-                    if !self.queue_full {
-                        warn!("batcher is behind: dropping samples until it catches up");
-                    }
-                    self.queue_full = true;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => break,
+            handoff_at = (tick / every + 1).saturating_mul(every);
+            if !batch.is_empty() && !self.hand_over(out, &mut batch) {
+                return;
             }
+        }
+        // Stopping: the last batch waits for room rather than being dropped (the batcher
+        // is draining, and nothing ticks any more).
+        if !batch.is_empty() && out.tx.blocking_send(batch).is_err() {
+            warn!("the batcher ended before the sampler: its last batch was not sent");
         }
     }
 
-    /// Collect every source due at `tick`.
-    pub fn cycle(&mut self, tick: u64) -> Vec<Sample> {
-        let mut samples = Vec::with_capacity(self.last_len);
+    /// Hand the batch over and start the next one; false when the batcher is gone.
+    fn hand_over(&mut self, out: &Handoff, batch: &mut Vec<Sample>) -> bool {
+        let next = out.recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(batch.len()));
+        let full = std::mem::replace(batch, next);
+        let n = full.len() as u64;
+        match out.tx.try_send(full) {
+            Ok(()) => self.queue_full = false,
+            Err(mpsc::error::TrySendError::Full(mut full)) => {
+                self.stats.dropped(DropReason::QueueFull, n);
+                if !self.queue_full {
+                    warn!("batcher is behind: dropping samples until it catches up");
+                }
+                self.queue_full = true;
+                full.clear();
+                *batch = full;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        }
+        true
+    }
+
+    /// Collect every source due at `tick`, adding their samples to `samples`.
+    pub fn cycle(&mut self, tick: u64, samples: &mut Vec<Sample>) {
+        let first = samples.len();
         let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
         for slot in &mut self.slots {
             let name = slot.name;
-            if !tick.is_multiple_of(u64::from(slot.schedule.every_ticks.max(1))) {
+            if slot.off || !tick.is_multiple_of(u64::from(slot.schedule.every_ticks.max(1))) {
                 continue;
             }
             let stats = slot.stats.and_then(|i| self.stats.sources.get(i));
             let started = Instant::now();
             let mut out = Collector::change_only(
                 &mut registry,
-                &mut samples,
+                samples,
                 &mut self.filter,
                 slot.cycles,
                 slot.schedule.full_refresh_every,
             );
-            let result = slot.source.collect(&mut out);
+            // A panic is caught here so that one source's bug costs that source only
+            // (the registry lock stays held, not poisoned: the unwind stops here).
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| slot.source.collect(&mut out)))
+                .unwrap_or_else(|panic| {
+                    slot.off = true;
+                    let text = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    Err(SourceError::Panicked(text))
+                });
             let (bad, first) = out.take_parse_errors();
             let unchanged = out.unchanged();
             let timeouts = out.timeouts();
@@ -210,7 +260,12 @@ impl Sampler {
                         let counter = if matches!(e, SourceError::Timeout { .. }) { &s.timeouts } else { &s.errors };
                         counter.fetch_add(1, Relaxed);
                     }
-                    if !slot.failing {
+                    if slot.off {
+                        tracing::error!(
+                            source = name,
+                            "source turned off until the agent restarts, others continue: {e}"
+                        );
+                    } else if !slot.failing {
                         warn!(source = name, "source failed, others continue (retried every cycle): {e}");
                     }
                     slot.failing = true;
@@ -232,20 +287,66 @@ impl Sampler {
             slot.malformed = bad > 0;
         }
         if let Some(t) = &mut self.triggers {
-            t.observe(&registry, &samples);
+            t.observe(&registry, &samples[first..]);
         }
-        // Cycles differ (sources on longer intervals): the last one's size, not the max.
-        self.last_len = samples.len();
-        samples
+    }
+}
+
+/// Where the sampler's batches go.
+struct Handoff {
+    tx: mpsc::Sender<Vec<Sample>>,
+    cut: Arc<Cut>,
+    /// Emptied batches from the batcher: the sampler fills the same vectors again.
+    recycled: std::sync::mpsc::Receiver<Vec<Sample>>,
+}
+
+/// The sampler's thread.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Running {
+    /// Ask the sampler to stop: it hands over its last batch and its thread ends, which
+    /// closes the batcher's channel. Returns at once.
+    pub fn stop(&self) {
+        self.stop.store(true, Release);
+        self.thread.thread().unpark();
+    }
+
+    /// Wait for the thread to end (after [`Running::stop`]); an error if it panicked.
+    pub fn join(self) -> anyhow::Result<()> {
+        self.thread.join().map_err(|_| anyhow::anyhow!("the sampler thread panicked"))
+    }
+}
+
+/// Sleep until `at_ns` after `start`; false when asked to stop (at once, or meanwhile).
+/// One `futex` wait on the kernel's timer per tick; an early wake-up sleeps again.
+fn sleep_until(start: Instant, at_ns: u64, stop: &AtomicBool) -> bool {
+    let Some(at) = start.checked_add(Duration::from_nanos(at_ns)) else {
+        return false;
+    };
+    loop {
+        if stop.load(Acquire) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= at {
+            return true;
+        }
+        std::thread::park_timeout(at - now);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{model::Registry, sources::Collector};
+    use crate::model::{MetricDesc, MetricKind, Registry};
 
-    /// Blocks the runtime thread for 250 ms on its first run.
+    static DESC: MetricDesc =
+        MetricDesc { name: "n", kind: MetricKind::Gauge, unit: "", help: "", labels: &[], source: "t" };
+
+    /// Blocks its thread for 250 ms on its first run.
     struct Stall(u32);
 
     impl Source for Stall {
@@ -262,20 +363,103 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn ticks_that_could_not_run_are_counted() {
-        let stats = Arc::new(Stats::new(["stall"]));
+    /// One sample a cycle, a new value each time (so the change filter passes it).
+    struct Count(u32);
+
+    impl Source for Count {
+        fn name(&self) -> &'static str {
+            "count"
+        }
+
+        fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
+            let id = out.series(&DESC, &[]);
+            self.0 += 1;
+            out.push(id, 0, f64::from(self.0));
+            Ok(())
+        }
+    }
+
+    /// Run `source` at `base` for `run`, batches cut by `cut`; the batches received
+    /// and the stats.
+    fn sample(source: Box<dyn Source>, base: Duration, cut: Cut, run: Duration) -> (Vec<Vec<Sample>>, Arc<Stats>) {
+        let stats = Arc::new(Stats::new([source.name()]));
         let registry = Registry::new([]).shared();
-        let sources: Vec<(Box<dyn Source>, Schedule)> = vec![(Box::new(Stall(0)), Schedule::default())];
-        let sampler = Sampler::new(sources, Duration::from_millis(50), registry, stats.clone());
-        let (tx, _rx) = mpsc::channel(8);
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let run = tokio::spawn(sampler.run(tx, stop_rx));
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        stop_tx.send(true).unwrap();
-        run.await.unwrap();
+        let sampler = Sampler::new(vec![(source, Schedule::default())], base, registry, stats.clone());
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (_recycle, recycled) = crate::send::batcher::Batcher::recycling();
+        let running = sampler.spawn(tx, Arc::new(cut), recycled).unwrap();
+        std::thread::sleep(run);
+        running.stop();
+        running.join().unwrap();
+        let mut batches = Vec::new();
+        while let Some(b) = rx.blocking_recv() {
+            batches.push(b);
+        }
+        (batches, stats)
+    }
+
+    #[test]
+    fn ticks_that_could_not_run_are_counted() {
+        let cut = Cut::new(Duration::from_millis(50), 1000, 1 << 20, Vec::new());
+        let (_, stats) = sample(Box::new(Stall(0)), Duration::from_millis(50), cut, Duration::from_millis(400));
         // 250 ms blocked at a 50 ms tick: of the four or five ticks due meanwhile, one runs
         // late and the others are skipped.
         assert!(stats.missed_ticks.load(Relaxed) >= 3, "{}", stats.missed_ticks.load(Relaxed));
+    }
+
+    #[test]
+    fn a_batch_holds_the_cycles_of_a_batch_interval_and_the_last_one_is_not_lost() {
+        // Ten 10 ms ticks a batch.
+        let cut = Cut::new(Duration::from_millis(100), 1000, 1 << 20, Vec::new());
+        let (batches, stats) = sample(Box::new(Count(0)), Duration::from_millis(10), cut, Duration::from_millis(500));
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        let collected = stats.samples_collected.load(Relaxed);
+        // Every sample collected was handed over, the partial batch at the stop too.
+        assert_eq!(sizes.iter().sum::<usize>() as u64, collected, "{sizes:?}");
+        // Never more than a batch interval's cycles (ticks skipped make a batch smaller),
+        // and cycles were batched, not handed over one by one.
+        assert!(sizes.iter().all(|n| (1..=10).contains(n)), "{sizes:?}");
+        assert!((batches.len() as u64) < collected, "{sizes:?}");
+        // In the order collected.
+        let values: Vec<f64> = batches.iter().flatten().map(|s| s.value).collect();
+        assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+    }
+
+    struct Panics;
+
+    impl Source for Panics {
+        fn name(&self) -> &'static str {
+            "panics"
+        }
+
+        fn collect(&mut self, _: &mut Collector<'_>) -> Result<(), SourceError> {
+            panic!("a bug")
+        }
+    }
+
+    #[test]
+    fn a_source_that_panics_is_turned_off_and_the_others_go_on() {
+        let stats = Arc::new(Stats::new(["panics", "count"]));
+        let registry = Registry::new([]).shared();
+        let sources: Vec<(Box<dyn Source>, Schedule)> =
+            vec![(Box::new(Panics), Schedule::default()), (Box::new(Count(0)), Schedule::default())];
+        let mut sampler = Sampler::new(sources, Duration::from_millis(100), registry, stats.clone());
+        let mut samples = Vec::new();
+        for tick in 0..3 {
+            sampler.cycle(tick, &mut samples);
+        }
+        assert_eq!(samples.len(), 3, "the other source, every cycle");
+        let panics = &stats.sources[0];
+        assert_eq!((panics.errors.load(Relaxed), panics.cycles.load(Relaxed)), (1, 1), "run once, then off");
+    }
+
+    #[test]
+    fn a_full_batch_goes_at_once() {
+        // One sample is a full batch (as during an outage, when every cycle is).
+        let cut = Cut::new(Duration::from_secs(10), 1, 1 << 20, Vec::new());
+        let (batches, stats) = sample(Box::new(Count(0)), Duration::from_millis(10), cut, Duration::from_millis(200));
+        assert!(batches.len() > 1);
+        assert!(batches.iter().all(|b| b.len() == 1));
+        assert_eq!(batches.len() as u64, stats.samples_collected.load(Relaxed));
     }
 }

@@ -133,7 +133,7 @@ impl Outbox {
     }
 
     /// Whether no endpoint takes data and batches go to the spool as they come: then the
-    /// batcher hands over every cycle's samples at once, so a crash (SIGKILL, power)
+    /// sampler hands over every cycle's samples at once, so a crash (SIGKILL, power)
     /// during an outage loses at most the cycle being collected. Reads no lock.
     pub fn spooling_through_outage(&self) -> bool {
         self.failing.load(Relaxed)

@@ -324,6 +324,9 @@ pub enum SourceError {
         #[source]
         source: aya::maps::MapError,
     },
+    /// The source panicked (a bug): the sampler turns it off and the others go on.
+    #[error("panicked: {0}")]
+    Panicked(String),
 }
 
 impl SourceError {
