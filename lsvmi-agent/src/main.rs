@@ -54,8 +54,9 @@ fn main() -> ExitCode {
         Ok(line) => tracing::info!("{line}"),
         Err(line) => tracing::warn!("{line}"),
     }
-    // One thread: the work is a few file reads and one HTTP request per second, and a
-    // single thread keeps the agent off all but one CPU at a time.
+    lsvmi::memory::one_heap();
+    // One runtime thread beside the sampler's: one batch and one HTTP request per
+    // second need no more.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

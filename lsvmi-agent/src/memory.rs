@@ -16,6 +16,16 @@
 //! read-only) has anonymous pages and is left alone: dropping it would lose the
 //! relocations.
 
+/// One malloc heap for all the agent's threads. glibc gives each thread that allocates
+/// a heap of its own (an arena: 64 MiB reserved, its touched pages resident and kept
+/// after `free`); the sampler's thread and the runtime's blocking pool would each add
+/// one, ~0.3 MB of RSS for the sampler's alone (measured), for threads that allocate
+/// little and seldom at the same time. Call before any thread starts.
+pub fn one_heap() {
+    // SAFETY: mallopt only sets an allocator parameter; no thread allocates yet.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+}
+
 /// The mappings in `smaps` (/proc/self/smaps) that may be released: (start, length,
 /// resident bytes).
 fn releasable(smaps: &str) -> Vec<(usize, usize, u64)> {
