@@ -196,7 +196,7 @@ impl Sampler {
 
     /// Collect every source due at `tick`, adding their samples to `samples`.
     pub fn cycle(&mut self, tick: u64, samples: &mut Vec<Sample>) {
-        let first = samples.len();
+        let this_tick = samples.len();
         let mut registry = self.registry.write().unwrap_or_else(|p| p.into_inner());
         for slot in &mut self.slots {
             let name = slot.name;
@@ -287,7 +287,7 @@ impl Sampler {
             slot.malformed = bad > 0;
         }
         if let Some(t) = &mut self.triggers {
-            t.observe(&registry, &samples[first..]);
+            t.observe(&registry, &samples[this_tick..]);
         }
     }
 }
