@@ -88,7 +88,8 @@ impl Batcher {
     /// Runs until the sampler side of the channel closes; then closes the queues.
     /// Each batch's vector, emptied, goes back to the sampler through `recycle`.
     pub async fn run(mut self, mut rx: mpsc::Receiver<Vec<Sample>>, recycle: std::sync::mpsc::SyncSender<Vec<Sample>>) {
-        // The largest of the last two batches: a burst's vector is not kept for long.
+        // The sizes of the last two batches: the smaller is the usual size (a burst is
+        // one batch), so a burst's vector is not kept for long.
         let mut recent = [0usize; 2];
         while let Some(mut batch) = rx.recv().await {
             let len = batch.len();
