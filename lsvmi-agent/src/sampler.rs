@@ -154,7 +154,12 @@ impl Sampler {
                 crate::systemd::ready(self.slots.len());
                 ready = true;
             }
-            if let Some(w) = &mut watchdog {
+            // The runtime must be taking batches too: with the queue to it full (a minute
+            // of batches not taken: a wedged runtime), the pings stop and the service
+            // manager restarts the agent.
+            if let Some(w) = &mut watchdog
+                && !self.queue_full
+            {
                 w.tick();
             }
             self.stats.samples_collected.fetch_add((batch.len() - before) as u64, Relaxed);
@@ -451,6 +456,34 @@ mod tests {
         assert_eq!(samples.len(), 3, "the other source, every cycle");
         let panics = &stats.sources[0];
         assert_eq!((panics.errors.load(Relaxed), panics.cycles.load(Relaxed)), (1, 1), "run once, then off");
+    }
+
+    #[test]
+    fn batches_the_batcher_has_no_room_for_are_dropped_and_counted() {
+        let stats = Arc::new(Stats::new(["count"]));
+        let registry = Registry::new([]).shared();
+        let sampler = Sampler::new(
+            vec![(Box::new(Count(0)), Schedule::default())],
+            Duration::from_millis(10),
+            registry,
+            stats.clone(),
+        );
+        // Room for one batch, and nobody taking it (a wedged runtime); every cycle a batch.
+        let (tx, mut rx) = mpsc::channel(1);
+        let (_recycle, recycled) = crate::send::batcher::Batcher::recycling();
+        let cut = Cut::new(Duration::from_secs(10), 1, 1 << 20, Vec::new());
+        let running = sampler.spawn(tx, Arc::new(cut), recycled).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // Every cycle was handed over (or dropped), so no last batch waits at the stop.
+        running.stop();
+        running.join().unwrap();
+        let mut received = 0;
+        while let Some(b) = rx.blocking_recv() {
+            received += b.len() as u64;
+        }
+        let dropped = stats.dropped_total(DropReason::QueueFull);
+        assert!(dropped > 0);
+        assert_eq!(received + dropped, stats.samples_collected.load(Relaxed), "every sample sent or counted");
     }
 
     #[test]
