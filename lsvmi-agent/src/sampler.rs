@@ -133,6 +133,7 @@ impl Sampler {
         let mut late = false;
         // systemd: READY after the first tick, WATCHDOG from every tick after.
         let mut watchdog = crate::systemd::Watchdog::from_env();
+        let mut runtime = Progress::default();
         let mut ready = false;
         while sleep_until(start, period.saturating_mul(tick), stop) {
             // The grid position of this tick; a jump means ticks were skipped.
@@ -154,13 +155,12 @@ impl Sampler {
                 crate::systemd::ready(self.slots.len());
                 ready = true;
             }
-            // The runtime must be taking batches too: with the queue to it full (a minute
-            // of batches not taken: a wedged runtime), the pings stop and the service
-            // manager restarts the agent.
-            if let Some(w) = &mut watchdog
-                && !self.queue_full
-            {
-                w.tick();
+            // The runtime must be taking batches too: when batches wait for it and it
+            // took none since the last look (a wedged runtime), the pings stop and the
+            // service manager restarts the agent. A slow one (a spool on a slow disk)
+            // still takes some.
+            if let Some(w) = &mut watchdog {
+                w.tick(|| runtime.alive(out.cut.taken(), out.tx.capacity() < out.tx.max_capacity()));
             }
             self.stats.samples_collected.fetch_add((batch.len() - before) as u64, Relaxed);
             if tick < handoff_at && !out.cut.full(batch.len()) {
@@ -303,6 +303,21 @@ struct Handoff {
     cut: Arc<Cut>,
     /// Emptied batches from the batcher: the sampler fills the same vectors again.
     recycled: std::sync::mpsc::Receiver<Vec<Sample>>,
+}
+
+/// Whether the runtime takes the batches handed to it, from the count it has taken.
+#[derive(Default)]
+struct Progress {
+    seen: u64,
+}
+
+impl Progress {
+    /// Alive when nothing waits for it, or it took a batch since the last call.
+    fn alive(&mut self, taken: u64, waiting: bool) -> bool {
+        let moved = taken != self.seen;
+        self.seen = taken;
+        moved || !waiting
+    }
 }
 
 /// The sampler's thread.
@@ -484,6 +499,16 @@ mod tests {
         let dropped = stats.dropped_total(DropReason::QueueFull);
         assert!(dropped > 0);
         assert_eq!(received + dropped, stats.samples_collected.load(Relaxed), "every sample sent or counted");
+    }
+
+    #[test]
+    fn the_runtime_is_alive_while_it_takes_batches_or_none_wait() {
+        let mut p = Progress::default();
+        assert!(p.alive(0, false), "nothing handed over yet");
+        assert!(p.alive(3, true), "took some since the last look");
+        assert!(!p.alive(3, true), "batches wait and it took none: wedged");
+        assert!(p.alive(3, false), "idle, nothing waits");
+        assert!(p.alive(4, true));
     }
 
     #[test]

@@ -74,9 +74,10 @@ impl Watchdog {
         (usec > 0).then(|| Watchdog { every: Duration::from_micros(usec / 2), last: None })
     }
 
-    /// Called on every tick that ran: pings when half the period has passed.
-    pub fn tick(&mut self) {
-        if self.last.is_none_or(|t| t.elapsed() >= self.every) {
+    /// Called on every tick that ran: pings when half the period has passed and
+    /// `healthy` says the rest of the agent is too (asked only then).
+    pub fn tick(&mut self, healthy: impl FnOnce() -> bool) {
+        if self.last.is_none_or(|t| t.elapsed() >= self.every) && healthy() {
             notify("WATCHDOG=1\n");
             self.last = Some(Instant::now());
         }

@@ -55,11 +55,25 @@ pub struct Cut {
     bytes_per_sample: AtomicU64,
     /// While one of them spools through an outage, every cycle is a batch.
     outboxes: Vec<Arc<Outbox>>,
+    /// Batches the batcher has taken: the sampler's watchdog checks that it goes up.
+    taken: AtomicU64,
 }
 
 impl Cut {
     pub fn new(interval: Duration, max_samples: usize, max_bytes: usize, outboxes: Vec<Arc<Outbox>>) -> Cut {
-        Cut { interval, max_samples, max_bytes, bytes_per_sample: AtomicU64::new(2.0_f64.to_bits()), outboxes }
+        Cut {
+            interval,
+            max_samples,
+            max_bytes,
+            bytes_per_sample: AtomicU64::new(2.0_f64.to_bits()),
+            outboxes,
+            taken: AtomicU64::new(0),
+        }
+    }
+
+    /// Batches the batcher has taken so far.
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Relaxed)
     }
 
     /// Whether a batch of `samples` must go now rather than at the interval. During an
@@ -92,6 +106,7 @@ impl Batcher {
         // one batch), so a burst's vector is not kept for long.
         let mut recent = [0usize; 2];
         while let Some(mut batch) = rx.recv().await {
+            self.cut.taken.fetch_add(1, Relaxed);
             let len = batch.len();
             if let Some(b) = self.flush(&mut batch).await {
                 self.cut.learn(b);
