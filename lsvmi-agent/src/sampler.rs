@@ -399,13 +399,23 @@ mod tests {
         }
     }
 
-    /// Run `source` at `base` for `run`, batches cut by `cut`; the batches received
+    /// Room for this many batches: more than the tests' runs make.
+    const ROOMY: usize = 1024;
+
+    /// Run `source` at `base` for `run`, batches cut by `cut`, with room for `room`
+    /// batches and nothing taking them until the sampler stopped; the batches received
     /// and the stats.
-    fn sample(source: Box<dyn Source>, base: Duration, cut: Cut, run: Duration) -> (Vec<Vec<Sample>>, Arc<Stats>) {
+    fn sample(
+        source: Box<dyn Source>,
+        base: Duration,
+        cut: Cut,
+        run: Duration,
+        room: usize,
+    ) -> (Vec<Vec<Sample>>, Arc<Stats>) {
         let stats = Arc::new(Stats::new([source.name()]));
         let registry = Registry::new([]).shared();
         let sampler = Sampler::new(vec![(source, Schedule::default())], base, registry, stats.clone());
-        let (tx, mut rx) = mpsc::channel(1024);
+        let (tx, mut rx) = mpsc::channel(room);
         let (_recycle, recycled) = crate::send::batcher::Batcher::recycling();
         let running = sampler.spawn(tx, Arc::new(cut), recycled).unwrap();
         std::thread::sleep(run);
@@ -421,7 +431,7 @@ mod tests {
     #[test]
     fn ticks_that_could_not_run_are_counted() {
         let cut = Cut::new(Duration::from_millis(50), 1000, 1 << 20, Vec::new());
-        let (_, stats) = sample(Box::new(Stall(0)), Duration::from_millis(50), cut, Duration::from_millis(400));
+        let (_, stats) = sample(Box::new(Stall(0)), Duration::from_millis(50), cut, Duration::from_millis(400), ROOMY);
         // 250 ms blocked at a 50 ms tick: of the four or five ticks due meanwhile, one runs
         // late and the others are skipped.
         assert!(stats.missed_ticks.load(Relaxed) >= 3, "{}", stats.missed_ticks.load(Relaxed));
@@ -431,7 +441,8 @@ mod tests {
     fn a_batch_holds_the_cycles_of_a_batch_interval_and_the_last_one_is_not_lost() {
         // Ten 10 ms ticks a batch.
         let cut = Cut::new(Duration::from_millis(100), 1000, 1 << 20, Vec::new());
-        let (batches, stats) = sample(Box::new(Count(0)), Duration::from_millis(10), cut, Duration::from_millis(500));
+        let (batches, stats) =
+            sample(Box::new(Count(0)), Duration::from_millis(10), cut, Duration::from_millis(500), ROOMY);
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         let collected = stats.samples_collected.load(Relaxed);
         // Every sample collected was handed over, the partial batch at the stop too.
@@ -475,27 +486,12 @@ mod tests {
 
     #[test]
     fn batches_the_batcher_has_no_room_for_are_dropped_and_counted() {
-        let stats = Arc::new(Stats::new(["count"]));
-        let registry = Registry::new([]).shared();
-        let sampler = Sampler::new(
-            vec![(Box::new(Count(0)), Schedule::default())],
-            Duration::from_millis(10),
-            registry,
-            stats.clone(),
-        );
-        // Room for one batch, and nobody taking it (a wedged runtime); every cycle a batch.
-        let (tx, mut rx) = mpsc::channel(1);
-        let (_recycle, recycled) = crate::send::batcher::Batcher::recycling();
+        // Room for one batch, and nobody taking it (a wedged runtime); every cycle a batch,
+        // so no last batch waits at the stop.
         let cut = Cut::new(Duration::from_secs(10), 1, 1 << 20, Vec::new());
-        let running = sampler.spawn(tx, Arc::new(cut), recycled).unwrap();
-        std::thread::sleep(Duration::from_millis(200));
-        // Every cycle was handed over (or dropped), so no last batch waits at the stop.
-        running.stop();
-        running.join().unwrap();
-        let mut received = 0;
-        while let Some(b) = rx.blocking_recv() {
-            received += b.len() as u64;
-        }
+        let (batches, stats) =
+            sample(Box::new(Count(0)), Duration::from_millis(10), cut, Duration::from_millis(200), 1);
+        let received: u64 = batches.iter().map(|b| b.len() as u64).sum();
         let dropped = stats.dropped_total(DropReason::QueueFull);
         assert!(dropped > 0);
         assert_eq!(received + dropped, stats.samples_collected.load(Relaxed), "every sample sent or counted");
@@ -515,7 +511,8 @@ mod tests {
     fn a_full_batch_goes_at_once() {
         // One sample is a full batch (as during an outage, when every cycle is).
         let cut = Cut::new(Duration::from_secs(10), 1, 1 << 20, Vec::new());
-        let (batches, stats) = sample(Box::new(Count(0)), Duration::from_millis(10), cut, Duration::from_millis(200));
+        let (batches, stats) =
+            sample(Box::new(Count(0)), Duration::from_millis(10), cut, Duration::from_millis(200), ROOMY);
         assert!(batches.len() > 1);
         assert!(batches.iter().all(|b| b.len() == 1));
         assert_eq!(batches.len() as u64, stats.samples_collected.load(Relaxed));
