@@ -304,11 +304,11 @@ pub struct ProcessesSource {
 /// What listing /proc and the task directories reuses from cycle to cycle.
 #[derive(Default)]
 struct Listing {
-    /// getdents64 buffer for /proc, and the pids in it.
-    dir_buf: Vec<u8>,
+    /// getdents64 buffer, for /proc and then each process's `task` directory (a
+    /// listing is read whole before the next one starts).
+    buf: Vec<u8>,
+    /// The pids in /proc, and the tids of the process being read.
     pids: Vec<u32>,
-    /// The same for one process's `task` directory.
-    task_buf: Vec<u8>,
     tids: Vec<u32>,
     /// `<root>/<pid>`, `<root>/<pid>/task` and `<root>/<pid>/task/<tid>`.
     task_dir: PathBuf,
@@ -470,8 +470,8 @@ impl Source for ProcessesSource {
     }
 
     fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
-        let Listing { dir_buf, pids, task_dir, .. } = &mut self.scratch;
-        list_tasks(&self.root, dir_buf, pids).map_err(|e| SourceError::read(&self.root, e))?;
+        let Listing { buf, pids, task_dir, .. } = &mut self.scratch;
+        list_tasks(&self.root, buf, pids).map_err(|e| SourceError::read(&self.root, e))?;
         let pids = std::mem::take(pids);
         let mut task_dir = std::mem::take(task_dir);
         let (cycle, every) = (out.cycle(), out.refresh_every());
@@ -636,11 +636,11 @@ fn collect_threads(
     fd_limit: i32,
     scratch: &mut Listing,
 ) {
-    let Listing { task_buf, tids, threads_dir, thread_dir, .. } = scratch;
+    let Listing { buf: dir_buf, tids, threads_dir, thread_dir, .. } = scratch;
     threads_dir.clear();
     threads_dir.push(task_dir);
     threads_dir.push("task");
-    if list_tasks(threads_dir, task_buf, tids).is_err() {
+    if list_tasks(threads_dir, dir_buf, tids).is_err() {
         return;
     }
     let mut digits = itoa::Buffer::new();
