@@ -4,6 +4,9 @@
 //! A second group times each whole source's cycle (read + parse + series lookup +
 //! change filter) on the same tree, which is what a 100 ms tick really costs.
 //!
+//! A third group runs the per-CPU sources' cycle on a 256-CPU host, where their cost
+//! grows with the CPUs (the files bench-scale's CPU axis reads).
+//!
 //! Run: `cargo bench -p lsvmi-agent --bench parsers`. Figures: docs/performance.md.
 
 use std::{hint::black_box, path::Path};
@@ -184,5 +187,81 @@ fn bench_sources(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_parsers, bench_sources);
+/// /proc/stat, /proc/softirqs and /proc/interrupts of a 256-CPU host in two versions,
+/// as two consecutive 100 ms reads of a busy host differ: every CPU's idle time, its
+/// TIMER, SCHED and RCU softirqs and its local timer interrupts advanced, the rest as
+/// it was. Each cycle reads the other version (written outside the timed part).
+fn bench_wide_host(c: &mut Criterion) {
+    const CPUS: usize = 256;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let version = |v: u64| {
+        let mut stat = String::from("cpu  1 2 3 4 5 6 7 8 0 0\n");
+        for cpu in 0..CPUS {
+            stat += &format!("cpu{cpu} 123456 789 45678 {} 1234 0 5678 0 0 0\n", 98_765_432 + v);
+        }
+        stat += "intr 123456789 0 9 0 0 0\nctxt 987654321\nbtime 1700000000\nprocesses 123456\n\
+                 procs_running 3\nprocs_blocked 0\nsoftirq 1 2 3 4 5 6 7 8 9 10 11\n";
+        let header: String = (0..CPUS).map(|c| format!("{:>11}", format!("CPU{c}"))).collect();
+        let row = |name: &str, value: u64, description: &str| {
+            let counts: String = (0..CPUS).map(|_| format!(" {value:>10}")).collect();
+            format!("{name:>5}:{counts}  {description}\n")
+        };
+        let mut softirqs = format!("{header}\n");
+        for name in ["HI", "TIMER", "NET_TX", "NET_RX", "BLOCK", "IRQ_POLL", "TASKLET", "SCHED", "HRTIMER", "RCU"] {
+            let ticking = matches!(name, "TIMER" | "SCHED" | "RCU");
+            softirqs += &row(name, if ticking { 4_567_890 + v } else { 12_345 }, "");
+        }
+        let mut interrupts = format!("{header}\n");
+        for irq in 0..32 {
+            interrupts +=
+                &row(&irq.to_string(), 321, &format!("IR-PCI-MSIX-0000:00:04.0 {irq}-edge virtio0-input.{irq}"));
+        }
+        interrupts += &row("LOC", 7_654_321 + v, "Local timer interrupts");
+        interrupts += &row("RES", 4_321, "Rescheduling interrupts");
+        [("stat", stat), ("softirqs", softirqs), ("interrupts", interrupts)]
+    };
+    let versions = [version(0), version(1)];
+    let write = |v: usize| {
+        for (name, text) in &versions[v] {
+            std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    };
+    let sys = dir.path().join("sys");
+    std::fs::create_dir_all(sys.join("devices/system/cpu")).unwrap_or_else(|e| panic!("sys: {e}"));
+    std::fs::write(sys.join("devices/system/cpu/online"), format!("0-{}\n", CPUS - 1))
+        .unwrap_or_else(|e| panic!("online: {e}"));
+    write(0);
+    let sources: Vec<Box<dyn Source>> = vec![
+        Box::new(proc_stat::ProcStatSource::new(dir.path(), 100)),
+        Box::new(softirqs::SoftirqsSource::new(dir.path(), &sys)),
+        Box::new(InterruptsSource::new(dir.path())),
+    ];
+    let mut g = c.benchmark_group("source_cycle_256cpu");
+    for mut source in sources {
+        let mut registry = Registry::new([("instance".to_string(), "bench".to_string())]);
+        let mut filter = ChangeFilter::default();
+        let mut samples = Vec::new();
+        let mut cycle = 0u64;
+        let mut next = 0usize;
+        g.bench_function(source.name(), |b| {
+            b.iter_batched(
+                || {
+                    write(next % 2);
+                    next += 1;
+                },
+                |()| {
+                    samples.clear();
+                    let mut out = Collector::change_only(&mut registry, &mut samples, &mut filter, cycle, 15);
+                    let _ = source.collect(&mut out);
+                    cycle += 1;
+                    samples.len()
+                },
+                criterion::BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_parsers, bench_sources, bench_wide_host);
 criterion_main!(benches);

@@ -54,12 +54,7 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     }
     for cpus in [64u32, 256] {
         println!("bench-scale: a /proc tree of {cpus} CPUs…");
-        let root = dir.join(format!("proc-{cpus}cpu"));
-        synthesise(&workspace_root().join("testdata/proc/debian12-6.18-2cpu"), &root, cpus)?;
-        // Every CPU of the tree online (the agent skips the columns of offline ones).
-        let sys = dir.join(format!("sys-{cpus}cpu"));
-        std::fs::create_dir_all(sys.join("devices/system/cpu"))?;
-        write(&sys, "devices/system/cpu/online", &format!("0-{}\n", cpus - 1))?;
+        let (root, sys) = trees(&dir, cpus)?;
         let root_s = root.to_str().context("utf-8 path")?;
         let sys_s = sys.to_str().context("utf-8 path")?;
         let args = ["--procfs-root", root_s, "--sysfs-root", sys_s, "--no-bpf"];
@@ -165,6 +160,31 @@ pub fn load(threads: u32) -> anyhow::Result<()> {
         let _ = h.join();
     }
     Ok(())
+}
+
+/// The /proc and /sys trees of a host of `cpus` CPUs, under `dir`.
+fn trees(dir: &Path, cpus: u32) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let root = dir.join(format!("proc-{cpus}cpu"));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    synthesise(&workspace_root().join("testdata/proc/debian12-6.18-2cpu"), &root, cpus)?;
+    // Every CPU of the tree online (the agent skips the columns of offline ones).
+    let sys = dir.join(format!("sys-{cpus}cpu"));
+    std::fs::create_dir_all(sys.join("devices/system/cpu"))?;
+    write(&sys, "devices/system/cpu/online", &format!("0-{}\n", cpus - 1))?;
+    Ok((root, sys))
+}
+
+/// `cargo xtask scale-tree --cpus N --dir D`: the trees bench-scale reads for N CPUs,
+/// ticking until killed, so that the agent can be run and profiled against them by hand
+/// (`--procfs-root D/proc-Ncpu --sysfs-root D/sys-Ncpu --no-bpf`).
+pub fn tree(cpus: u32, dir: &Path) -> anyhow::Result<()> {
+    let (root, sys) = trees(dir, cpus)?;
+    println!("--procfs-root {} --sysfs-root {} --no-bpf", root.display(), sys.display());
+    let _ticker = Ticker::start(&root)?;
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
 }
 
 /// `from` copied to `to` with its per-CPU files widened to `cpus` CPUs (the values of

@@ -106,6 +106,15 @@ enum Cmd {
         #[arg(long)]
         threads: u32,
     },
+    /// (internal) bench-scale's /proc and /sys trees of `cpus` CPUs under `dir`, ticking
+    /// until killed: for profiling the agent against a large host by hand
+    #[command(hide = true)]
+    ScaleTree {
+        #[arg(long)]
+        cpus: u32,
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -123,6 +132,7 @@ fn main() -> ExitCode {
         Cmd::FloorLoop { seconds, mounts, root } => bench_overhead::floor_loop(seconds, &mounts, &root),
         Cmd::BenchScale { seconds } => bench_scale::run(seconds),
         Cmd::ScaleLoad { threads } => bench_scale::load(threads),
+        Cmd::ScaleTree { cpus, dir } => bench_scale::tree(cpus, &dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
