@@ -2,7 +2,7 @@
 //! `cgroup`. Pure functions over bytes; every field is optional in the sense that a
 //! malformed file yields `None` (counted by the caller), never a panic.
 
-use crate::sources::text::{fields, parse_i64, parse_u64};
+use crate::sources::text::{fields, lines, parse_i64, parse_u64};
 
 /// The fields of `/proc/[pid]/stat` we use.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -84,7 +84,7 @@ pub const STATUS_MEMORY: [(&[u8], &str); 6] = [
 
 pub fn parse_status(buf: &[u8]) -> Status {
     let mut st = Status::default();
-    for line in buf.split(|&c| c == b'\n') {
+    for line in lines(buf) {
         let mut f = fields(line);
         let (Some(key), Some(value)) = (f.next(), f.next()) else { continue };
         if let Some(i) = STATUS_MEMORY.iter().position(|(k, _)| *k == key) {
@@ -111,7 +111,7 @@ pub const IO_FIELDS: [(&[u8], &str); 7] = [
 
 pub fn parse_io(buf: &[u8]) -> [Option<u64>; 7] {
     let mut out = [None; 7];
-    for line in buf.split(|&c| c == b'\n') {
+    for line in lines(buf) {
         let mut f = fields(line);
         let (Some(key), Some(value)) = (f.next(), f.next()) else { continue };
         if let Some(i) = IO_FIELDS.iter().position(|(k, _)| *k == key) {
