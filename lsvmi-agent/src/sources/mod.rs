@@ -366,19 +366,50 @@ pub struct ChangeFilter {
 /// A NaN payload no source produces: "nothing sent yet".
 const UNSENT: u64 = 0x7ff8_0000_dead_0001;
 
-impl ChangeFilter {
-    /// Whether `cycle` is series `i`'s refresh cycle (every cycle when `refresh_every` is 0).
-    fn due(i: usize, cycle: u64, refresh_every: u32) -> bool {
-        refresh_every == 0 || (cycle + i as u64).is_multiple_of(u64::from(refresh_every))
+/// One cycle of a source's refresh schedule: series `i` is due when
+/// `(cycle + i) % every == 0` (every cycle when `every` is 0), that is when
+/// `i % every == phase`. The remainder is taken by two multiplications (Lemire's
+/// "fastmod", exact for 32-bit operands) instead of a division: it is asked for every
+/// unchanged value of every cycle — 2 300 times a tick for /proc/stat at 256 CPUs — and
+/// a division costs ~25 cycles.
+#[derive(Clone, Copy, Debug)]
+struct Refresh {
+    cycle: u64,
+    every: u32,
+    phase: u32,
+    /// `2^64 / every`, rounded up.
+    magic: u64,
+}
+
+impl Refresh {
+    fn new(cycle: u64, every: u32) -> Self {
+        let e = u64::from(every.max(1));
+        // Both fit in u32: they are remainders of a division by a u32.
+        let phase = u32::try_from((e - cycle % e) % e).unwrap_or(0);
+        Refresh { cycle, every, phase, magic: (u64::MAX / e).wrapping_add(1) }
     }
 
-    fn pass(&mut self, id: SeriesId, value: f64, cycle: u64, refresh_every: u32) -> bool {
+    #[inline]
+    fn due(&self, id: SeriesId) -> bool {
+        if self.every == 0 {
+            return true;
+        }
+        // Series ids are u32, as fastmod needs.
+        let low = self.magic.wrapping_mul(u64::from(id.0));
+        let rem = (u128::from(low) * u128::from(self.every)) >> 64;
+        rem == u128::from(self.phase)
+    }
+}
+
+impl ChangeFilter {
+    fn pass(&mut self, id: SeriesId, value: f64, refresh: &Refresh) -> bool {
         let i = id.index();
         if self.last.len() <= i {
             self.last.resize(i + 1, UNSENT);
         }
         let bits = value.to_bits();
-        if Self::due(i, cycle, refresh_every) || self.last[i] != bits {
+        // The compare first: a changed value passes without asking the schedule.
+        if self.last[i] != bits || refresh.due(id) {
             self.last[i] = bits;
             true
         } else {
@@ -390,11 +421,10 @@ impl ChangeFilter {
     /// it was last parsed from): the last value sent when this cycle is its refresh,
     /// `Err(true)` when it is not (left out, as `pass` would), `Err(false)` when nothing
     /// was ever sent for it.
-    fn repeat(&self, id: SeriesId, cycle: u64, refresh_every: u32) -> Result<f64, bool> {
-        let i = id.index();
-        match self.last.get(i) {
+    fn repeat(&self, id: SeriesId, refresh: &Refresh) -> Result<f64, bool> {
+        match self.last.get(id.index()) {
             None | Some(&UNSENT) => Err(false),
-            Some(&bits) if Self::due(i, cycle, refresh_every) => Ok(f64::from_bits(bits)),
+            Some(&bits) if refresh.due(id) => Ok(f64::from_bits(bits)),
             Some(_) => Err(true),
         }
     }
@@ -420,7 +450,7 @@ impl ChangeFilter {
 pub struct Collector<'a> {
     registry: &'a mut Registry,
     samples: &'a mut Vec<Sample>,
-    filter: Option<(&'a mut ChangeFilter, u64, u32)>,
+    filter: Option<(&'a mut ChangeFilter, Refresh)>,
     /// Whether sources may skip rows whose bytes did not change ([`Collector::repeats`]).
     repeat: bool,
     unchanged: u64,
@@ -453,7 +483,7 @@ impl<'a> Collector<'a> {
         cycle: u64,
         refresh_every: u32,
     ) -> Self {
-        Collector { filter: Some((filter, cycle, refresh_every)), ..Collector::new(registry, samples) }
+        Collector { filter: Some((filter, Refresh::new(cycle, refresh_every))), ..Collector::new(registry, samples) }
     }
 
     /// Register (or look up) a series; sources call this once per series, not per cycle.
@@ -468,8 +498,8 @@ impl<'a> Collector<'a> {
 
     #[inline]
     pub fn push(&mut self, series: SeriesId, ts_ms: i64, value: f64) {
-        if let Some((filter, cycle, every)) = &mut self.filter
-            && !filter.pass(series, value, *cycle, *every)
+        if let Some((filter, refresh)) = &mut self.filter
+            && !filter.pass(series, value, refresh)
         {
             self.unchanged += 1;
             return;
@@ -483,15 +513,15 @@ impl<'a> Collector<'a> {
     /// and the filter's last value sent for a series is always the last value read (a
     /// change always passes). Without a filter every value is sent, so rows are parsed.
     pub fn repeats(&self) -> bool {
-        self.repeat && matches!(self.filter, Some((_, _, every)) if every > 0)
+        self.repeat && matches!(&self.filter, Some((_, r)) if r.every > 0)
     }
 
     /// The series' value is the one last read (see [`Collector::repeats`]): send it
     /// again, with this cycle's timestamp, if this is its refresh cycle.
     #[inline]
     pub fn repeat(&mut self, series: SeriesId, ts_ms: i64) {
-        let Some((filter, cycle, every)) = &self.filter else { return };
-        match filter.repeat(series, *cycle, *every) {
+        let Some((filter, refresh)) = &self.filter else { return };
+        match filter.repeat(series, refresh) {
             Ok(value) => self.samples.push(Sample { series, ts_ms, value }),
             Err(true) => self.unchanged += 1,
             Err(false) => {}
@@ -509,7 +539,7 @@ impl<'a> Collector<'a> {
     /// that run their own refresh schedule, such as processes spread by pid.
     #[inline]
     pub fn push_refresh(&mut self, series: SeriesId, ts_ms: i64, value: f64) {
-        if let Some((filter, _, _)) = &mut self.filter {
+        if let Some((filter, _)) = &mut self.filter {
             filter.remember(series, value);
         }
         self.samples.push(Sample { series, ts_ms, value });
@@ -517,12 +547,12 @@ impl<'a> Collector<'a> {
 
     /// This source's cycle number (0 for a collector without a filter).
     pub fn cycle(&self) -> u64 {
-        self.filter.as_ref().map_or(0, |(_, c, _)| *c)
+        self.filter.as_ref().map_or(0, |(_, r)| r.cycle)
     }
 
     /// The source's `full_refresh_every` (0: everything is sent every cycle).
     pub fn refresh_every(&self) -> u32 {
-        self.filter.as_ref().map_or(0, |(_, _, e)| *e)
+        self.filter.as_ref().map_or(0, |(_, r)| r.every)
     }
 
     /// The series has ended (its process, interface, disk or mount is gone): send one
@@ -532,7 +562,7 @@ impl<'a> Collector<'a> {
         // A series that never got a value (a kernel thread has no memory figures) has
         // nothing to mark stale.
         let sent = match &mut self.filter {
-            Some((filter, _, _)) => filter.forget(series),
+            Some((filter, _)) => filter.forget(series),
             None => true,
         };
         if sent {
@@ -617,6 +647,21 @@ pub fn assert_skipping_sends_what_parsing_sends(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_refresh_schedule_is_the_remainder_of_cycle_plus_series() {
+        use crate::model::SeriesId;
+        let ids = (0..300u32).chain([u32::MAX - 1, u32::MAX, 1 << 31, 0x9e37_79b9]);
+        for every in [0, 1, 2, 3, 7, 10, 15, 16, 255, 1000, u32::MAX] {
+            for cycle in [0, 1, 2, 14, 15, 16, 999, u64::from(u32::MAX) + 5, u64::MAX - 3] {
+                let r = super::Refresh::new(cycle, every);
+                for i in ids.clone() {
+                    let want = every == 0 || (u128::from(cycle) + u128::from(i)) % u128::from(every) == 0;
+                    assert_eq!(r.due(SeriesId(i)), want, "every {every} cycle {cycle} series {i}");
+                }
+            }
+        }
+    }
+
     use super::*;
     use crate::model::MetricKind;
 
