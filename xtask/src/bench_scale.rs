@@ -86,14 +86,15 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
         };
         let _ = writeln!(
             out,
-            "| {name} | {} | {:.3} | {:.3} | {:.2}× | {} | {:.1} MB | {} KB | {added} | {} B |",
+            "| {name} | {} | {:.3} | {:.3} | {:.2}× | {} | {:.1} MB | {} | {added} | {} B |",
             if tasks == 0 { "-".to_string() } else { tasks.to_string() },
             a.cpu_percent,
             f.cpu_percent,
             a.cpu_percent / f.cpu_percent.max(1e-9),
             per_task(a.cpu_percent / 100.0 * 1e6),
             a.rss_steady_max_kb as f64 / 1024.0,
-            per_task(a.rss_steady_max_kb as f64),
+            // A tree has no tasks: its cell is a bare "-", not "- KB".
+            if tasks == 0 { "-".to_string() } else { format!("{} KB", per_task(a.rss_steady_max_kb as f64)) },
             (a.rss_steady_max_kb * 1024).checked_div(series).map_or("-".into(), |b| b.to_string()),
         );
     }
