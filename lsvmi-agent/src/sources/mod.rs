@@ -44,7 +44,7 @@ pub mod softnet;
 pub mod text;
 pub mod vmstat;
 
-use std::{fmt, time::Duration};
+use std::{fmt, sync::RwLock, time::Duration};
 
 use crate::{
     bpf::BpfSource,
@@ -446,9 +446,49 @@ impl ChangeFilter {
     }
 }
 
+/// Where a collector registers and retires series.
+pub enum RegistryAccess<'a> {
+    /// A registry of the caller's own (tests, benchmarks, one-shot reads).
+    Own(&'a mut Registry),
+    /// The agent's registry, which the batcher reads while it encodes a batch (~ms on a
+    /// large host): locked for writing only while a series is registered or retired,
+    /// not for a source's whole cycle, so that a tick that meets an encode waits only
+    /// when it has a new series to add.
+    Shared(&'a RwLock<Registry>),
+}
+
+impl<'a> From<&'a mut Registry> for RegistryAccess<'a> {
+    fn from(r: &'a mut Registry) -> Self {
+        RegistryAccess::Own(r)
+    }
+}
+
+impl<'a> From<&'a RwLock<Registry>> for RegistryAccess<'a> {
+    fn from(r: &'a RwLock<Registry>) -> Self {
+        RegistryAccess::Shared(r)
+    }
+}
+
+impl RegistryAccess<'_> {
+    fn write<R>(&mut self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        match self {
+            RegistryAccess::Own(r) => f(r),
+            // Poisoned only by a panic mid-registration, which leaves the table consistent.
+            RegistryAccess::Shared(lock) => f(&mut lock.write().unwrap_or_else(|p| p.into_inner())),
+        }
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&Registry) -> R) -> R {
+        match self {
+            RegistryAccess::Own(r) => f(r),
+            RegistryAccess::Shared(lock) => f(&lock.read().unwrap_or_else(|p| p.into_inner())),
+        }
+    }
+}
+
 /// What a source writes into during one cycle.
 pub struct Collector<'a> {
-    registry: &'a mut Registry,
+    registry: RegistryAccess<'a>,
     samples: &'a mut Vec<Sample>,
     filter: Option<(&'a mut ChangeFilter, Refresh)>,
     /// Whether sources may skip rows whose bytes did not change ([`Collector::repeats`]).
@@ -461,9 +501,9 @@ pub struct Collector<'a> {
 
 impl<'a> Collector<'a> {
     /// A collector that keeps every sample (tests, one-shot reads).
-    pub fn new(registry: &'a mut Registry, samples: &'a mut Vec<Sample>) -> Self {
+    pub fn new(registry: impl Into<RegistryAccess<'a>>, samples: &'a mut Vec<Sample>) -> Self {
         Collector {
-            registry,
+            registry: registry.into(),
             samples,
             filter: None,
             repeat: true,
@@ -477,7 +517,7 @@ impl<'a> Collector<'a> {
     /// A collector that drops unchanged values except on each series' refresh cycle
     /// (`cycle` counts this source's cycles; `refresh_every` 0 keeps everything).
     pub fn change_only(
-        registry: &'a mut Registry,
+        registry: impl Into<RegistryAccess<'a>>,
         samples: &'a mut Vec<Sample>,
         filter: &'a mut ChangeFilter,
         cycle: u64,
@@ -488,12 +528,12 @@ impl<'a> Collector<'a> {
 
     /// Register (or look up) a series; sources call this once per series, not per cycle.
     pub fn series(&mut self, desc: &'static MetricDesc, labels: &[(&'static str, &str)]) -> SeriesId {
-        self.registry.register(desc, labels)
+        self.registry.write(|r| r.register(desc, labels))
     }
 
     /// Number of live series (all sources).
     pub fn series_count(&self) -> usize {
-        self.registry.live()
+        self.registry.read(Registry::live)
     }
 
     #[inline]
@@ -568,7 +608,7 @@ impl<'a> Collector<'a> {
         if sent {
             self.samples.push(Sample { series, ts_ms, value: f64::from_bits(STALE_NAN_BITS) });
         }
-        self.registry.retire(series);
+        self.registry.write(|r| r.retire(series));
     }
 
     /// Samples left out this cycle because their value had not changed.

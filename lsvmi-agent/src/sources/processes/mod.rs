@@ -723,7 +723,7 @@ mod tests {
     /// The thread cpu (user) values and stale markers of one cycle, by tid.
     fn cycle(src: &mut ProcessesSource, reg: &mut Registry) -> Vec<(String, f64)> {
         let mut samples: Vec<Sample> = Vec::new();
-        src.collect(&mut Collector::new(reg, &mut samples)).unwrap();
+        src.collect(&mut Collector::new(&mut *reg, &mut samples)).unwrap();
         let mut got: Vec<(String, f64)> = samples
             .iter()
             .filter_map(|s| {
