@@ -15,7 +15,37 @@
 
 use prost::encoding::{encode_varint, encoded_len_varint};
 
+use std::sync::{RwLock, RwLockReadGuard};
+
 use crate::model::{Registry, Sample, labels::field_len};
+
+/// How the encoder reads the series registry: a plain reference (tests, benchmarks), or
+/// the agent's shared one, read-locked while a block's worth of series is written and
+/// let go while the block is compressed and while the batch is sorted. The sampler locks
+/// it for writing only to register or retire a series; so a tick that adds one waits
+/// for one block's encoding at most, not for a whole batch's sort, encode and
+/// compression (milliseconds on a host with tens of thousands of series).
+pub trait RegistryRead {
+    type Guard<'g>: std::ops::Deref<Target = Registry>
+    where
+        Self: 'g;
+    fn lock(&self) -> Self::Guard<'_>;
+}
+
+impl RegistryRead for Registry {
+    type Guard<'g> = &'g Registry;
+    fn lock(&self) -> &Registry {
+        self
+    }
+}
+
+impl RegistryRead for RwLock<Registry> {
+    type Guard<'g> = RwLockReadGuard<'g, Registry>;
+    fn lock(&self) -> RwLockReadGuard<'_, Registry> {
+        // Poisoned only by a panic mid-registration, which leaves the table consistent.
+        self.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 // Field keys: (field number << 3) | wire type.
 const KEY_TIMESERIES: u8 = (1 << 3) | 2; // WriteRequest.timeseries, length-delimited
@@ -114,22 +144,33 @@ impl Encoder {
     /// Encode `samples` as one `WriteRequest`, one `TimeSeries` per series with its
     /// samples in timestamp order. `samples` is reordered in place (stable by series:
     /// samples of one series must already be in collection order, as the sampler makes them).
-    pub fn encode_protobuf(&mut self, registry: &Registry, samples: &mut [Sample]) -> &[u8] {
+    pub fn encode_protobuf<R: RegistryRead + ?Sized>(&mut self, registry: &R, samples: &mut [Sample]) -> &[u8] {
         let _ = self.fill(registry, samples, false);
         &self.protobuf
     }
 
     /// Write the request into `self.protobuf`; with `compress`, every full block of it
     /// goes to the compressor as soon as it is written. Returns the number of series.
-    fn fill(&mut self, registry: &Registry, samples: &mut [Sample], compress: bool) -> Result<usize, snap::Error> {
+    fn fill<R: RegistryRead + ?Sized>(
+        &mut self,
+        registry: &R,
+        samples: &mut [Sample],
+        compress: bool,
+    ) -> Result<usize, snap::Error> {
         group_by_series(samples, &mut self.scratch);
         self.protobuf.clear();
         let mut series_count = 0;
+        let mut guard = None;
         for run in samples.chunk_by(|a, b| a.series == b.series) {
-            while compress && self.protobuf.len() >= SNAPPY_BLOCK {
-                self.compressor.block(&self.protobuf[..SNAPPY_BLOCK])?;
-                self.protobuf.drain(..SNAPPY_BLOCK);
+            if compress && self.protobuf.len() >= SNAPPY_BLOCK {
+                // Compression does not need the registry: a tick may register meanwhile.
+                guard = None;
+                while self.protobuf.len() >= SNAPPY_BLOCK {
+                    self.compressor.block(&self.protobuf[..SNAPPY_BLOCK])?;
+                    self.protobuf.drain(..SNAPPY_BLOCK);
+                }
             }
+            let registry = guard.get_or_insert_with(|| registry.lock());
             let Some(series) = registry.get(run[0].series) else { continue };
             series_count += 1;
             let samples_len: usize = run.iter().map(|s| field_len(sample_len(s))).sum();
@@ -144,6 +185,7 @@ impl Encoder {
                 encode_sample(s, out);
             }
         }
+        drop(guard);
         if compress {
             for block in self.protobuf.chunks(SNAPPY_BLOCK) {
                 self.compressor.block(block)?;
@@ -154,7 +196,11 @@ impl Encoder {
     }
 
     /// Encode and snappy-compress (block format: the framed format is refused by sinks).
-    pub fn encode(&mut self, registry: &Registry, samples: &mut [Sample]) -> Result<EncodedBatch, snap::Error> {
+    pub fn encode<R: RegistryRead + ?Sized>(
+        &mut self,
+        registry: &R,
+        samples: &mut [Sample],
+    ) -> Result<EncodedBatch, snap::Error> {
         let sample_count = samples.len();
         self.compressor.start();
         let series = self.fill(registry, samples, true)?;
@@ -357,9 +403,8 @@ mod tests {
     fn streamed_compression_equals_compressing_the_whole_request() {
         let mut reg = Registry::new([("instance".to_string(), "h".to_string())]);
         let ids: Vec<SeriesId> = (0..4000).map(|i| reg.register(&DESC, &[("cpu", &i.to_string())])).collect();
-        let mut enc = Encoder::new();
-        for (n, per_series) in [(1, 1), (900, 1), (1200, 1), (4000, 3), (4000, 7), (10, 1)] {
-            let mut samples: Vec<Sample> = (0..per_series)
+        let make = |n: usize, per_series: usize| -> Vec<Sample> {
+            (0..per_series)
                 .flat_map(|k| {
                     ids[..n].iter().map(move |&series| Sample {
                         series,
@@ -367,7 +412,13 @@ mod tests {
                         value: (series.index() * 7 + k) as f64 / 3.0,
                     })
                 })
-                .collect();
+                .collect()
+        };
+        let cases = [(1, 1), (900, 1), (1200, 1), (4000, 3), (4000, 7), (10, 1)];
+        let mut enc = Encoder::new();
+        let mut bodies = Vec::new();
+        for (n, per_series) in cases {
+            let mut samples = make(n, per_series);
             let mut reference = Encoder::new();
             let request = reference.encode_protobuf(&reg, &mut samples.clone());
             let (whole, uncompressed) = (snap::raw::Encoder::new().compress_vec(request).unwrap(), request.len());
@@ -375,6 +426,14 @@ mod tests {
             assert_eq!(batch.uncompressed_len, uncompressed);
             assert_eq!(&batch.body[..], &whole[..], "{n} series × {per_series}: {uncompressed} bytes");
             assert!(enc.protobuf.capacity() < 2 * SNAPPY_BLOCK, "held {} bytes", enc.protobuf.capacity());
+            bodies.push(batch.body);
+        }
+        // Through the agent's shared registry, locked block by block: the same bytes.
+        let shared = std::sync::RwLock::new(reg);
+        let mut enc = Encoder::new();
+        for ((n, per_series), body) in cases.into_iter().zip(bodies) {
+            let batch = enc.encode(&shared, &mut make(n, per_series)).unwrap();
+            assert_eq!(batch.body, body, "{n} series × {per_series}, shared");
         }
     }
 }

@@ -138,12 +138,15 @@ impl Batcher {
             return None;
         }
         let encoded = {
-            // The registry is only written when a new series appears; poisoning would mean
-            // a source panicked mid-registration, and the table is still consistent then.
-            let registry = self.registry.read().unwrap_or_else(|p| p.into_inner());
             match &mut self.output {
-                Output::Remote { encoder, .. } => Some(encoder.encode(&registry, batch)),
+                // Locks the registry block by block (see `RegistryRead`).
+                Output::Remote { encoder, .. } => Some(encoder.encode(&*self.registry, batch)),
                 Output::Text(writer) => {
+                    // --dry-run: a debugging aid, locked for the whole batch.
+                    // The registry is only written when a new series appears; poisoning
+                    // would mean a source panicked mid-registration, and the table is
+                    // still consistent then.
+                    let registry = self.registry.read().unwrap_or_else(|p| p.into_inner());
                     let mut out = std::io::stdout().lock();
                     let res = writer.write(&registry, batch, &mut out).and_then(|()| out.flush());
                     match res {
