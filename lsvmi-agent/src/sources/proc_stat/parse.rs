@@ -56,7 +56,7 @@ pub fn parse(buf: &[u8], out: &mut ProcStat) -> ParseReport {
             b"intr" => &mut out.intr_total,
             b"cpu" => continue, // the all-CPU sum: derivable, not exported
             _ if key.starts_with(b"cpu") => {
-                // Parsed in place, at the end of the table (a 96-byte move per CPU saved):
+                // Parsed in place, at the end of the table (an 88-byte move per CPU saved):
                 // kept when the line is good.
                 let previous = out.cpus.last().map(|last| last.cpu);
                 out.cpus.push(CpuTicks::default());
