@@ -450,10 +450,10 @@ impl ChangeFilter {
 pub enum RegistryAccess<'a> {
     /// A registry of the caller's own (tests, benchmarks, one-shot reads).
     Own(&'a mut Registry),
-    /// The agent's registry, which the batcher reads while it encodes a batch (~ms on a
-    /// large host): locked for writing only while a series is registered or retired,
-    /// not for a source's whole cycle, so that a tick that meets an encode waits only
-    /// when it has a new series to add.
+    /// The agent's registry, which the batcher reads while it encodes a batch (a 64 KiB
+    /// block at a time): locked for writing only while a series is registered or
+    /// retired, not for a source's whole cycle, so that a tick that meets an encode
+    /// waits only when it has a new series to add.
     Shared(&'a RwLock<Registry>),
 }
 
