@@ -366,15 +366,14 @@ pub struct ChangeFilter {
 /// A NaN payload no source produces: "nothing sent yet".
 const UNSENT: u64 = 0x7ff8_0000_dead_0001;
 
-/// One cycle of a source's refresh schedule: series `i` is due when
-/// `(cycle + i) % every == 0` (every cycle when `every` is 0), that is when
-/// `i % every == phase`. The remainder is taken by two multiplications (Lemire's
-/// "fastmod", exact for 32-bit operands) instead of a division: it is asked for every
-/// unchanged value of every cycle — 2 300 times a tick for /proc/stat at 256 CPUs — and
-/// a division costs ~25 cycles.
+/// One cycle of a source's refresh schedule: key `k` (a series id, or a source's own
+/// key such as a pid) is due when `(cycle + k) % every == 0` (every cycle when `every`
+/// is 0), that is when `k % every == phase`. The remainder is taken by two
+/// multiplications (Lemire's "fastmod", exact for 32-bit operands) instead of a
+/// division: it is asked for every unchanged value of every cycle — 2 300 times a tick
+/// for /proc/stat at 256 CPUs — and a division costs ~25 cycles.
 #[derive(Clone, Copy, Debug)]
 struct Refresh {
-    cycle: u64,
     every: u32,
     phase: u32,
     /// `2^64 / every`, rounded up.
@@ -386,16 +385,15 @@ impl Refresh {
         let e = u64::from(every.max(1));
         // Both fit in u32: they are remainders of a division by a u32.
         let phase = u32::try_from((e - cycle % e) % e).unwrap_or(0);
-        Refresh { cycle, every, phase, magic: (u64::MAX / e).wrapping_add(1) }
+        Refresh { every, phase, magic: (u64::MAX / e).wrapping_add(1) }
     }
 
     #[inline]
-    fn due(&self, id: SeriesId) -> bool {
+    fn due(&self, key: u32) -> bool {
         if self.every == 0 {
             return true;
         }
-        // Series ids are u32, as fastmod needs.
-        let low = self.magic.wrapping_mul(u64::from(id.0));
+        let low = self.magic.wrapping_mul(u64::from(key));
         let rem = (u128::from(low) * u128::from(self.every)) >> 64;
         rem == u128::from(self.phase)
     }
@@ -409,7 +407,7 @@ impl ChangeFilter {
         }
         let bits = value.to_bits();
         // The compare first: a changed value passes without asking the schedule.
-        if self.last[i] != bits || refresh.due(id) {
+        if self.last[i] != bits || refresh.due(id.0) {
             self.last[i] = bits;
             true
         } else {
@@ -424,7 +422,7 @@ impl ChangeFilter {
     fn repeat(&self, id: SeriesId, refresh: &Refresh) -> Result<f64, bool> {
         match self.last.get(id.index()) {
             None | Some(&UNSENT) => Err(false),
-            Some(&bits) if refresh.due(id) => Ok(f64::from_bits(bits)),
+            Some(&bits) if refresh.due(id.0) => Ok(f64::from_bits(bits)),
             Some(_) => Err(true),
         }
     }
@@ -585,14 +583,11 @@ impl<'a> Collector<'a> {
         self.samples.push(Sample { series, ts_ms, value });
     }
 
-    /// This source's cycle number (0 for a collector without a filter).
-    pub fn cycle(&self) -> u64 {
-        self.filter.as_ref().map_or(0, |(_, r)| r.cycle)
-    }
-
-    /// The source's `full_refresh_every` (0: everything is sent every cycle).
-    pub fn refresh_every(&self) -> u32 {
-        self.filter.as_ref().map_or(0, |(_, r)| r.every)
+    /// Whether this cycle is `key`'s refresh cycle, on the schedule the change filter
+    /// keeps for series ids (always without a filter): for sources that spread their
+    /// refreshes by a key of their own, such as processes by pid.
+    pub fn refresh_due(&self, key: u32) -> bool {
+        self.filter.as_ref().is_none_or(|(_, r)| r.due(key))
     }
 
     /// The series has ended (its process, interface, disk or mount is gone): send one
@@ -688,15 +683,14 @@ pub fn assert_skipping_sends_what_parsing_sends(
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_refresh_schedule_is_the_remainder_of_cycle_plus_series() {
-        use crate::model::SeriesId;
+    fn the_refresh_schedule_is_the_remainder_of_cycle_plus_key() {
         let ids = (0..300u32).chain([u32::MAX - 1, u32::MAX, 1 << 31, 0x9e37_79b9]);
         for every in [0, 1, 2, 3, 7, 10, 15, 16, 255, 1000, u32::MAX] {
             for cycle in [0, 1, 2, 14, 15, 16, 999, u64::from(u32::MAX) + 5, u64::MAX - 3] {
                 let r = super::Refresh::new(cycle, every);
                 for i in ids.clone() {
                     let want = every == 0 || (u128::from(cycle) + u128::from(i)) % u128::from(every) == 0;
-                    assert_eq!(r.due(SeriesId(i)), want, "every {every} cycle {cycle} series {i}");
+                    assert_eq!(r.due(i), want, "every {every} cycle {cycle} key {i}");
                 }
             }
         }

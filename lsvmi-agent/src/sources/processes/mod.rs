@@ -474,13 +474,11 @@ impl Source for ProcessesSource {
         list_tasks(&self.root, buf, pids).map_err(|e| SourceError::read(&self.root, e))?;
         let pids = std::mem::take(pids);
         let mut task_dir = std::mem::take(task_dir);
-        let (cycle, every) = (out.cycle(), out.refresh_every());
         let mut report = ParseReport::default();
         let mut thread_count = 0u64;
         let mut digits = itoa::Buffer::new();
         for &pid in &pids {
             let pid_text = digits.format(pid);
-            let pid = u64::from(pid);
             task_dir.clear();
             task_dir.push(&self.root);
             task_dir.push(pid_text);
@@ -528,7 +526,7 @@ impl Source for ProcessesSource {
             }
             proc.stat = stat;
             let ticks = st.utime.saturating_add(st.stime);
-            let refresh = every == 0 || (cycle + pid).is_multiple_of(u64::from(every));
+            let refresh = out.refresh_due(pid);
             let active = proc.cpu_ticks != Some(ticks);
             proc.cpu_ticks = Some(ticks);
             if !active && !refresh {
