@@ -386,8 +386,10 @@ mod tests {
         }
     }
 
-    /// One sample a cycle, a new value each time (so the change filter passes it).
-    struct Count(u32);
+    /// One sample a cycle, a new value each time (so the change filter passes it); its
+    /// series registered once, as real sources do.
+    #[derive(Default)]
+    struct Count(u32, Option<crate::model::SeriesId>);
 
     impl Source for Count {
         fn name(&self) -> &'static str {
@@ -395,7 +397,7 @@ mod tests {
         }
 
         fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
-            let id = out.series(&DESC, &[]);
+            let id = *self.1.get_or_insert_with(|| out.series(&DESC, &[]));
             self.0 += 1;
             out.push(id, 0, f64::from(self.0));
             Ok(())
@@ -445,7 +447,7 @@ mod tests {
         // Ten 10 ms ticks a batch.
         let cut = Cut::new(Duration::from_millis(100), 1000, 1 << 20, Vec::new());
         let (batches, stats) =
-            sample(Box::new(Count(0)), Duration::from_millis(10), cut, Duration::from_millis(500), ROOMY);
+            sample(Box::new(Count::default()), Duration::from_millis(10), cut, Duration::from_millis(500), ROOMY);
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         let collected = stats.samples_collected.load(Relaxed);
         // Every sample collected was handed over, the partial batch at the stop too.
@@ -459,26 +461,11 @@ mod tests {
         assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
     }
 
-    /// Registers its series once, as real sources do.
-    struct Registered(Option<crate::model::SeriesId>);
-
-    impl Source for Registered {
-        fn name(&self) -> &'static str {
-            "registered"
-        }
-
-        fn collect(&mut self, out: &mut Collector<'_>) -> Result<(), SourceError> {
-            let id = *self.0.get_or_insert_with(|| out.series(&DESC, &[]));
-            out.push(id, 0, 1.0);
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_cycle_without_new_series_does_not_wait_for_an_encode() {
-        let stats = Arc::new(Stats::new(["registered"]));
+        let stats = Arc::new(Stats::new(["count"]));
         let registry = Registry::new([]).shared();
-        let sources: Vec<(Box<dyn Source>, Schedule)> = vec![(Box::new(Registered(None)), Schedule::default())];
+        let sources: Vec<(Box<dyn Source>, Schedule)> = vec![(Box::new(Count::default()), Schedule::default())];
         let mut sampler = Sampler::new(sources, Duration::from_millis(100), registry.clone(), stats);
         sampler.cycle(0, &mut Vec::new());
         // The batcher encoding a batch holds the registry's read lock meanwhile.
@@ -513,7 +500,7 @@ mod tests {
         let stats = Arc::new(Stats::new(["panics", "count"]));
         let registry = Registry::new([]).shared();
         let sources: Vec<(Box<dyn Source>, Schedule)> =
-            vec![(Box::new(Panics), Schedule::default()), (Box::new(Count(0)), Schedule::default())];
+            vec![(Box::new(Panics), Schedule::default()), (Box::new(Count::default()), Schedule::default())];
         let mut sampler = Sampler::new(sources, Duration::from_millis(100), registry, stats.clone());
         let mut samples = Vec::new();
         for tick in 0..3 {
@@ -530,7 +517,7 @@ mod tests {
         // so no last batch waits at the stop.
         let cut = Cut::new(Duration::from_secs(10), 1, 1 << 20, Vec::new());
         let (batches, stats) =
-            sample(Box::new(Count(0)), Duration::from_millis(10), cut, Duration::from_millis(200), 1);
+            sample(Box::new(Count::default()), Duration::from_millis(10), cut, Duration::from_millis(200), 1);
         let received: u64 = batches.iter().map(|b| b.len() as u64).sum();
         let dropped = stats.dropped_total(DropReason::QueueFull);
         assert!(dropped > 0);
@@ -552,7 +539,7 @@ mod tests {
         // One sample is a full batch (as during an outage, when every cycle is).
         let cut = Cut::new(Duration::from_secs(10), 1, 1 << 20, Vec::new());
         let (batches, stats) =
-            sample(Box::new(Count(0)), Duration::from_millis(10), cut, Duration::from_millis(200), ROOMY);
+            sample(Box::new(Count::default()), Duration::from_millis(10), cut, Duration::from_millis(200), ROOMY);
         assert!(batches.len() > 1);
         assert!(batches.iter().all(|b| b.len() == 1));
         assert_eq!(batches.len() as u64, stats.samples_collected.load(Relaxed));
