@@ -13,7 +13,8 @@ use std::{hint::black_box, path::Path};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use lsvmi::{
-    model::Registry,
+    config::DEFAULT_FULL_REFRESH_EVERY,
+    model::{Registry, Sample},
     sources::{
         ChangeFilter, Collector, Source, cpu_table, diskstats, host::HostSource, interrupts::InterruptsSource, keyed,
         loadavg, meminfo, mounts, net_dev, net_snmp, pressure, proc_stat, processes, softirqs, softnet, text, vmstat,
@@ -170,21 +171,45 @@ fn bench_sources(c: &mut Criterion) {
     ];
     let mut g = c.benchmark_group("source_cycle");
     for mut source in sources {
-        let mut registry = Registry::new([("instance".to_string(), "bench".to_string())]);
-        let mut filter = ChangeFilter::default();
-        let mut samples = Vec::new();
-        let mut cycle = 0u64;
-        g.bench_function(source.name(), |b| {
-            b.iter(|| {
-                samples.clear();
-                let mut out = Collector::change_only(&mut registry, &mut samples, &mut filter, cycle, 15);
-                let _ = source.collect(&mut out);
-                cycle += 1;
-                samples.len()
-            })
-        });
+        let mut cycles = Cycles::new();
+        g.bench_function(source.name(), |b| b.iter(|| cycles.run(&mut *source)));
     }
     g.finish();
+}
+
+/// A source's cycles as the sampler runs them: series registered once, the change
+/// filter at the default refresh schedule, the cycle count going up.
+struct Cycles {
+    registry: Registry,
+    filter: ChangeFilter,
+    samples: Vec<Sample>,
+    cycle: u64,
+}
+
+impl Cycles {
+    fn new() -> Self {
+        Cycles {
+            registry: Registry::new([("instance".to_string(), "bench".to_string())]),
+            filter: ChangeFilter::default(),
+            samples: Vec::new(),
+            cycle: 0,
+        }
+    }
+
+    /// One cycle; the samples it sent.
+    fn run(&mut self, source: &mut dyn Source) -> usize {
+        self.samples.clear();
+        let mut out = Collector::change_only(
+            &mut self.registry,
+            &mut self.samples,
+            &mut self.filter,
+            self.cycle,
+            DEFAULT_FULL_REFRESH_EVERY,
+        );
+        let _ = source.collect(&mut out);
+        self.cycle += 1;
+        self.samples.len()
+    }
 }
 
 /// /proc/stat, /proc/softirqs and /proc/interrupts of a 256-CPU host in two versions,
@@ -246,10 +271,7 @@ fn bench_wide_host(c: &mut Criterion) {
     let mut g = c.benchmark_group("source_cycle_256cpu");
     for (i, cold) in (0..3).flat_map(|i| [(i, false), (i, true)]) {
         let mut source = make(i);
-        let mut registry = Registry::new([("instance".to_string(), "bench".to_string())]);
-        let mut filter = ChangeFilter::default();
-        let mut samples = Vec::new();
-        let mut cycle = 0u64;
+        let mut cycles = Cycles::new();
         let mut next = 0usize;
         let name = format!("{}/{}", source.name(), if cold { "cold" } else { "warm" });
         g.bench_function(name, |b| {
@@ -264,13 +286,7 @@ fn bench_wide_host(c: &mut Criterion) {
                         black_box(&evict);
                     }
                 },
-                |()| {
-                    samples.clear();
-                    let mut out = Collector::change_only(&mut registry, &mut samples, &mut filter, cycle, 15);
-                    let _ = source.collect(&mut out);
-                    cycle += 1;
-                    samples.len()
-                },
+                |()| cycles.run(&mut *source),
                 criterion::BatchSize::PerIteration,
             )
         });
