@@ -77,7 +77,9 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
     // without the agent's fixed part.
     let first = rows.first().map(|(_, tasks, a, ..)| (*tasks, a.rss_steady_max_kb));
     for (name, tasks, a, f, series) in rows {
-        let per_task = |v: f64| if tasks == 0 { "-".to_string() } else { format!("{:.2}", v / tasks as f64) };
+        // A tree has no tasks: its per-task cells are a bare "-".
+        let per_task =
+            |v: f64, unit: &str| if tasks == 0 { "-".to_string() } else { format!("{:.2}{unit}", v / tasks as f64) };
         let added = match first {
             Some((t0, rss0)) if tasks > t0 => {
                 format!("{:.2} KB", (a.rss_steady_max_kb as f64 - rss0 as f64) / (tasks - t0) as f64)
@@ -91,10 +93,9 @@ pub fn run(seconds: u64) -> anyhow::Result<()> {
             a.cpu_percent,
             f.cpu_percent,
             a.cpu_percent / f.cpu_percent.max(1e-9),
-            per_task(a.cpu_percent / 100.0 * 1e6),
+            per_task(a.cpu_percent / 100.0 * 1e6, ""),
             a.rss_steady_max_kb as f64 / 1024.0,
-            // A tree has no tasks: its cell is a bare "-", not "- KB".
-            if tasks == 0 { "-".to_string() } else { format!("{} KB", per_task(a.rss_steady_max_kb as f64)) },
+            per_task(a.rss_steady_max_kb as f64, " KB"),
             (a.rss_steady_max_kb * 1024).checked_div(series).map_or("-".into(), |b| b.to_string()),
         );
     }
